@@ -1,0 +1,101 @@
+"""The worker process of the local backend.
+
+Started by :mod:`maze.backends.local` as ``python -c ...`` with one end of a
+socket pair; speaks length-prefixed frames (``multiprocessing.connection``)
+over it. One task at a time, so capturing ``print()`` process-wide is safe.
+
+Frames from the driver: a call header, then one frame per upstream input
+(the pickled value, passed through by the driver untouched).
+Frames to the driver, in order: ``started``, any number of ``log``, ``done``
+followed by one frame per output value. Because they share one ordered
+socket, the driver sees a task's start and prints before its result.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import OrderedDict
+from multiprocessing.connection import Connection
+from typing import Any
+
+import cloudpickle
+
+from maze.core.execute import captured_output, error_of, gather_params, run_body
+from maze.core.protocol import TaskError
+
+_FUNCTION_CACHE_SIZE = 256
+
+
+def _watch_parent(parent: int) -> None:
+    # If the driver dies without closing us (SIGKILL), don't outlive it.
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def main(fd: int, parent: int) -> None:
+    # Ctrl-C in a terminal signals the whole process group; the driver decides
+    # what an interrupt means (it cancels the run and stops us).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    conn = Connection(fd)
+    host, pid = socket.gethostname(), os.getpid()
+    functions: OrderedDict[str, Any] = OrderedDict()
+    conn.send_bytes(pickle.dumps(("ready", pid, host)))
+    while True:
+        try:
+            header = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        call_id, task_id, fn_key, fn_bytes, constants, input_keys, outputs = pickle.loads(header)
+        blobs = [conn.recv_bytes() for _ in input_keys]
+        conn.send_bytes(pickle.dumps(("started", call_id, time.time())))
+        started = time.time()
+
+        def emit(stream: str, text: str, _call_id: str = call_id) -> None:
+            conn.send_bytes(pickle.dumps(("log", _call_id, stream, text, time.time())))
+
+        result: dict[str, Any] | None = None
+        error: TaskError | None = None
+        inputs: dict[str, Any] = {}
+        try:
+            func = functions.get(fn_key)
+            if func is None:
+                func = cloudpickle.loads(fn_bytes)
+                functions[fn_key] = func
+                if len(functions) > _FUNCTION_CACHE_SIZE:
+                    functions.popitem(last=False)
+            inputs = {k: pickle.loads(b) for k, b in zip(input_keys, blobs)}
+        except BaseException as exc:  # noqa: BLE001 - e.g. a module the worker cannot import
+            error = _wrapped(exc, f"task {task_id!r} could not be loaded in the worker")
+        else:
+            with captured_output(emit):
+                result, error = run_body(func, gather_params(constants, inputs), outputs, task_id)
+        out_blobs: list[bytes] = []
+        if result is not None:
+            try:
+                out_blobs = [cloudpickle.dumps(v, protocol=pickle.HIGHEST_PROTOCOL) for v in result.values()]
+            except BaseException as exc:  # noqa: BLE001
+                result, error = None, _wrapped(exc, f"the result of task {task_id!r} could not be pickled")
+        keys = list(result) if result is not None else []
+        conn.send_bytes(pickle.dumps(("done", call_id, keys, error, started, time.time())))
+        for blob in out_blobs:
+            conn.send_bytes(blob)
+        # Drop references now, so an idle worker does not hold the last task's data.
+        result, out_blobs, blobs, inputs = None, [], [], {}
+
+
+def _wrapped(exc: BaseException, context: str) -> TaskError:
+    inner = error_of(exc)
+    return TaskError(inner.error_type, f"{context}: {inner.error}", inner.traceback)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]))

@@ -1,0 +1,90 @@
+"""The message stream of a run.
+
+Messages keep the wire form of the API, plain ``{"type": str, "data": dict}``
+dicts, because that is what users iterate, print and store. This module is
+the only place that builds them, so every field is spelled once.
+:class:`MessageLog` is the list-like live view handed to users.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+Message = dict[str, Any]
+
+
+class MessageType(str, enum.Enum):
+    START_TASK = "start_task"
+    FINISH_TASK = "finish_task"
+    TASK_EXCEPTION = "task_exception"
+    TASK_RETRY = "task_retry"
+    TASK_SKIPPED = "task_skipped"
+    TASK_LOG = "task_log"
+    FINISH_WORKFLOW = "finish_workflow"
+
+
+def make(kind: MessageType, workflow_id: str, run_id: str, **data: Any) -> Message:
+    return {"type": kind.value, "data": {"workflow_id": workflow_id, "run_id": run_id, **data}}
+
+
+def task_message(
+    kind: MessageType, workflow_id: str, run_id: str, task_id: str, task_name: str,
+    at: float | None = None, **data: Any,
+) -> Message:
+    return make(
+        kind, workflow_id, run_id,
+        task_id=task_id, task_name=task_name, time=time.time() if at is None else at, **data,
+    )
+
+
+class MessageLog:
+    """The messages of one run, in order: a live, re-iterable, list-like view.
+
+    Iterating yields each message as it is recorded and stops after
+    ``finish_workflow``; a second iteration starts again from the first
+    message. ``len()``, indexing and ``==`` wait for the run to end, because
+    their answer would change otherwise.
+    """
+
+    def __init__(self, records: list[Message], changed: threading.Condition, ended: threading.Event) -> None:
+        self._records = records    # owned by the run; only appended to
+        self._changed = changed    # notified on every append
+        self._ended = ended
+
+    def __iter__(self) -> Iterator[Message]:
+        index = 0
+        while True:
+            with self._changed:
+                while index >= len(self._records) and not self._ended.is_set():
+                    self._changed.wait()
+                batch = self._records[index:]
+                done = self._ended.is_set()
+            yield from batch
+            index += len(batch)
+            if done and index >= len(self._records):
+                return
+
+    def _complete(self) -> list[Message]:
+        self._ended.wait()
+        return self._records
+
+    def __len__(self) -> int:
+        return len(self._complete())
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._complete()[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, MessageLog):
+            other = other._complete()
+        return self._complete() == other
+
+    __hash__ = None  # type: ignore[assignment]  # equal to lists, so not hashable
+
+    def __repr__(self) -> str:
+        state = "ended" if self._ended.is_set() else "live"
+        return f"<MessageLog {state}, {len(self._records)} messages so far>"

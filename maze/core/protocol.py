@@ -1,0 +1,115 @@
+"""The contract between the scheduler and a backend.
+
+A backend only *executes*: it gets a :class:`TaskCall` whose resources the
+scheduler has already granted, runs it somewhere, and resolves a
+``concurrent.futures.Future`` with a :class:`TaskOutcome`. It never decides
+what runs next and keeps no run state. The protocol is four members::
+
+    capacity() -> Capacity                     what it can run at once
+    submit(call, report) -> Future[TaskOutcome]
+    stop(call_id)                              stop a queued or running call
+    close()                                    release workers and connections
+
+Two promises make the message stream ordered without any extra bookkeeping:
+
+* ``report`` receives :class:`TaskStarted` when the call really starts on a
+  worker, and :class:`TaskLog` for what the task prints, always *before* the
+  future resolves;
+* the future always resolves with an outcome, never an exception: a task that
+  raised, timed out, was stopped, or whose worker died is an outcome whose
+  :attr:`TaskOutcome.error` says so.
+
+``TaskOutcome.handles`` are the task's outputs in whatever form the backend
+passes them on (values in memory, pickled bytes, Ray object references); the
+scheduler hands them back unchanged in the ``inputs`` of dependent calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from .resources import Capacity, Resources
+from .task import TaskBody
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCall:
+    """One attempt of one task of one run."""
+
+    call_id: str
+    run_id: str
+    task_id: str
+    task_name: str
+    attempt: int
+    func: TaskBody
+    constants: Mapping[str, Any]        # inputs given as plain values
+    inputs: Mapping[str, Any]           # inputs from upstream outputs, as backend handles
+    outputs: tuple[str, ...]            # declared outputs, checked by the worker
+    resources: Resources
+    gpu_ids: tuple[int, ...] = ()
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskError:
+    """Why an attempt failed, in the words of the ``task_exception`` message."""
+
+    error_type: str     # the exception's class name, e.g. "ValueError"
+    error: str          # one line
+    traceback: str      # the full text, for the message's ``result``
+
+    @classmethod
+    def simple(cls, error_type: str, error: str) -> TaskError:
+        return cls(error_type, error, f"{error_type}: {error}")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOutcome:
+    result: dict[str, Any] | None = None                 # what the task returned, when it succeeded
+    handles: Mapping[str, Any] = field(default_factory=dict)
+    error: TaskError | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStarted:
+    call_id: str
+    node: str                   # host name (or Ray node)
+    worker: str | int           # pid, or Ray worker id
+    gpu_ids: tuple[int, ...]
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TaskLog:
+    call_id: str
+    stream: str                 # "stdout" or "stderr"
+    text: str
+    at: float
+
+
+WorkerEvent = TaskStarted | TaskLog
+Reporter = Callable[[WorkerEvent], None]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the scheduler needs from an executor. See the module docstring."""
+
+    name: str
+
+    def capacity(self) -> Capacity: ...
+
+    def submit(self, call: TaskCall, report: Reporter) -> Future[TaskOutcome]: ...
+
+    def stop(self, call_id: str) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,181 @@
+"""The state of one run, in one object.
+
+:class:`RunState` is the single owner of everything a run knows: each task's
+state, the results and output handles of finished tasks, and the ordered
+message list. The scheduler is the only writer, always under the engine lock;
+users, ``show_results`` and the notebook widget only *read* it, through the
+message stream and the query methods below.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections.abc import Mapping
+from graphlib import TopologicalSorter
+from typing import Any
+
+from .admission import Grant
+from .errors import UnknownTaskError
+from .messages import Message, MessageLog, MessageType, make, task_message
+from .plan import Plan
+from .protocol import TaskCall, TaskError
+
+
+class TaskState(str, enum.Enum):
+    PENDING = "pending"         # waiting for upstream tasks or for resources
+    RUNNING = "running"         # admitted and handed to the backend
+    RETRYING = "retrying"       # an attempt failed; the next one waits for its delay
+    FINISHED = "finished"
+    FAILED = "failed"
+    SKIPPED = "skipped"         # an upstream task failed
+    CANCELLED = "cancelled"     # the run was cancelled before or while it ran
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = {TaskState.FINISHED, TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED}
+
+#: ``get_task_result``'s ``status`` for each terminal state (the original SDK's words).
+RESULT_STATUS = {
+    TaskState.FINISHED: "success",
+    TaskState.FAILED: "exception",
+    TaskState.SKIPPED: "skipped",
+    TaskState.CANCELLED: "cancelled",
+}
+
+
+class RunStatus(str, enum.Enum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class RunState:
+    """Everything about one run. Written by the scheduler only, under ``lock``."""
+
+    def __init__(self, run_id: str, plan: Plan, lock: threading.RLock, *, fail_fast: bool) -> None:
+        self.run_id = run_id
+        self.plan = plan
+        self.fail_fast = fail_fast
+        self.status = RunStatus.RUNNING
+        self.started_at = time.time()
+        self._t0 = time.perf_counter()
+        self.duration: float | None = None          # set when the run ends
+
+        self.states: dict[str, TaskState] = dict.fromkeys(plan.tasks, TaskState.PENDING)
+        self.open = len(plan.tasks)                 # tasks not yet in a terminal state
+        self.results: dict[str, dict[str, Any]] = {}
+        self.errors: dict[str, TaskError] = {}
+        self.skip_reasons: dict[str, str] = {}
+        self.started: set[str] = set()              # tasks whose start_task was recorded
+        self.attempts: dict[str, int] = dict.fromkeys(plan.tasks, 0)
+
+        # Scheduling bookkeeping, kept here so that a run's state has one home.
+        self.sorter: TopologicalSorter[str] = TopologicalSorter(
+            {tid: t.upstream for tid, t in plan.tasks.items()}
+        )
+        self.sorter.prepare()                       # the plan was checked for cycles already
+        self.handles: dict[str, Mapping[str, Any]] = {}   # outputs of finished tasks, for dependents
+        self.consumers: dict[str, int] = {tid: 0 for tid in plan.tasks}
+        for t in plan.tasks.values():
+            for up in {ref.task_id for ref in t.refs.values()}:
+                self.consumers[up] += 1
+        self.calls: dict[str, TaskCall] = {}        # the current attempt of each admitted task
+        self.grants: dict[str, Grant] = {}          # resources held by admitted tasks
+        self.timers: dict[str, threading.Timer] = {}  # retries waiting for their delay
+        self.cancelling = False
+
+        self.messages: list[Message] = []
+        self.changed = threading.Condition(lock)
+        self.ended = threading.Event()
+
+    # -- writing (scheduler only) -------------------------------------------------
+
+    def record(self, message: Message) -> None:
+        self.messages.append(message)
+        self.changed.notify_all()
+
+    def task_msg(self, kind: MessageType, task_id: str, at: float | None = None, **data: Any) -> None:
+        name = self.plan.tasks[task_id].name
+        self.record(task_message(kind, self.plan.workflow_id, self.run_id, task_id, name, at, **data))
+
+    def settle(self, task_id: str, state: TaskState) -> None:
+        """Move a task to a terminal state."""
+        assert state.terminal and not self.states[task_id].terminal, (task_id, state)
+        self.states[task_id] = state
+        self.open -= 1
+        self.calls.pop(task_id, None)
+
+    def end(self) -> None:
+        """Record ``finish_workflow``: the last message, whatever happened."""
+        if self.ended.is_set():
+            return
+        self.duration = time.perf_counter() - self._t0
+        failed = any(s is TaskState.FAILED for s in self.states.values())
+        if self.cancelling and not (self.fail_fast and failed):
+            self.status = RunStatus.CANCELLED
+        elif failed or any(s is not TaskState.FINISHED for s in self.states.values()):
+            self.status = RunStatus.FAILED
+        else:
+            self.status = RunStatus.COMPLETED
+        self.record(make(
+            MessageType.FINISH_WORKFLOW, self.plan.workflow_id, self.run_id,
+            status=self.status.value, has_exception=failed, duration=self.duration,
+        ))
+        self.ended.set()
+
+    # -- reading ------------------------------------------------------------------
+
+    def log(self) -> MessageLog:
+        return MessageLog(self.messages, self.changed, self.ended)
+
+    def resolve_task(self, task_id: str) -> str:
+        """A task id, or a unique prefix of one."""
+        if task_id in self.plan.tasks:
+            return task_id
+        matches = [tid for tid in self.plan.tasks if tid.startswith(task_id)]
+        if len(matches) == 1:
+            return matches[0]
+        known = ", ".join(self.plan.tasks)
+        if not matches:
+            raise UnknownTaskError(f"run {self.run_id!r} has no task {task_id!r}; its tasks are: {known}")
+        raise UnknownTaskError(
+            f"task id prefix {task_id!r} is ambiguous in run {self.run_id!r}: it matches {', '.join(matches)}"
+        )
+
+    def wait_task(self, task_id: str, timeout: float | None = None) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: self.states[task_id].terminal, timeout)
+
+    def task_result(self, task_id: str) -> dict[str, Any]:
+        state = self.states[task_id]
+        out: dict[str, Any] = {
+            "task_id": task_id,
+            "result": self.results.get(task_id),
+            "status": RESULT_STATUS.get(state, state.value),
+        }
+        if task_id in self.errors:
+            err = self.errors[task_id]
+            out["error"] = f"{err.error_type}: {err.error}" if err.error else err.error_type
+        elif task_id in self.skip_reasons:
+            out["error"] = self.skip_reasons[task_id]
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        by_state = {s: [t for t, st in self.states.items() if st is s] for s in TaskState}
+        return {
+            "run_id": self.run_id,
+            "workflow_completed": self.status is RunStatus.COMPLETED,
+            "status": self.status.value,
+            "has_exception": bool(by_state[TaskState.FAILED]),
+            "exception_tasks": by_state[TaskState.FAILED],
+            "skipped_tasks": by_state[TaskState.SKIPPED],
+            "cancelled_tasks": by_state[TaskState.CANCELLED],
+            "task_results": {t: self.results[t] for t in self.plan.tasks if t in self.results},
+            "duration": self.duration,
+        }

@@ -1,0 +1,365 @@
+"""Building workflows: ``MaWorkflow``, ``MaTask`` and ``TaskOutput``.
+
+A workflow is a mutable DAG of tasks. Every edit is checked when it is made,
+and a bad one raises without changing the graph. ``run()`` freezes the graph
+into a :class:`~maze.core.plan.Plan` and hands it to the client's engine; the
+run-facing methods (``get_results``, ``wait`` ...) read the resulting
+:class:`~maze.core.run.RunState`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import sys
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from graphlib import CycleError as _GraphlibCycle
+from graphlib import TopologicalSorter
+from types import MappingProxyType
+from typing import Any, TextIO
+
+from . import graphviews, report
+from .errors import CycleError, UnknownOutputError, UnknownRunError, WorkflowError
+from .messages import MessageLog
+from .plan import OutputRef, Plan, PlannedTask
+from .run import RunState
+from .scheduler import Engine
+from .task import TaskFunction
+
+#: Called when a run starts being watched in a notebook (set by the client).
+LiveView = Callable[["MaWorkflow", RunState], None]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOutput:
+    """A reference to one output of one task; pass it as another task's input."""
+
+    workflow_id: str
+    task_id: str
+    key: str
+
+    def __repr__(self) -> str:
+        return f"TaskOutput({self.task_id!r}, {self.key!r})"
+
+
+class TaskOutputs(Mapping[str, TaskOutput]):
+    """``task.outputs``: the declared outputs of a task, by name."""
+
+    def __init__(self, workflow_id: str, task_id: str, keys: tuple[str, ...]) -> None:
+        self._refs = {k: TaskOutput(workflow_id, task_id, k) for k in keys}
+        self._task_id = task_id
+
+    def __getitem__(self, key: str) -> TaskOutput:
+        try:
+            return self._refs[key]
+        except KeyError:
+            raise UnknownOutputError(
+                f"task {self._task_id!r} has no output {key!r}; its declared outputs are {list(self._refs)}"
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._refs)
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def __repr__(self) -> str:
+        return f"TaskOutputs({self._task_id!r}, {list(self._refs)})"
+
+
+class MaTask:
+    """A task placed in a workflow. Read-only; returned by ``add_task``."""
+
+    def __init__(self, planned: PlannedTask, workflow_id: str) -> None:
+        self._planned = planned
+        self.task_id = planned.task_id
+        self.name = planned.name
+        self.workflow_id = workflow_id
+        self.outputs = TaskOutputs(workflow_id, planned.task_id, planned.spec.outputs)
+
+    @property
+    def inputs(self) -> Mapping[str, Any]:
+        p = self._planned
+        return MappingProxyType({**p.constants, **{k: TaskOutput(self.workflow_id, r.task_id, r.key) for k, r in p.refs.items()}})
+
+    @property
+    def resources(self) -> dict[str, float]:
+        return self._planned.spec.resources.as_dict()
+
+    def __repr__(self) -> str:
+        return f"<MaTask {self.task_id!r}>"
+
+
+class MaWorkflow:
+    """A DAG of tasks that can be run any number of times."""
+
+    def __init__(self, engine: Engine, name: str | None = None, *, live_view: LiveView | None = None) -> None:
+        self.name = name or "workflow"
+        self.workflow_id = f"{self.name}-{uuid.uuid4().hex[:8]}"
+        self._engine = engine
+        self._live_view = live_view
+        self._tasks: dict[str, PlannedTask] = {}
+        self._handles: dict[str, MaTask] = {}
+        self._ordering: set[tuple[str, str]] = set()    # add_edge edges (data edges live in refs)
+        self._runs: dict[str, RunState] = {}
+        self._name_counts: dict[str, itertools.count[int]] = {}
+
+    # -- building -------------------------------------------------------------------
+
+    def add_task(
+        self,
+        task_func: TaskFunction,
+        inputs: Mapping[str, Any] | None = None,
+        task_name: str | None = None,
+        resources: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> MaTask:
+        """Add a ``@task`` function; inputs that are ``TaskOutput``\\ s add the edges."""
+        if not isinstance(task_func, TaskFunction):
+            what = getattr(task_func, "__name__", repr(task_func))
+            raise WorkflowError(
+                f"add_task: {what!r} is not a @task function; decorate it with "
+                "@task(inputs=[...], outputs=[...])"
+            )
+        if task_name is not None and (not isinstance(task_name, str) or not task_name):
+            raise WorkflowError(f"add_task: task_name={task_name!r} is not accepted; expected a non-empty string")
+        name = task_name or task_func.spec.name
+        task_id = self._new_id(name)
+        owner = f"task {task_id!r}"
+        spec = task_func.spec.with_overrides(resources, options, owner=owner)
+        if task_name:
+            spec = dataclasses.replace(spec, name=task_name)
+        constants, refs = self._wire_inputs(owner, spec.inputs, inputs)
+        upstream = tuple(dict.fromkeys(r.task_id for r in refs.values()))
+        planned = PlannedTask(task_id, spec, MappingProxyType(constants), MappingProxyType(refs), upstream)
+        self._tasks[task_id] = planned
+        handle = MaTask(planned, self.workflow_id)
+        self._handles[task_id] = handle
+        return handle
+
+    def _new_id(self, name: str) -> str:
+        counter = self._name_counts.setdefault(name, itertools.count(1))
+        while True:
+            n = next(counter)
+            task_id = name if n == 1 else f"{name}-{n}"
+            if task_id not in self._tasks:
+                return task_id
+
+    def _wire_inputs(
+        self, owner: str, declared: tuple[str, ...], inputs: Mapping[str, Any] | None
+    ) -> tuple[dict[str, Any], dict[str, OutputRef]]:
+        inputs = {} if inputs is None else inputs
+        if not isinstance(inputs, Mapping):
+            raise WorkflowError(f"{owner}: inputs must be a dict of input name -> value, got {type(inputs).__name__}")
+        undeclared = [k for k in inputs if k not in declared]
+        if undeclared:
+            raise WorkflowError(
+                f"{owner}: input {undeclared[0]!r} is not declared; the task declares inputs {list(declared)}"
+            )
+        missing = [k for k in declared if k not in inputs]
+        if missing:
+            raise WorkflowError(f"{owner}: missing input(s) {missing}; the task declares inputs {list(declared)}")
+        constants: dict[str, Any] = {}
+        refs: dict[str, OutputRef] = {}
+        for key in declared:
+            value = inputs[key]
+            if isinstance(value, MaTask):
+                raise WorkflowError(
+                    f"{owner}: input {key!r} is the task {value.task_id!r} itself; pass one of its "
+                    f"outputs instead, e.g. {value.task_id}.outputs[{next(iter(value.outputs), 'key')!r}]"
+                )
+            if isinstance(value, TaskOutput):
+                if value.workflow_id != self.workflow_id or value.task_id not in self._tasks:
+                    raise WorkflowError(
+                        f"{owner}: input {key!r} refers to output {value.key!r} of task {value.task_id!r} "
+                        f"of another workflow ({value.workflow_id!r}); only outputs of tasks in "
+                        f"{self.workflow_id!r} can be wired"
+                    )
+                refs[key] = OutputRef(value.task_id, value.key)
+            else:
+                constants[key] = value
+        return constants, refs
+
+    def _task_id_of(self, task: MaTask | str, role: str) -> str:
+        task_id = task.task_id if isinstance(task, MaTask) else task
+        if not isinstance(task_id, str) or task_id not in self._tasks:
+            raise WorkflowError(
+                f"{role}: {task!r} is not a task of workflow {self.workflow_id!r}; "
+                f"its tasks are {list(self._tasks)}"
+            )
+        return task_id
+
+    def add_edge(self, source: MaTask | str, target: MaTask | str) -> None:
+        """Make ``target`` wait for ``source`` without passing data."""
+        a = self._task_id_of(source, "add_edge source")
+        b = self._task_id_of(target, "add_edge target")
+        graph = self._upstream_map()
+        graph[b] = graph[b] | {a}
+        try:
+            TopologicalSorter(graph).prepare()
+        except _GraphlibCycle as exc:
+            cycle = list(exc.args[1])
+            raise CycleError(
+                f"add_edge({a!r}, {b!r}) would close a cycle: {' -> '.join(reversed(cycle))}; "
+                "the workflow is unchanged",
+                list(reversed(cycle)),
+            ) from None
+        self._ordering.add((a, b))
+        self._refresh_upstream(b)
+
+    def del_edge(self, source: MaTask | str, target: MaTask | str) -> None:
+        """Remove an ordering edge made with ``add_edge``."""
+        a = self._task_id_of(source, "del_edge source")
+        b = self._task_id_of(target, "del_edge target")
+        if (a, b) in self._ordering:
+            self._ordering.discard((a, b))
+            self._refresh_upstream(b)
+            return
+        data = [k for k, r in self._tasks[b].refs.items() if r.task_id == a]
+        if data:
+            raise WorkflowError(
+                f"del_edge({a!r}, {b!r}): {b!r} reads {a!r}'s output through its input(s) {data}; "
+                "a data edge goes away only with the input that makes it"
+            )
+        raise WorkflowError(f"del_edge({a!r}, {b!r}): there is no edge from {a!r} to {b!r}")
+
+    def _upstream_map(self) -> dict[str, set[str]]:
+        return {tid: set(t.upstream) for tid, t in self._tasks.items()}
+
+    def _refresh_upstream(self, task_id: str) -> None:
+        t = self._tasks[task_id]
+        data = [r.task_id for r in t.refs.values()]
+        ordering = [a for (a, b) in sorted(self._ordering) if b == task_id]
+        upstream = tuple(dict.fromkeys(data + ordering))
+        self._tasks[task_id] = PlannedTask(t.task_id, t.spec, t.constants, t.refs, upstream)
+
+    def get_tasks(self) -> list[dict[str, str]]:
+        return [{"id": tid, "name": t.name} for tid, t in self._tasks.items()]
+
+    def plan(self) -> Plan:
+        """A frozen snapshot of the workflow as it is now."""
+        return Plan.build(self.workflow_id, self.name, list(self._tasks.values()), set(self._ordering))
+
+    # -- running --------------------------------------------------------------------
+
+    def run(self, *, fail_fast: bool = False) -> str:
+        """Start a run in the background and return its id at once.
+
+        Raises before starting anything when a task could never fit the capacity.
+        """
+        run_id = f"run-{uuid.uuid4().hex[:12]}"
+        self._runs[run_id] = self._engine.start(self.plan(), run_id, fail_fast=fail_fast)
+        return run_id
+
+    def _run(self, run_id: str) -> RunState:
+        try:
+            return self._runs[run_id]
+        except (KeyError, TypeError):
+            known = ", ".join(self._runs) or "none"
+            raise UnknownRunError(
+                f"workflow {self.workflow_id!r} has no run {run_id!r} (cleared, or never started); "
+                f"its runs are: {known}"
+            ) from None
+
+    def get_results(self, run_id: str, verbose: bool = False) -> MessageLog:
+        """The run's messages: live while it runs, recorded afterwards.
+
+        With ``verbose=True``, prints each message as it arrives and returns
+        once the run has ended.
+        """
+        run = self._run(run_id)
+        log = run.log()
+        if verbose:
+            for message in self._watch(run, lambda: iter(log)):
+                print(message, flush=True)
+        return log
+
+    def show_results(self, run_id: str, *, file: TextIO | None = None) -> dict[str, Any]:
+        """Print the run's progress as it happens; return the summary dict."""
+        run = self._run(run_id)
+        if self._live_view is not None:
+            self._live_view(self, run)
+        out = file or sys.stdout
+        for message in self._watch(run, lambda: iter(run.log())):
+            line = report.format_message(message)
+            if line is not None:
+                print(line, file=out, flush=True)
+        summary = run.summary()
+        states = Counter(state.value for state in run.states.values())
+        print(report.summary_line(summary, states), file=out, flush=True)
+        return summary
+
+    def wait(self, run_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the run ends (printing what its tasks print); return the summary dict."""
+        run = self._run(run_id)
+        if timeout is None:
+            for message in self._watch(run, lambda: iter(run.log())):
+                report.echo_log(message)
+        elif not run.ended.wait(timeout):
+            raise TimeoutError(f"run {run_id!r} did not end within {timeout} s")
+        return run.summary()
+
+    def _watch(self, run: RunState, messages: Callable[[], Iterator[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+        # Ctrl-C (or a notebook interrupt) while waiting cancels the run it waits on.
+        try:
+            yield from messages()
+        except KeyboardInterrupt:
+            self._engine.cancel(run, "interrupted while waiting")
+            run.ended.wait(30)
+            raise
+
+    def get_task_result(self, run_id: str, task_id: str) -> dict[str, Any]:
+        """``{"task_id", "result", "status"}`` (+ ``"error"``); waits for the task if needed."""
+        run = self._run(run_id)
+        tid = run.resolve_task(task_id)
+        try:
+            run.wait_task(tid)
+        except KeyboardInterrupt:
+            self._engine.cancel(run, "interrupted while waiting")
+            raise
+        return run.task_result(tid)
+
+    def cancel(self, run_id: str) -> None:
+        """Stop the run: nothing new starts, running tasks are stopped."""
+        self._engine.cancel(self._run(run_id))
+
+    def list_cached_runs(self) -> list[str]:
+        return list(self._runs)
+
+    def clear_cache(self, run_id: str | None = None) -> None:
+        """Forget one run's record (or all). An unknown id is ignored. Runs still going keep going."""
+        if run_id is None:
+            self._runs.clear()
+        else:
+            self._runs.pop(run_id, None)
+
+    def run_state(self, run_id: str) -> RunState:
+        """The run's state object, for read-only views such as the notebook widget."""
+        return self._run(run_id)
+
+    # -- views ----------------------------------------------------------------------
+
+    def get_graph_ascii(self) -> str:
+        return graphviews.to_text(self.plan())
+
+    def print_graph(self) -> None:
+        print(self.get_graph_ascii())
+
+    def get_graph_mermaid(self) -> str:
+        return graphviews.to_mermaid(self.plan())
+
+    def get_graph_info(self) -> dict[str, Any]:
+        return graphviews.graph_info(self.plan())
+
+    def get_graph_dot(self) -> str:
+        return graphviews.to_dot(self.plan())
+
+    def draw_graph(self, output_path: str = "workflow.png", method: str = "auto", dpi: int = 150) -> str:
+        """Render the DAG with Graphviz to ``output_path`` (svg, png or pdf, by its suffix)."""
+        return graphviews.draw(self.plan(), output_path, method=method, dpi=dpi)
+
+    def __repr__(self) -> str:
+        return f"<MaWorkflow {self.workflow_id!r}: {len(self._tasks)} tasks, {len(self.plan().edges)} edges>"
