@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from .task import TaskSpec
+from .task import TaskFunction, TaskSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +27,7 @@ class OutputRef:
 class PlannedTask:
     task_id: str
     spec: TaskSpec                            # with add_task's overrides applied
+    function: TaskFunction                    # what workers call (pickled by name when importable)
     constants: Mapping[str, Any]              # inputs given as plain values
     refs: Mapping[str, OutputRef]             # inputs wired to another task's output
     upstream: tuple[str, ...]                 # every task this one waits for, data or ordering

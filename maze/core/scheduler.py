@@ -154,7 +154,7 @@ class Engine:
         return TaskCall(
             call_id=f"{run.run_id}:{tid}:{run.attempts[tid]}",
             run_id=run.run_id, task_id=tid, task_name=t.name, attempt=run.attempts[tid],
-            func=t.spec.func, constants=t.constants, inputs=inputs, outputs=t.spec.outputs,
+            func=run.plan.tasks[tid].function, constants=t.constants, inputs=inputs, outputs=t.spec.outputs,
             resources=t.spec.resources, gpu_ids=grant.gpu_ids, timeout=t.spec.options.timeout,
         )
 

@@ -11,7 +11,9 @@ and backends read.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, overload
@@ -88,16 +90,37 @@ class TaskFunction:
     def __call__(self, params: dict[str, Any]) -> dict[str, Any]:
         return self.spec.func(params)
 
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        # A task defined at the top of an importable module travels by name, so the
+        # worker imports the module and tracebacks show real file names and lines.
+        # Anything else (notebook, __main__, closures) travels by value.
+        module = getattr(self.spec.func, "__module__", None)
+        qualname = getattr(self.spec.func, "__qualname__", "")
+        if module and module != "__main__" and "<locals>" not in qualname:
+            found = sys.modules.get(module)
+            for part in qualname.split("."):
+                found = getattr(found, part, None)
+            if found is self:
+                return (_import_task, (module, qualname))
+        return (TaskFunction, (self.spec,))
+
     def __repr__(self) -> str:
         s = self.spec
         return f"<maze task {s.name}: inputs={list(s.inputs)} outputs={list(s.outputs)}>"
+
+
+def _import_task(module: str, qualname: str) -> TaskFunction:
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
 
 
 def _names(owner: str, kind: str, names: Iterable[str] | None) -> tuple[str, ...]:
     if names is None:
         return ()
     if isinstance(names, str):
-        raise TaskDefinitionError(f"{owner}: {kind} must be a list of names, not the string {names!r}")
+        raise TaskDefinitionError(f"{owner}: {kind}s must be a list of names, not the string {names!r}")
     result = tuple(names)
     for name in result:
         if not isinstance(name, str) or not name.isidentifier():

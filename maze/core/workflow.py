@@ -10,7 +10,6 @@ run-facing methods (``get_results``, ``wait`` ...) read the resulting
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import sys
 import uuid
 from collections import Counter
@@ -105,7 +104,7 @@ class MaWorkflow:
         self._handles: dict[str, MaTask] = {}
         self._ordering: set[tuple[str, str]] = set()    # add_edge edges (data edges live in refs)
         self._runs: dict[str, RunState] = {}
-        self._name_counts: dict[str, itertools.count[int]] = {}
+        self._name_counts: dict[str, int] = {}   # where the search for a free id resumes
 
     # -- building -------------------------------------------------------------------
 
@@ -127,26 +126,26 @@ class MaWorkflow:
         if task_name is not None and (not isinstance(task_name, str) or not task_name):
             raise WorkflowError(f"add_task: task_name={task_name!r} is not accepted; expected a non-empty string")
         name = task_name or task_func.spec.name
-        task_id = self._new_id(name)
+        task_id = self._free_id(name)
         owner = f"task {task_id!r}"
         spec = task_func.spec.with_overrides(resources, options, owner=owner)
         if task_name:
             spec = dataclasses.replace(spec, name=task_name)
         constants, refs = self._wire_inputs(owner, spec.inputs, inputs)
         upstream = tuple(dict.fromkeys(r.task_id for r in refs.values()))
-        planned = PlannedTask(task_id, spec, MappingProxyType(constants), MappingProxyType(refs), upstream)
+        planned = PlannedTask(task_id, spec, task_func, MappingProxyType(constants), MappingProxyType(refs), upstream)
         self._tasks[task_id] = planned
         handle = MaTask(planned, self.workflow_id)
         self._handles[task_id] = handle
         return handle
 
-    def _new_id(self, name: str) -> str:
-        counter = self._name_counts.setdefault(name, itertools.count(1))
-        while True:
-            n = next(counter)
-            task_id = name if n == 1 else f"{name}-{n}"
-            if task_id not in self._tasks:
-                return task_id
+    def _free_id(self, name: str) -> str:
+        """``name``, or ``name-2``, ``name-3``... : the first id not taken yet."""
+        n = self._name_counts.get(name, 1)
+        while (task_id := name if n == 1 else f"{name}-{n}") in self._tasks:
+            n += 1
+        self._name_counts[name] = n
+        return task_id
 
     def _wire_inputs(
         self, owner: str, declared: tuple[str, ...], inputs: Mapping[str, Any] | None
@@ -201,11 +200,13 @@ class MaWorkflow:
         try:
             TopologicalSorter(graph).prepare()
         except _GraphlibCycle as exc:
+            # graphlib lists the cycle along "depends on" links; that is already
+            # the order in which data would flow around it.
             cycle = list(exc.args[1])
             raise CycleError(
-                f"add_edge({a!r}, {b!r}) would close a cycle: {' -> '.join(reversed(cycle))}; "
+                f"add_edge({a!r}, {b!r}) would close a cycle: {' -> '.join(cycle)}; "
                 "the workflow is unchanged",
-                list(reversed(cycle)),
+                cycle,
             ) from None
         self._ordering.add((a, b))
         self._refresh_upstream(b)
@@ -234,7 +235,7 @@ class MaWorkflow:
         data = [r.task_id for r in t.refs.values()]
         ordering = [a for (a, b) in sorted(self._ordering) if b == task_id]
         upstream = tuple(dict.fromkeys(data + ordering))
-        self._tasks[task_id] = PlannedTask(t.task_id, t.spec, t.constants, t.refs, upstream)
+        self._tasks[task_id] = dataclasses.replace(t, upstream=upstream)
 
     def get_tasks(self) -> list[dict[str, str]]:
         return [{"id": tid, "name": t.name} for tid, t in self._tasks.items()]

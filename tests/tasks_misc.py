@@ -1,0 +1,61 @@
+"""Small tasks used across the behaviour tests."""
+
+import os
+import time
+
+from maze import task
+
+
+@task(inputs=["seconds"], outputs=["pid", "start", "end"])
+def sleeper(params):
+    start = time.time()
+    time.sleep(params["seconds"])
+    return {"pid": os.getpid(), "start": start, "end": time.time()}
+
+
+@task(inputs=["x"], outputs=["y"])
+def inc(params):
+    return {"y": params["x"] + 1}
+
+
+@task(inputs=[], outputs=["token"])
+def token(params):
+    return {"token": os.urandom(8).hex()}
+
+
+@task(inputs=["token"], outputs=["echo"])
+def echo(params):
+    time.sleep(0.05)
+    return {"echo": params["token"]}
+
+
+@task(inputs=["x"], outputs=["y"])
+def boom(params):
+    raise ValueError(f"bad value {params['x']}")
+
+
+@task(inputs=["x"], outputs=["y"])
+def not_a_dict(params):
+    return [params["x"]]
+
+
+@task(inputs=["x"], outputs=["y", "z"])
+def missing_output(params):
+    return {"y": 1}
+
+
+@task(inputs=[], outputs=["visible"], resources={"cpu": 1, "gpu": 1})
+def one_gpu(params):
+    return {"visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+@task(inputs=[], outputs=["visible", "start", "end"], resources={"cpu": 0.5, "gpu": 0.5, "gpu_mem": 1000})
+def half_gpu(params):
+    start = time.time()
+    time.sleep(0.4)
+    return {"visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "end": time.time()}
+
+
+@task(inputs=[], outputs=["visible"], resources={"cpu": 0.5, "gpu": 2})
+def two_gpus(params):
+    return {"visible": os.environ.get("CUDA_VISIBLE_DEVICES")}

@@ -1,0 +1,171 @@
+"""A failing task never loses finished results: skips, fail-fast, retries, timeouts, cancel."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from maze import task
+from tasks_misc import boom, inc, missing_output, not_a_dict, sleeper
+
+
+def types(workflow, run_id):
+    return [(m["type"], m["data"].get("task_id")) for m in workflow.get_results(run_id)]
+
+
+def test_raising_task_skips_dependents_and_spares_other_branches(client):
+    wf = client.create_workflow()
+    ok = wf.add_task(inc, inputs={"x": 1})
+    bad = wf.add_task(boom, inputs={"x": 7})
+    child = wf.add_task(inc, inputs={"x": bad.outputs["y"]})
+    grandchild = wf.add_task(inc, inputs={"x": child.outputs["y"]})
+    after_ok = wf.add_task(inc, inputs={"x": ok.outputs["y"]})
+    run_id = wf.run()
+    summary = wf.wait(run_id)
+    assert summary["status"] == "failed" and summary["workflow_completed"] is False
+    assert summary["has_exception"] is True
+    assert summary["exception_tasks"] == [bad.task_id]
+    assert summary["skipped_tasks"] == [child.task_id, grandchild.task_id]
+    assert summary["task_results"] == {ok.task_id: {"y": 2}, after_ok.task_id: {"y": 3}}
+
+    failure = next(m["data"] for m in wf.get_results(run_id) if m["type"] == "task_exception")
+    assert failure["error_type"] == "ValueError" and failure["error"] == "bad value 7"
+    assert "Traceback" in failure["result"] and "raise ValueError" in failure["result"]
+    assert failure["attempt"] == 1
+    skipped = [m["data"] for m in wf.get_results(run_id) if m["type"] == "task_skipped"]
+    assert [(d["task_id"], d["upstream"]) for d in skipped] == [(child.task_id, "boom"), (grandchild.task_id, "boom")]
+    assert skipped[0]["reason"] == "upstream task 'boom' failed"
+    end = wf.get_results(run_id)[-1]["data"]
+    assert end["status"] == "failed" and end["has_exception"] is True
+
+    assert wf.get_task_result(run_id, bad.task_id) == {
+        "task_id": "boom", "result": None, "status": "exception", "error": "ValueError: bad value 7",
+    }
+    assert wf.get_task_result(run_id, child.task_id)["status"] == "skipped"
+
+
+def test_non_dict_result_fails_with_a_clear_message(client):
+    wf = client.create_workflow()
+    t = wf.add_task(not_a_dict, inputs={"x": 3})
+    run_id = wf.run()
+    wf.wait(run_id)
+    err = wf.get_task_result(run_id, t.task_id)
+    assert err["status"] == "exception"
+    assert err["error"] == "TaskOutputError: task 'not_a_dict' returned list [3]; expected a dict with the keys ['y']"
+
+
+def test_missing_output_names_the_keys(client):
+    wf = client.create_workflow()
+    t = wf.add_task(missing_output, inputs={"x": 3})
+    run_id = wf.run()
+    wf.wait(run_id)
+    assert wf.get_task_result(run_id, t.task_id)["error"] == (
+        "TaskOutputError: task 'missing_output' did not return its declared output(s) ['z']; it returned the keys ['y']"
+    )
+
+
+def test_fail_fast_cancels_the_rest(local_client):
+    wf = local_client.create_workflow()
+    slow = wf.add_task(sleeper, inputs={"seconds": 5})
+    wf.add_task(boom, inputs={"x": 1})
+    later = wf.add_task(inc, inputs={"x": slow.outputs["pid"]})
+    started = time.perf_counter()
+    run_id = wf.run(fail_fast=True)
+    summary = wf.wait(run_id)
+    assert time.perf_counter() - started < 3
+    assert summary["status"] == "failed"
+    assert summary["exception_tasks"] == ["boom"]
+    assert sorted(summary["cancelled_tasks"]) == sorted([slow.task_id, later.task_id])
+    assert wf.get_task_result(run_id, slow.task_id)["status"] == "cancelled"
+
+
+_FLAKY_DIR = os.environ.get("TMPDIR", "/tmp")
+
+
+@task(inputs=["marker"], outputs=["attempts"], retries=2, retry_delay=0.05)
+def flaky(params):
+    path = params["marker"]
+    count = int(open(path).read()) + 1 if os.path.exists(path) else 1
+    with open(path, "w") as fh:
+        fh.write(str(count))
+    if count < 3:
+        raise ConnectionError(f"attempt {count} failed")
+    return {"attempts": count}
+
+
+def test_retries_recover_a_flaky_task(client, tmp_path):
+    wf = client.create_workflow()
+    t = wf.add_task(flaky, inputs={"marker": str(tmp_path / "count")})
+    run_id = wf.run()
+    summary = wf.wait(run_id)
+    assert summary["task_results"] == {t.task_id: {"attempts": 3}}
+    retries = [m["data"] for m in wf.get_results(run_id) if m["type"] == "task_retry"]
+    assert [(r["attempt"], r["error"], r["delay"]) for r in retries] == [
+        (1, "ConnectionError: attempt 1 failed", 0.05), (2, "ConnectionError: attempt 2 failed", 0.05),
+    ]
+
+
+def test_retries_exhausted_report_the_attempt(client, tmp_path):
+    wf = client.create_workflow()
+    t = wf.add_task(flaky, inputs={"marker": str(tmp_path / "count")}, retries=1)
+    run_id = wf.run()
+    wf.wait(run_id)
+    failure = next(m["data"] for m in wf.get_results(run_id) if m["type"] == "task_exception")
+    assert failure["attempt"] == 2 and failure["error"] == "attempt 2 failed"
+
+
+def test_timeout_stops_the_task_and_the_run_goes_on(local_client):
+    wf = local_client.create_workflow()
+    slow = wf.add_task(sleeper, inputs={"seconds": 30}, timeout=0.5)
+    fine = wf.add_task(inc, inputs={"x": 1})
+    started = time.perf_counter()
+    run_id = wf.run()
+    summary = wf.wait(run_id)
+    assert time.perf_counter() - started < 5
+    assert summary["exception_tasks"] == [slow.task_id]
+    assert summary["task_results"] == {fine.task_id: {"y": 2}}
+    failure = next(m["data"] for m in wf.get_results(run_id) if m["type"] == "task_exception")
+    assert failure["error_type"] == "TimeoutError"
+    assert failure["error"] == "task 'sleeper' ran longer than its timeout of 0.5 s and was stopped"
+
+
+@task(inputs=[], outputs=["never"])
+def dies(params):
+    os._exit(3)
+
+
+def test_a_dead_worker_fails_only_its_task(local_client):
+    wf = local_client.create_workflow()
+    d = wf.add_task(dies)
+    ok = wf.add_task(sleeper, inputs={"seconds": 0.2})
+    run_id = wf.run()
+    summary = wf.wait(run_id)
+    assert summary["exception_tasks"] == [d.task_id]
+    assert ok.task_id in summary["task_results"]
+    failure = next(m["data"] for m in wf.get_results(run_id) if m["type"] == "task_exception")
+    assert failure["error_type"] == "WorkerDiedError" and "exit code 3" in failure["error"]
+    # the pool recovers: the next run works
+    assert wf.wait(wf.run())["task_results"][ok.task_id]["end"] > 0
+
+
+def test_cancel_stops_running_and_pending_tasks(local_client):
+    wf = local_client.create_workflow()
+    a = wf.add_task(sleeper, inputs={"seconds": 10})
+    b = wf.add_task(inc, inputs={"x": a.outputs["pid"]})
+    run_id = wf.run()
+    first = next(iter(wf.get_results(run_id)))
+    assert first["type"] == "start_task"
+    pid = first["data"]["worker"]
+    started = time.perf_counter()
+    wf.cancel(run_id)
+    summary = wf.wait(run_id)
+    assert time.perf_counter() - started < 3
+    assert summary["status"] == "cancelled"
+    assert sorted(summary["cancelled_tasks"]) == sorted([a.task_id, b.task_id])
+    assert wf.get_results(run_id)[-1]["data"]["status"] == "cancelled"
+    with pytest.raises(ProcessLookupError):
+        for _ in range(50):
+            os.kill(pid, 0)           # the worker that ran the task is gone
+            time.sleep(0.05)
