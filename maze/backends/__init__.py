@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib
 from functools import lru_cache
-from importlib.metadata import entry_points
 from typing import Any
 
 from maze.core.errors import UnknownBackendError
@@ -35,6 +34,8 @@ _BUILTIN = {
 
 @lru_cache(maxsize=1)
 def _plugins() -> dict[str, str]:
+    from importlib.metadata import entry_points  # slow to import; only needed here
+
     return {ep.name: ep.value for ep in entry_points(group="maze.backends")}
 
 

@@ -4,11 +4,12 @@ Started by :mod:`maze.backends.local` as ``python -c ...`` with one end of a
 socket pair; speaks length-prefixed frames (``multiprocessing.connection``)
 over it. One task at a time, so capturing ``print()`` process-wide is safe.
 
-Frames from the driver: a call header, then one frame per upstream input
-(the pickled value, passed through by the driver untouched).
-Frames to the driver, in order: ``started``, any number of ``log``, ``done``
-followed by one frame per output value. Because they share one ordered
-socket, the driver sees a task's start and prints before its result.
+From the driver: a call header (function, constants, the descriptors of the
+upstream values), then the small frames of those values.
+To the driver, in order: ``started``, any number of ``log``, then ``done``
+with the descriptors of the output values, then their small frames. Because
+everything shares one ordered socket, the driver sees a task's start and its
+prints before its result. Values are packed as :mod:`._packing` describes.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 import cloudpickle
 
+from maze.backends import _packing
 from maze.core.execute import captured_output, error_of, gather_params, run_body
 from maze.core.protocol import TaskError
 
@@ -54,17 +56,16 @@ def main(fd: int, parent: int) -> None:
             header = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        call_id, task_id, fn_key, fn_bytes, constants, input_keys, outputs = pickle.loads(header)
-        blobs = [conn.recv_bytes() for _ in input_keys]
+        call_id, task_id, fn_key, fn_bytes, constants, input_keys, descriptors, outputs = pickle.loads(header)
+        packs = _packing.receive(conn.recv_bytes, descriptors)
         conn.send_bytes(pickle.dumps(("started", call_id, time.time())))
-        started = time.time()
 
         def emit(stream: str, text: str, _call_id: str = call_id) -> None:
             conn.send_bytes(pickle.dumps(("log", _call_id, stream, text, time.time())))
 
+        started = time.time()
         result: dict[str, Any] | None = None
         error: TaskError | None = None
-        inputs: dict[str, Any] = {}
         try:
             func = functions.get(fn_key)
             if func is None:
@@ -72,24 +73,26 @@ def main(fd: int, parent: int) -> None:
                 functions[fn_key] = func
                 if len(functions) > _FUNCTION_CACHE_SIZE:
                     functions.popitem(last=False)
-            inputs = {k: pickle.loads(b) for k, b in zip(input_keys, blobs)}
+            inputs = {k: _packing.unpack(p) for k, p in zip(input_keys, packs)}
         except BaseException as exc:  # noqa: BLE001 - e.g. a module the worker cannot import
             error = _wrapped(exc, f"task {task_id!r} could not be loaded in the worker")
         else:
             with captured_output(emit):
                 result, error = run_body(func, gather_params(constants, inputs), outputs, task_id)
-        out_blobs: list[bytes] = []
+            del inputs
+        out: list[_packing.Packed] = []
         if result is not None:
             try:
-                out_blobs = [cloudpickle.dumps(v, protocol=pickle.HIGHEST_PROTOCOL) for v in result.values()]
+                out = [_packing.pack(v, str(parent)) for v in result.values()]
             except BaseException as exc:  # noqa: BLE001
                 result, error = None, _wrapped(exc, f"the result of task {task_id!r} could not be pickled")
         keys = list(result) if result is not None else []
-        conn.send_bytes(pickle.dumps(("done", call_id, keys, error, started, time.time())))
-        for blob in out_blobs:
-            conn.send_bytes(blob)
+        conn.send_bytes(pickle.dumps(
+            ("done", call_id, keys, error, started, time.time(), [p.descriptor() for p in out])
+        ))
+        _packing.send(conn.send_bytes, out)
         # Drop references now, so an idle worker does not hold the last task's data.
-        result, out_blobs, blobs, inputs = None, [], [], {}
+        result, out, packs = None, [], []
 
 
 def _wrapped(exc: BaseException, context: str) -> TaskError:

@@ -14,6 +14,7 @@ for "started" and ``print()`` events ahead of the result. This pool is small:
   notebook or ``__main__`` work; a function is sent to each worker once;
 * an output is pickled once, in the worker that made it, and the driver hands
   the same bytes to every dependent task without unpickling and re-pickling;
+  large buffers (numpy arrays) go through shared memory (see ``_packing``);
 * one I/O thread waits on all worker sockets and resolves futures; their
   callbacks (the scheduler) submit the next tasks straight from that thread;
 * a worker serves one device set: GPU tasks run in workers started with
@@ -34,6 +35,7 @@ import json
 import math
 import os
 import pickle
+import selectors
 import signal
 import socket
 import subprocess
@@ -46,11 +48,12 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Any
 
 import cloudpickle
 
+from maze.backends import _packing
 from maze.core.errors import BackendError
 from maze.core.protocol import Reporter, TaskCall, TaskError, TaskLog, TaskOutcome, TaskStarted
 from maze.core.resources import Capacity, detect_capacity
@@ -100,6 +103,9 @@ class LocalBackend:
         self._closed = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
+        self._selector = selectors.DefaultSelector()   # used by the I/O thread only
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._joining: list[_Worker] = []              # spawned, not yet registered with the selector
         self._io = threading.Thread(target=self._io_loop, name="maze-local-io", daemon=True)
         self._io.start()
         _live.add(self)
@@ -161,13 +167,16 @@ class LocalBackend:
             except subprocess.TimeoutExpired:
                 w.proc.kill()
                 w.proc.wait()
+        self._wake()
+        self._io.join(timeout=5)
+        for w in workers:
+            w.conn.close()
         for job in pending:
             if not job.future.done():
                 job.future.set_result(TaskOutcome(error=TaskError.simple("TaskCancelled", "the backend was closed")))
-        self._wake()
-        self._io.join(timeout=5)
         self._wake_r.close()
         self._wake_w.close()
+        _packing.remove_files_of(str(os.getpid()))
         _live.discard(self)
 
     def __enter__(self) -> LocalBackend:
@@ -193,6 +202,7 @@ class LocalBackend:
             theirs.close()
         worker = _Worker(proc, Connection(ours.detach()), devices)
         self._workers.append(worker)
+        self._joining.append(worker)
         self._wake()
         return worker
 
@@ -211,9 +221,7 @@ class LocalBackend:
     def _retire(self, worker: _Worker) -> None:
         worker.retiring = True
         self._workers.remove(worker)
-        _hang_up(worker.conn)
-        threading.Thread(target=worker.proc.wait, daemon=True).start()  # reap it
-        self._wake()
+        _hang_up(worker.conn)  # the I/O thread sees EOF, reaps the process and closes the socket
 
     def _kill_running(self, job: _Job) -> None:
         for w in self._workers:
@@ -229,27 +237,27 @@ class LocalBackend:
         call = job.call
         fn_key, fn_bytes = self._pickled_function(call.func)
         ship = None if fn_key in worker.known else fn_bytes
-        worker.known.add(fn_key)
-        worker.job = job
         keys = list(call.inputs)
+        packs: list[_packing.Packed] = [call.inputs[k] for k in keys]
         try:
-            header = cloudpickle.dumps(
-                (call.call_id, call.task_id, fn_key, ship, dict(call.constants), keys, call.outputs),
-                protocol=pickle.HIGHEST_PROTOCOL,
-            )
+            header = _packing.dumps((
+                call.call_id, call.task_id, fn_key, ship, dict(call.constants), keys,
+                [p.descriptor() for p in packs], call.outputs,
+            ))
         except Exception as exc:  # noqa: BLE001 - an unpicklable constant input
-            worker.job = None
             del self._jobs[call.call_id]
             job.future.set_result(TaskOutcome(error=TaskError.simple(
                 type(exc).__name__, f"the inputs of task {call.task_id!r} could not be pickled: {exc}"
             )))
+            self._feed(worker)
             return
+        worker.known.add(fn_key)
+        worker.job = job
         try:
             worker.conn.send_bytes(header)
-            for key in keys:
-                worker.conn.send_bytes(call.inputs[key])
+            _packing.send(worker.conn.send_bytes, packs)
         except OSError:
-            pass  # the worker died; the I/O loop reports it and fails this job
+            pass  # the worker died; the I/O thread reports it and fails this job
 
     def _pickled_function(self, func: Callable[..., Any]) -> tuple[str, bytes]:
         try:
@@ -274,21 +282,23 @@ class LocalBackend:
         while True:
             with self._lock:
                 if self._closed and not self._workers:
-                    return
-                conns = {w.conn: w for w in self._workers if not w.conn.closed}
+                    break
+                for w in self._joining:
+                    self._selector.register(w.conn, selectors.EVENT_READ, w)
+                self._joining.clear()
                 deadlines = [w.job.deadline for w in self._workers if w.job and w.job.deadline]
             timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-            ready = wait([*conns, self._wake_r], timeout)
-            for obj in ready:
-                if obj is self._wake_r:
+            for key, _ in self._selector.select(timeout):
+                if key.data is None:
                     try:
                         while self._wake_r.recv(4096):
                             pass
                     except (BlockingIOError, OSError):
                         pass
-                    continue
-                self._on_readable(conns[obj])  # type: ignore[index]
+                else:
+                    self._on_readable(key.data)
             self._enforce_timeouts()
+        self._selector.close()
 
     def _on_readable(self, worker: _Worker) -> None:
         try:
@@ -313,16 +323,18 @@ class LocalBackend:
             self._on_done(worker, job, frame)
 
     def _on_done(self, worker: _Worker, job: _Job, frame: tuple[Any, ...]) -> None:
-        _, _, keys, error, started, finished = frame
+        _, _, keys, error, started, finished, descriptors = frame
         try:
-            blobs = [worker.conn.recv_bytes() for _ in keys]
+            packs = _packing.receive(worker.conn.recv_bytes, descriptors)
         except (EOFError, OSError):
             self._on_worker_exit(worker)
             return
+        for p in packs:
+            p.own_file()
         if error is None:
             try:
-                result = {k: pickle.loads(b) for k, b in zip(keys, blobs)}
-                outcome = TaskOutcome(result, dict(zip(keys, blobs)), None, started, finished)
+                result = {k: _packing.unpack(p) for k, p in zip(keys, packs)}
+                outcome = TaskOutcome(result, dict(zip(keys, packs)), None, started, finished)
             except Exception as exc:  # noqa: BLE001 - e.g. a class the driver cannot import
                 outcome = TaskOutcome(error=TaskError.simple(
                     type(exc).__name__, f"the result of task {job.call.task_id!r} could not be unpickled: {exc}"
@@ -348,12 +360,13 @@ class LocalBackend:
             self._send(self._spawn(job.call.gpu_ids or None), job)
 
     def _on_worker_exit(self, worker: _Worker) -> None:
+        """The worker's socket hit EOF: it exited, died, or was retired (I/O thread)."""
         code = worker.proc.wait()
         with self._lock:
             if worker in self._workers:
                 self._workers.remove(worker)
-            if not worker.conn.closed:
-                worker.conn.close()
+            self._selector.unregister(worker.conn)
+            worker.conn.close()
             job, worker.job = worker.job, None
             if job is not None:
                 self._jobs.pop(job.call.call_id, None)
@@ -384,11 +397,11 @@ class LocalBackend:
 
 
 def _hang_up(conn: Connection) -> None:
-    """Close a worker's socket so that the worker sees EOF at once.
+    """End a worker's connection so that the worker sees EOF at once.
 
-    ``shutdown`` first: while the I/O thread sits in ``poll()`` on the socket,
-    the kernel holds a reference to it, and ``close()`` alone would not end the
-    connection until that ``poll()`` returns.
+    ``shutdown``, not ``close``: the I/O thread's selector holds the socket, so
+    closing it from another thread would neither end the connection nor be
+    safe; the I/O thread closes it when it reads the EOF.
     """
     if conn.closed:
         return
@@ -399,7 +412,6 @@ def _hang_up(conn: Connection) -> None:
         pass
     finally:
         sock.detach()
-    conn.close()
 
 
 def _describe_exit(code: int) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from graphlib import TopologicalSorter
 from typing import Any
 
@@ -46,6 +46,10 @@ RESULT_STATUS = {
     TaskState.SKIPPED: "skipped",
     TaskState.CANCELLED: "cancelled",
 }
+
+
+# Waiting for a run (``wait``) only needs waking for output to echo and for the end.
+_ATTENTION = {MessageType.TASK_LOG.value, MessageType.FINISH_WORKFLOW.value}
 
 
 class RunStatus(str, enum.Enum):
@@ -91,7 +95,8 @@ class RunState:
         self.cancelling = False
 
         self.messages: list[Message] = []
-        self.changed = threading.Condition(lock)
+        self.changed = threading.Condition(lock)    # notified on every message
+        self.attention = threading.Condition(lock)  # notified on task output and at the end only
         self.ended = threading.Event()
 
     # -- writing (scheduler only) -------------------------------------------------
@@ -99,6 +104,8 @@ class RunState:
     def record(self, message: Message) -> None:
         self.messages.append(message)
         self.changed.notify_all()
+        if message["type"] in _ATTENTION:
+            self.attention.notify_all()
 
     def task_msg(self, kind: MessageType, task_id: str, at: float | None = None, **data: Any) -> None:
         name = self.plan.tasks[task_id].name
@@ -127,7 +134,7 @@ class RunState:
             MessageType.FINISH_WORKFLOW, self.plan.workflow_id, self.run_id,
             status=self.status.value, has_exception=failed, duration=self.duration,
         ))
-        self.ended.set()
+        self.ended.set()  # after the message: readers that saw it set must find it
 
     # -- reading ------------------------------------------------------------------
 
@@ -147,6 +154,19 @@ class RunState:
         raise UnknownTaskError(
             f"task id prefix {task_id!r} is ambiguous in run {self.run_id!r}: it matches {', '.join(matches)}"
         )
+
+    def follow_logs(self) -> Iterator[Message]:
+        """Yield each ``task_log`` message as it arrives, until the run ends."""
+        seen = 0
+        while True:
+            with self.attention:
+                self.attention.wait_for(lambda: self.ended.is_set() or len(self.messages) > seen)
+                batch = self.messages[seen:]
+                seen = len(self.messages)
+                done = self.ended.is_set()
+            yield from (m for m in batch if m["type"] == MessageType.TASK_LOG.value)
+            if done:
+                return
 
     def wait_task(self, task_id: str, timeout: float | None = None) -> bool:
         with self.changed:

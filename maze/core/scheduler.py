@@ -24,12 +24,10 @@ an unexpected error.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import threading
 from collections import deque
-from collections.abc import Iterator
 from concurrent.futures import Future
 from functools import partial
 
@@ -267,26 +265,42 @@ class Engine:
         if run.open == 0:
             run.end()
 
-    @contextlib.contextmanager
-    def _guard(self, run: RunState) -> Iterator[None]:
-        """If the scheduler itself fails, end the run rather than leave it hanging."""
-        try:
-            yield
-        except BaseException as exc:
-            _log.exception("maze scheduler error in run %s", run.run_id)
-            with self._lock:
-                try:
-                    for call in list(run.calls.values()):
-                        self.backend.stop(call.call_id)
-                    error = TaskError.simple(type(exc).__name__, f"internal scheduler error: {exc}")
-                    for tid, state in run.states.items():
-                        if not state.terminal:
-                            run.errors[tid] = error
-                            run.settle(tid, TaskState.CANCELLED)
-                finally:
-                    run.end()
-            if not isinstance(exc, Exception):
-                raise
+    def _guard(self, run: RunState) -> _Guard:
+        return _Guard(self, run)
+
+    def _abort(self, run: RunState, exc: BaseException) -> None:
+        """The scheduler itself failed: end the run rather than leave it hanging."""
+        _log.error("maze scheduler error in run %s", run.run_id, exc_info=exc)
+        with self._lock:
+            try:
+                for call in list(run.calls.values()):
+                    self.backend.stop(call.call_id)
+                error = TaskError.simple(type(exc).__name__, f"internal scheduler error: {exc}")
+                for tid, state in run.states.items():
+                    if not state.terminal:
+                        run.errors[tid] = error
+                        run.settle(tid, TaskState.CANCELLED)
+            finally:
+                run.end()
+
+
+class _Guard:
+    """``with engine._guard(run):`` ends ``run`` if the block raises (a class: it is on the hot path)."""
+
+    __slots__ = ("engine", "run")
+
+    def __init__(self, engine: Engine, run: RunState) -> None:
+        self.engine = engine
+        self.run = run
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        if exc is None:
+            return False
+        self.engine._abort(self.run, exc)
+        return isinstance(exc, Exception)  # swallow errors; let KeyboardInterrupt and friends through
 
 
 def _demand(need: Resources) -> str:

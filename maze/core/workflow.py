@@ -297,7 +297,7 @@ class MaWorkflow:
         """Block until the run ends (printing what its tasks print); return the summary dict."""
         run = self._run(run_id)
         if timeout is None:
-            for message in self._watch(run, lambda: iter(run.log())):
+            for message in self._watch(run, run.follow_logs):
                 report.echo_log(message)
         elif not run.ended.wait(timeout):
             raise TimeoutError(f"run {run_id!r} did not end within {timeout} s")

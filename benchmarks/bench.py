@@ -1,0 +1,381 @@
+"""maze's local backend beside the tools a user would otherwise reach for.
+
+Workloads (each framework runs the same task bodies, warm unless noted):
+
+W1  1 -> 1000 no-op tasks -> 1      overhead per task (us)
+W2  a chain of 200 no-op tasks      latency per dependent edge (us)
+W3  8 CPU-bound tasks of ~0.25 s    speedup over running them one after another
+W4  a 50 MB numpy array -> 4 tasks  wall time (ms) to produce it and consume it 4 times
+W5  a fresh process to the first task's result (s), interpreter start included
+
+Usage: python benchmarks/bench.py [--only maze,ppe,joblib,dask,distributed,ray,maze-ray] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import workloads as w  # noqa: E402
+
+N_FANOUT, N_CHAIN, N_CPU, ARRAY_MB = 1000, 200, 8, 50
+TARGETS = {"W1": "<= 50 us", "W2": "<= 250 us", "W3": ">= 1.9x", "W4": "<= 150 ms", "W5": "<= 0.5 s"}
+
+
+def best(fn: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def fresh_process(code: str) -> float:
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.abspath(__file__)))
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", textwrap.dedent(code)], check=True, env=env, capture_output=True)
+    return time.perf_counter() - started
+
+
+class Framework:
+    name = ""
+
+    def setup(self) -> None: ...
+    def close(self) -> None: ...
+    def w1(self) -> None: raise NotImplementedError
+    def w2(self) -> None: raise NotImplementedError
+    def w3(self, turns: int) -> None: raise NotImplementedError
+    def w4(self) -> None: raise NotImplementedError
+    w5_code = ""
+
+
+class Maze(Framework):
+    name = "maze (local)"
+    backend = "joblib"
+
+    def setup(self) -> None:
+        from maze import MaClient
+
+        self.client = MaClient(backend=self.backend)
+        self._fanout = self.client.create_workflow("w1")
+        src = self._fanout.add_task(w.noop, inputs={"x": 0})
+        mids = [self._fanout.add_task(w.noop, inputs={"x": src.outputs["x"]}) for _ in range(N_FANOUT)]
+        sink = self._fanout.add_task(w.noop, inputs={"x": 0})
+        for m in mids:
+            self._fanout.add_edge(m, sink)
+        self._chain = self.client.create_workflow("w2")
+        prev = self._chain.add_task(w.noop, inputs={"x": 0})
+        for _ in range(N_CHAIN - 1):
+            prev = self._chain.add_task(w.noop, inputs={"x": prev.outputs["x"]})
+        self._array = self.client.create_workflow("w4")
+        arr = self._array.add_task(w.make_array, inputs={"mb": ARRAY_MB})
+        for _ in range(4):
+            self._array.add_task(w.total, inputs={"array": arr.outputs["array"]})
+        self.w2()  # warm the workers
+
+    def _run(self, wf) -> None:
+        summary = wf.wait(wf.run())
+        assert summary["workflow_completed"], summary
+        wf.clear_cache()
+
+    def w1(self) -> None:
+        self._run(self._fanout)
+
+    def w2(self) -> None:
+        self._run(self._chain)
+
+    def w3(self, turns: int) -> None:
+        wf = self.client.create_workflow("w3")
+        for _ in range(N_CPU):
+            wf.add_task(w.spin, inputs={"turns": turns})
+        self._run(wf)
+
+    def w4(self) -> None:
+        self._run(self._array)
+
+    def close(self) -> None:
+        self.client.close()
+
+    w5_code = """
+        from maze import MaClient
+        from workloads import noop
+        client = MaClient()
+        wf = client.create_workflow()
+        t = wf.add_task(noop, inputs={"x": 1})
+        assert wf.get_task_result(wf.run(), t.task_id)["result"] == {"x": 1}
+    """
+
+
+class MazeRay(Maze):
+    name = "maze (ray)"
+    backend = "ray"
+    w5_code = Maze.w5_code.replace("MaClient()", 'MaClient(backend="ray")')
+
+
+class PPE(Framework):
+    name = "ProcessPoolExecutor"
+
+    def setup(self) -> None:
+        self.pool = ProcessPoolExecutor(os.cpu_count())
+        list(self.pool.map(w.noop_plain, range(8)))
+
+    def w1(self) -> None:
+        x = self.pool.submit(w.noop_plain, 0).result()
+        futures = [self.pool.submit(w.noop_plain, x) for _ in range(N_FANOUT)]
+        for f in futures:
+            f.result()
+        self.pool.submit(w.noop_plain, 0).result()
+
+    def w2(self) -> None:
+        x = 0
+        for _ in range(N_CHAIN):
+            x = self.pool.submit(w.noop_plain, x).result()
+
+    def w3(self, turns: int) -> None:
+        list(self.pool.map(w.spin_plain, [turns] * N_CPU))
+
+    def w4(self) -> None:
+        array = self.pool.submit(w.make_array_plain, ARRAY_MB).result()
+        for f in [self.pool.submit(w.total_plain, array) for _ in range(4)]:
+            f.result()
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+    w5_code = """
+        from concurrent.futures import ProcessPoolExecutor
+        from workloads import noop_plain
+        if __name__ == "__main__":
+            with ProcessPoolExecutor(2) as pool:
+                assert pool.submit(noop_plain, 1).result() == 1
+    """
+
+
+class Joblib(Framework):
+    name = "joblib.Parallel"
+
+    def setup(self) -> None:
+        from joblib import Parallel, delayed
+
+        self.parallel, self.delayed = Parallel(n_jobs=-1), delayed
+        self.parallel(delayed(w.noop_plain)(i) for i in range(8))
+
+    def w1(self) -> None:
+        x = self.parallel([self.delayed(w.noop_plain)(0)])[0]
+        self.parallel(self.delayed(w.noop_plain)(x) for _ in range(N_FANOUT))
+        self.parallel([self.delayed(w.noop_plain)(0)])
+
+    def w2(self) -> None:
+        x = 0
+        for _ in range(N_CHAIN):
+            x = self.parallel([self.delayed(w.noop_plain)(x)])[0]
+
+    def w3(self, turns: int) -> None:
+        self.parallel(self.delayed(w.spin_plain)(turns) for _ in range(N_CPU))
+
+    def w4(self) -> None:
+        array = self.parallel([self.delayed(w.make_array_plain)(ARRAY_MB)])[0]
+        self.parallel(self.delayed(w.total_plain)(array) for _ in range(4))
+
+    w5_code = """
+        from joblib import Parallel, delayed
+        from workloads import noop_plain
+        assert Parallel(n_jobs=-1)([delayed(noop_plain)(1)]) == [1]
+    """
+
+
+class DaskThreaded(Framework):
+    name = "dask (threads)"
+
+    def setup(self) -> None:
+        from dask.threaded import get
+
+        self.get = get
+
+    def w1(self) -> None:
+        graph = {"src": (w.noop_plain, 0)}
+        graph.update({f"m{i}": (w.noop_plain, "src") for i in range(N_FANOUT)})
+        graph["sink"] = (lambda *xs: 0, *[f"m{i}" for i in range(N_FANOUT)])
+        self.get(graph, "sink")
+
+    def w2(self) -> None:
+        graph = {"c0": (w.noop_plain, 0)}
+        graph.update({f"c{i}": (w.noop_plain, f"c{i - 1}") for i in range(1, N_CHAIN)})
+        self.get(graph, f"c{N_CHAIN - 1}")
+
+    def w3(self, turns: int) -> None:
+        graph = {f"s{i}": (w.spin_plain, turns) for i in range(N_CPU)}
+        self.get(graph, list(graph))
+
+    def w4(self) -> None:
+        graph = {"a": (w.make_array_plain, ARRAY_MB)}
+        graph.update({f"t{i}": (w.total_plain, "a") for i in range(4)})
+        self.get(graph, [f"t{i}" for i in range(4)])
+
+    w5_code = """
+        from dask.threaded import get
+        from workloads import noop_plain
+        assert get({"a": (noop_plain, 1)}, "a") == 1
+    """
+
+
+class DaskDistributed(Framework):
+    name = "dask.distributed"
+
+    def setup(self) -> None:
+        from distributed import Client, LocalCluster
+
+        self.cluster = LocalCluster(n_workers=os.cpu_count(), threads_per_worker=1, processes=True,
+                                    host="127.0.0.1", dashboard_address=None)
+        self.client = Client(self.cluster)
+        self.client.gather(self.client.map(w.noop_plain, range(8)))
+
+    def w1(self) -> None:
+        c = self.client
+        src = c.submit(w.noop_plain, 0, pure=False)
+        mids = [c.submit(w.noop_plain, src, pure=False) for _ in range(N_FANOUT)]
+        c.submit(lambda *xs: 0, *mids, pure=False).result()
+
+    def w2(self) -> None:
+        x = self.client.submit(w.noop_plain, 0, pure=False)
+        for _ in range(N_CHAIN - 1):
+            x = self.client.submit(w.noop_plain, x, pure=False)
+        x.result()
+
+    def w3(self, turns: int) -> None:
+        self.client.gather([self.client.submit(w.spin_plain, turns, pure=False) for _ in range(N_CPU)])
+
+    def w4(self) -> None:
+        a = self.client.submit(w.make_array_plain, ARRAY_MB, pure=False)
+        self.client.gather([self.client.submit(w.total_plain, a, pure=False) for _ in range(4)])
+
+    def close(self) -> None:
+        self.client.close()
+        self.cluster.close()
+
+    w5_code = """
+        from distributed import Client, LocalCluster
+        from workloads import noop_plain
+        if __name__ == "__main__":
+            with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as cluster, Client(cluster) as c:
+                assert c.submit(noop_plain, 1).result() == 1
+    """
+
+
+class Ray(Framework):
+    name = "ray (raw)"
+
+    def setup(self) -> None:
+        import ray
+
+        self.ray = ray
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        self.noop = ray.remote(w.noop_plain)
+        self.spin = ray.remote(w.spin_plain)
+        self.make = ray.remote(w.make_array_plain)
+        self.total = ray.remote(w.total_plain)
+        ray.get([self.noop.remote(i) for i in range(8)])
+
+    def w1(self) -> None:
+        src = self.noop.remote(0)
+        mids = [self.noop.remote(src) for _ in range(N_FANOUT)]
+        self.ray.get(self.ray.remote(lambda *xs: 0).remote(*mids))
+
+    def w2(self) -> None:
+        x = self.noop.remote(0)
+        for _ in range(N_CHAIN - 1):
+            x = self.noop.remote(x)
+        self.ray.get(x)
+
+    def w3(self, turns: int) -> None:
+        self.ray.get([self.spin.remote(turns) for _ in range(N_CPU)])
+
+    def w4(self) -> None:
+        a = self.make.remote(ARRAY_MB)
+        self.ray.get([self.total.remote(a) for _ in range(4)])
+
+    def close(self) -> None:
+        self.ray.shutdown()
+
+    w5_code = """
+        import ray
+        from workloads import noop_plain
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        assert ray.get(ray.remote(noop_plain).remote(1)) == 1
+        ray.shutdown()
+    """
+
+
+FRAMEWORKS = {"maze": Maze, "ppe": PPE, "joblib": Joblib, "dask": DaskThreaded,
+              "distributed": DaskDistributed, "ray": Ray, "maze-ray": MazeRay}
+
+
+def available(key: str) -> bool:
+    module = {"distributed": "distributed", "ray": "ray", "maze-ray": "ray", "dask": "dask"}.get(key)
+    if module is None:
+        return True
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+def measure(fw: Framework, turns: int, sequential: float, repeat: int) -> dict[str, float]:
+    fw.setup()
+    try:
+        return {
+            "W1": best(fw.w1, repeat) / (N_FANOUT + 2) * 1e6,
+            "W2": best(fw.w2, repeat) / N_CHAIN * 1e6,
+            "W3": sequential / best(lambda: fw.w3(turns), 1),
+            "W4": best(fw.w4, repeat) * 1e3,
+            "W5": min(fresh_process(fw.w5_code) for _ in range(2)),
+        }
+    finally:
+        fw.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="maze benchmark")
+    parser.add_argument("--only", default=",".join(FRAMEWORKS), help="comma-separated: " + ", ".join(FRAMEWORKS))
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.pop("RAY_ADDRESS", None)
+
+    turns = w.calibrate()
+    started = time.perf_counter()
+    for _ in range(N_CPU):
+        w.spin_plain(turns)
+    sequential = time.perf_counter() - started
+    print(f"machine: {os.cpu_count()} cpus; W3 tasks: {sequential / N_CPU:.3f} s each, {sequential:.2f} s in sequence\n")
+
+    rows = []
+    for key in args.only.split(","):
+        if not available(key):
+            print(f"(skipping {key}: not installed)")
+            continue
+        fw = FRAMEWORKS[key]()
+        rows.append((fw.name, measure(fw, turns, sequential, args.repeat)))
+        print(f"measured {fw.name}", flush=True)
+
+    header = f"{'':22}{'W1 us/task':>12}{'W2 us/edge':>12}{'W3 speedup':>12}{'W4 ms':>10}{'W5 s':>8}"
+    print("\n" + header)
+    print(f"{'target (maze local)':22}" + "".join(f"{TARGETS[k]:>{n}}" for k, n in zip(TARGETS, (12, 12, 12, 10, 8))))
+    for name, r in rows:
+        print(f"{name:22}{r['W1']:>12.0f}{r['W2']:>12.0f}{r['W3']:>11.2f}x{r['W4']:>10.0f}{r['W5']:>8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

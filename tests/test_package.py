@@ -1,0 +1,43 @@
+"""The package surface and its layering rules."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import maze
+
+
+def test_exported_members_are_complete_and_sorted():
+    public = {name for name in dir(maze) if not name.startswith("_")} - {"annotations", "client", "core", "backends"}
+    assert set(maze.__all__) - {"__version__"} == public
+    assert maze.__all__ == sorted(maze.__all__, key=str.lower) or maze.__all__ == sorted(maze.__all__)
+
+
+def test_core_imports_nothing_heavy():
+    code = (
+        "import sys, maze, maze.core.scheduler, maze.core.workflow;"
+        "heavy = [m for m in ('ray', 'joblib', 'ipywidgets', 'graphviz', 'maze.backends.local', 'maze.notebook.widget') if m in sys.modules];"
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_core_never_imports_backends_or_notebook():
+    import ast
+    from pathlib import Path
+
+    core = Path(maze.__file__).parent / "core"
+    for path in core.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level <= 1 and not (node.module or "").startswith(("maze.backends", "maze.notebook")), path
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith(("maze.backends", "maze.notebook", "ray", "ipywidgets")) for a in node.names), path
+
+
+def test_py_typed_ships():
+    from pathlib import Path
+
+    assert (Path(maze.__file__).parent / "py.typed").exists()

@@ -1,0 +1,98 @@
+"""Worker processes: reused, gone after close() and at exit; scripts need no main guard."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+
+from maze import MaClient
+from tasks_misc import sleeper
+
+
+def children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def test_workers_are_reused_and_gone_after_close():
+    before = children()
+    client = MaClient()
+    wf = client.create_workflow()
+    wf.add_task(sleeper, inputs={"seconds": 0})
+    pids = {wf.wait(wf.run())["task_results"]["sleeper"]["pid"] for _ in range(5)}
+    workers = children() - before
+    assert pids <= workers and len(workers) <= client.backend.max_workers
+    client.close()
+    deadline = time.time() + 5
+    while children() - before and time.time() < deadline:
+        time.sleep(0.05)
+    assert children() - before == set()
+
+
+SCRIPT = textwrap.dedent('''
+    import os
+    from maze import MaClient, task
+
+    @task(inputs=["x"], outputs=["y"])
+    def double(params):
+        print("doubling", params["x"])
+        return {"y": params["x"] * 2, "pid": os.getpid()}
+
+    client = MaClient()
+    workflow = client.create_workflow()
+    t = workflow.add_task(double, inputs={"x": 21})
+    summary = workflow.show_results(workflow.run())
+    print("RESULT", summary["task_results"][t.task_id]["y"], "WORKER", summary["task_results"][t.task_id]["pid"], "DRIVER", os.getpid())
+''')
+
+
+def test_a_script_without_main_guard_runs_and_leaves_no_worker(tmp_path):
+    script = tmp_path / "pipeline.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "[double] doubling 21" in proc.stdout
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
+    assert line.split()[1] == "42"
+    worker, driver = int(line.split()[3]), int(line.split()[5])
+    assert worker != driver
+    time.sleep(0.2)
+    assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE
+
+
+INTERRUPT = textwrap.dedent('''
+    import os, signal, threading, time
+    from maze import MaClient, task
+
+    @task(inputs=[], outputs=["never"])
+    def forever(params):
+        print("worker", os.getpid(), flush=True)
+        time.sleep(60)
+        return {"never": 1}
+
+    client = MaClient()
+    wf = client.create_workflow()
+    wf.add_task(forever)
+    run_id = wf.run()
+    first = next(iter(wf.get_results(run_id)))
+    print("WORKER", first["data"]["worker"], flush=True)
+    threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    try:
+        wf.wait(run_id)
+    except KeyboardInterrupt:
+        print("STATUS", wf.wait(run_id)["status"], flush=True)
+''')
+
+
+def test_ctrl_c_while_waiting_cancels_the_run(tmp_path):
+    script = tmp_path / "interrupt.py"
+    script.write_text(INTERRUPT)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = dict(l.split(" ", 1) for l in proc.stdout.splitlines() if l.split(" ", 1)[0] in {"WORKER", "STATUS"})
+    assert lines["STATUS"] == "cancelled"
+    assert not psutil.pid_exists(int(lines["WORKER"]))
