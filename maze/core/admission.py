@@ -42,23 +42,11 @@ class ResourcePool:
 
     def why_never(self, need: Resources) -> str | None:
         """Why ``need`` can never be granted, even on an idle machine; ``None`` if it can."""
-        cap = self.capacity
-        if need.cpu > cap.cpu + _EPS:
-            return f"cpu={_n(need.cpu)} exceeds the capacity of {_n(cap.cpu)} cpu"
-        if need.cpu_mem > cap.cpu_mem + _EPS:
-            return f"cpu_mem={_n(need.cpu_mem)} MB exceeds the capacity of {_n(cap.cpu_mem)} MB"
-        if need.gpu > 0:
-            wanted = max(1, int(need.gpu)) if need.gpu >= 1 else 1
-            if wanted > cap.gpu:
-                return f"gpu={_n(need.gpu)} exceeds the capacity of {cap.gpu} GPU"
-            roomy = [m for m in cap.gpu_mem if m + _EPS >= need.gpu_mem]
-            if len(roomy) < wanted:
-                return (
-                    f"gpu_mem={_n(need.gpu_mem)} MB per GPU exceeds the memory of the "
-                    f"GPUs ({', '.join(_n(m) + ' MB' for m in cap.gpu_mem)})"
-                )
-        elif need.gpu_mem > 0:
-            return f"gpu_mem={_n(need.gpu_mem)} MB is asked without any gpu"
+        if not self.capacity.nodes:
+            return _why_never(self.capacity, need)
+        reasons = [_why_never(node, need) for node in self.capacity.nodes]
+        if all(reasons):
+            return f"no node of the cluster can hold it ({'; '.join(f'node {i}: {r}' for i, r in enumerate(reasons))})"
         return None
 
     def try_acquire(self, need: Resources) -> Grant | None:
@@ -100,6 +88,27 @@ class ResourcePool:
         if not fitting:
             return None
         return (min(fitting, key=lambda i: (self._gpu_free[i], i)),)
+
+
+def _why_never(cap: Capacity, need: Resources) -> str | None:
+    """Why ``need`` exceeds one machine's ``cap``; ``None`` if it fits an idle one."""
+    if need.cpu > cap.cpu + _EPS:
+        return f"cpu={_n(need.cpu)} exceeds the capacity of {_n(cap.cpu)} cpu"
+    if need.cpu_mem > cap.cpu_mem + _EPS:
+        return f"cpu_mem={_n(need.cpu_mem)} MB exceeds the capacity of {_n(cap.cpu_mem)} MB"
+    if need.gpu > 0:
+        wanted = max(1, int(need.gpu)) if need.gpu >= 1 else 1
+        if wanted > cap.gpu:
+            return f"gpu={_n(need.gpu)} exceeds the capacity of {cap.gpu} GPU"
+        roomy = [m for m in cap.gpu_mem if m + _EPS >= need.gpu_mem]
+        if len(roomy) < wanted:
+            return (
+                f"gpu_mem={_n(need.gpu_mem)} MB per GPU exceeds the memory of the "
+                f"GPUs ({', '.join(_n(m) + ' MB' for m in cap.gpu_mem)})"
+            )
+    elif need.gpu_mem > 0:
+        return f"gpu_mem={_n(need.gpu_mem)} MB is asked without any gpu"
+    return None
 
 
 def _n(value: float) -> str:

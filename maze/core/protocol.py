@@ -86,6 +86,7 @@ class TaskStarted:
     worker: str | int           # pid, or Ray worker id
     gpu_ids: tuple[int, ...]
     at: float
+    node_id: str | None = None  # a cluster's id for the node, where it has one
 
 
 @dataclass(frozen=True, slots=True)

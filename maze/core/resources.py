@@ -112,10 +112,22 @@ class Capacity:
     cpu: float
     cpu_mem: float
     gpu_mem: tuple[float, ...] = field(default=())
+    # For a cluster: each node's own capacity (the fields above are the sums).
+    # A task must fit one node; empty for a single machine.
+    nodes: tuple[Capacity, ...] = field(default=())
 
     @property
     def gpu(self) -> int:
         return len(self.gpu_mem)
+
+    @classmethod
+    def of_nodes(cls, nodes: tuple[Capacity, ...]) -> Capacity:
+        return cls(
+            cpu=sum(n.cpu for n in nodes),
+            cpu_mem=sum(n.cpu_mem for n in nodes),
+            gpu_mem=tuple(m for n in nodes for m in n.gpu_mem),
+            nodes=nodes if len(nodes) > 1 else (),
+        )
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any], *, detected: Capacity) -> Capacity:

@@ -163,9 +163,10 @@ class Engine:
                 return  # a late event from an attempt that was already settled
             if isinstance(event, TaskStarted):
                 run.started.add(tid)
+                extra = {"node_id": event.node_id} if event.node_id else {}
                 run.task_msg(
                     MessageType.START_TASK, tid, at=event.at, node=event.node, worker=event.worker,
-                    gpu_ids=list(event.gpu_ids), attempt=call.attempt,
+                    gpu_ids=list(event.gpu_ids), attempt=call.attempt, **extra,
                 )
             else:
                 run.task_msg(MessageType.TASK_LOG, tid, at=event.at, stream=event.stream, text=event.text)
