@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from maze import MaClient, task
-from tasks_misc import boom, inc, one_gpu
+from tasks_misc import boom, inc
 
 
 def test_missing_ray_says_how_to_install():
@@ -23,13 +23,19 @@ def test_missing_ray_says_how_to_install():
     assert "backend='ray' needs Ray, which is not installed; install it with: pip install 'maze[ray]'" in proc.stderr
 
 
+@task(inputs=["seconds"], outputs=["visible"], resources={"cpu": 0.5, "gpu": 1})
+def slow_gpu(params):
+    time.sleep(params["seconds"])
+    return {"visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
 def test_gpu_tasks_get_their_own_device(ray_client):
     wf = ray_client.create_workflow()
-    ts = [wf.add_task(one_gpu) for _ in range(2)]
+    ts = [wf.add_task(slow_gpu, inputs={"seconds": 1.0}) for _ in range(2)]
     run_id = wf.run()
     summary = wf.wait(run_id)
     visible = sorted(summary["task_results"][t.task_id]["visible"] for t in ts)
-    assert visible == ["0", "1"]
+    assert visible == ["0", "1"]   # two whole-GPU tasks at once: one device each
     starts = {m["data"]["task_id"]: m["data"] for m in wf.get_results(run_id) if m["type"] == "start_task"}
     for t in ts:
         assert starts[t.task_id]["gpu_ids"] == [int(summary["task_results"][t.task_id]["visible"])]

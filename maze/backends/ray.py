@@ -42,14 +42,14 @@ import uuid
 import weakref
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
 
 from maze.core.errors import BackendError
 from maze.core.protocol import Reporter, TaskCall, TaskError, TaskLog, TaskOutcome, TaskStarted
-from maze.core.resources import Capacity
+from maze.core.resources import Capacity, Resources
 
 try:
     import ray
@@ -61,6 +61,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 GPU_MEM_RESOURCE = "maze_gpu_mem_mb"
 INLINE_LIMIT = 64 * 1024  # outputs smaller than this ride along in the report
 _POLL_S = 0.05
+_NOTES_S = 0.1
 
 
 class LazyResult(Mapping[str, Any]):
@@ -167,6 +168,9 @@ class _Job:
     started: bool = False
     deadline: float | None = None
     stop_reason: TaskError | None = None
+    # Held while reporting the start: the notes thread and the result thread may
+    # both try, and the start must be reported, once, before the future resolves.
+    start_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class RayBackend:
@@ -191,9 +195,12 @@ class RayBackend:
         self._by_ref: dict[Any, _Job] = {}
         self._functions: weakref.WeakKeyDictionary[Any, tuple[str, bytes]] = weakref.WeakKeyDictionary()
         self._gpu_mem_per_node = self._read_gpu_memory()
+        self._shapes: dict[tuple[Resources, int], Any] = {}
         self._closed = False
         self._thread = threading.Thread(target=self._watch, name="maze-ray", daemon=True)
         self._thread.start()
+        self._notes_thread = threading.Thread(target=self._watch_notes, name="maze-ray-notes", daemon=True)
+        self._notes_thread.start()
 
     def _start_local(self, resources: dict[str, Any], options: dict[str, Any]) -> None:
         from maze.core.resources import detect_capacity
@@ -229,20 +236,14 @@ class RayBackend:
             per_gpu = r.get(GPU_MEM_RESOURCE) or math.inf
             nodes.append(Capacity(cpu=r.get("CPU", 0.0), cpu_mem=r.get("memory", 0.0) / 2**20,
                                   gpu_mem=(per_gpu,) * gpus))
-        return Capacity.of_nodes(tuple(nodes))
+        return Capacity.of_nodes(tuple(nodes), managed=True)
 
     def submit(self, call: TaskCall, report: Reporter) -> Future[TaskOutcome]:
         if self._closed:
             raise BackendError("the Ray backend is closed; create a new MaClient")
         fn_key, fn_ref = self._function(call.func)
         keys = list(call.inputs)
-        need = call.resources
-        options: dict[str, Any] = {"num_cpus": need.cpu, "num_returns": 1 + len(call.outputs) if call.outputs else 1}
-        if need.cpu_mem:
-            options["memory"] = int(need.cpu_mem * 2**20)
-        if need.gpu:
-            options["num_gpus"] = self._gpu_share(need.gpu, need.gpu_mem)
-        refs = self._remote.options(**options).remote(
+        refs = self._remote_for(call.resources, len(call.outputs)).remote(
             self._hub, fn_key, fn_ref, sys.path, call.call_id, call.task_id, dict(call.constants), keys,
             call.outputs, *[call.inputs[k] for k in keys],
         )
@@ -272,6 +273,7 @@ class RayBackend:
         for job in jobs:
             self.stop(job.call.call_id)
         self._thread.join(timeout=10)
+        self._notes_thread.join(timeout=10)
         if self._owns_ray:
             ray.shutdown()
 
@@ -291,6 +293,19 @@ class RayBackend:
             self._functions[func] = entry
             return entry
 
+    def _remote_for(self, need: Resources, n_outputs: int) -> Any:
+        """The remote function with the Ray options for this resource shape (cached: options() is slow)."""
+        key = (need, n_outputs)
+        remote = self._shapes.get(key)
+        if remote is None:
+            options: dict[str, Any] = {"num_cpus": need.cpu, "num_returns": 1 + n_outputs if n_outputs else 1}
+            if need.cpu_mem:
+                options["memory"] = int(need.cpu_mem * 2**20)
+            if need.gpu:
+                options["num_gpus"] = self._gpu_share(need.gpu, need.gpu_mem)
+            remote = self._shapes[key] = self._remote.options(**options)
+        return remote
+
     def _gpu_share(self, gpu: float, gpu_mem: float) -> float:
         if gpu >= 1:
             return gpu
@@ -300,21 +315,28 @@ class RayBackend:
         return gpu
 
     def _watch(self) -> None:
-        """Deliver "started" notes, finished reports, and timeouts (one thread)."""
+        """Deliver finished reports and enforce timeouts."""
         while True:
             with self._lock:
                 pending = list(self._by_ref)
             if self._closed and not pending:
                 return
-            if pending:
-                done, _ = ray.wait(pending, num_returns=len(pending), timeout=_POLL_S, fetch_local=False)
-            else:
-                done = []
+            if not pending:
                 time.sleep(_POLL_S)
-            self._deliver_notes()
+                continue
+            done, rest = ray.wait(pending, num_returns=1, timeout=_POLL_S, fetch_local=False)
+            if done and rest:  # gather whatever else is ready too, without waiting
+                more, _ = ray.wait(rest, num_returns=len(rest), timeout=0, fetch_local=False)
+                done += more
             for ref in done:
                 self._finish(ref)
             self._enforce_timeouts()
+
+    def _watch_notes(self) -> None:
+        """Turn workers' "started" notes into ``start_task`` while tasks run (off the result path)."""
+        while not self._closed:
+            self._deliver_notes()
+            time.sleep(_NOTES_S)
 
     def _deliver_notes(self) -> None:
         try:
@@ -324,14 +346,17 @@ class RayBackend:
         for call_id, host, node, worker, gpu_ids, at in notes:
             with self._lock:
                 job = self._jobs.get(call_id)
-            if job is not None and not job.started:
+            if job is not None:
                 self._started(job, host, node, worker, gpu_ids, at)
 
     def _started(self, job: _Job, host: str, node: str, worker: str, gpu_ids: tuple[int, ...], at: float) -> None:
-        job.started = True
-        if job.call.timeout:
-            job.deadline = time.monotonic() + job.call.timeout
-        job.report(TaskStarted(job.call.call_id, host, worker, tuple(gpu_ids), at, node_id=node))
+        with job.start_lock:
+            if job.started:
+                return
+            job.started = True
+            if job.call.timeout:
+                job.deadline = time.monotonic() + job.call.timeout
+            job.report(TaskStarted(job.call.call_id, host, worker, tuple(gpu_ids), at, node_id=node))
 
     def _finish(self, ref: Any) -> None:
         with self._lock:
@@ -345,8 +370,7 @@ class RayBackend:
         except Exception as exc:  # noqa: BLE001 - cancelled, worker or node died
             job.future.set_result(TaskOutcome(error=job.stop_reason or _ray_error(job.call, exc)))
             return
-        if not job.started:
-            self._started(job, report["host"], report["node"], report["worker"], report["gpu_ids"], report["started"])
+        self._started(job, report["host"], report["node"], report["worker"], report["gpu_ids"], report["started"])
         for stream, text, at in report["logs"]:
             job.report(TaskLog(job.call.call_id, stream, text, at))
         if not report["ok"]:

@@ -51,6 +51,8 @@ class ResourcePool:
 
     def try_acquire(self, need: Resources) -> Grant | None:
         """Take ``need`` if it fits what is free now; otherwise take nothing."""
+        if self.capacity.managed:
+            return Grant(need)  # the backend queues by resources itself
         if need.cpu > self._cpu + _EPS or need.cpu_mem > self._cpu_mem + _EPS:
             return None
         gpu_ids: tuple[int, ...] = ()
@@ -68,6 +70,8 @@ class ResourcePool:
         return Grant(need, gpu_ids)
 
     def release(self, grant: Grant) -> None:
+        if self.capacity.managed:
+            return
         need = grant.resources
         self._cpu += need.cpu
         self._cpu_mem += need.cpu_mem

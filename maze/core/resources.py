@@ -115,18 +115,23 @@ class Capacity:
     # For a cluster: each node's own capacity (the fields above are the sums).
     # A task must fit one node; empty for a single machine.
     nodes: tuple[Capacity, ...] = field(default=())
+    # True when the backend's own scheduler enforces resources (a Ray cluster,
+    # perhaps shared with other jobs): maze then only checks that every task
+    # fits somewhere, and hands ready tasks straight to the backend.
+    managed: bool = False
 
     @property
     def gpu(self) -> int:
         return len(self.gpu_mem)
 
     @classmethod
-    def of_nodes(cls, nodes: tuple[Capacity, ...]) -> Capacity:
+    def of_nodes(cls, nodes: tuple[Capacity, ...], *, managed: bool = False) -> Capacity:
         return cls(
             cpu=sum(n.cpu for n in nodes),
             cpu_mem=sum(n.cpu_mem for n in nodes),
             gpu_mem=tuple(m for n in nodes for m in n.gpu_mem),
             nodes=nodes if len(nodes) > 1 else (),
+            managed=managed,
         )
 
     @classmethod
@@ -153,7 +158,8 @@ class Capacity:
             gpu_mem = (per_gpu,) * count
         else:
             gpu_mem = detected.gpu_mem
-        return cls(cpu=cpu, cpu_mem=cpu_mem, gpu_mem=gpu_mem)
+        return cls(cpu=cpu, cpu_mem=cpu_mem, gpu_mem=gpu_mem, nodes=detected.nodes if not spec else (),
+                   managed=detected.managed)
 
     def describe(self) -> str:
         gpus = f"{self.gpu} GPU"
