@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import os
+import queue
 import sys
 import tempfile
 import threading
@@ -111,9 +112,13 @@ class _Hub:
 _functions: dict[str, Any] = {}  # per Ray worker process: unpickled task functions by key
 
 
-def _run(hub: Any, fn_key: str, fn_bytes: bytes, sys_path: list[str], call_id: str, task_id: str,
-         constants: dict[str, Any], input_keys: list[str], outputs: tuple[str, ...], *inputs: Any) -> tuple[Any, ...]:
-    """The body of every maze task on Ray (runs in a Ray worker)."""
+def _run(session: tuple[Any, list[str]], fn_bytes: bytes, call: tuple[Any, ...], *inputs: Any) -> tuple[Any, ...]:
+    """The body of every maze task on Ray (runs in a Ray worker).
+
+    Few arguments on purpose: Ray serializes each one separately on submit.
+    """
+    hub, sys_path = session  # put in the object store once per client, not pickled per call
+    fn_key, call_id, task_id, constants, input_keys, outputs = call
     from maze.core.execute import captured_output, error_of, gather_params, run_body
 
     ctx = ray.get_runtime_context()
@@ -190,12 +195,14 @@ class RayBackend:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR", **init_options)
         self._remote = ray.remote(max_retries=0)(_run)
         self._hub = _Hub.remote()
+        self._session = ray.put((self._hub, list(sys.path)))
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._by_ref: dict[Any, _Job] = {}
         self._functions: weakref.WeakKeyDictionary[Any, tuple[str, bytes]] = weakref.WeakKeyDictionary()
         self._gpu_mem_per_node = self._read_gpu_memory()
         self._shapes: dict[tuple[Resources, int], Any] = {}
+        self._ready: queue.SimpleQueue[Any] = queue.SimpleQueue()   # report refs that are done
         self._closed = False
         self._thread = threading.Thread(target=self._watch, name="maze-ray", daemon=True)
         self._thread.start()
@@ -244,8 +251,9 @@ class RayBackend:
         fn_key, fn_ref = self._function(call.func)
         keys = list(call.inputs)
         refs = self._remote_for(call.resources, len(call.outputs)).remote(
-            self._hub, fn_key, fn_ref, sys.path, call.call_id, call.task_id, dict(call.constants), keys,
-            call.outputs, *[call.inputs[k] for k in keys],
+            self._session, fn_ref,
+            (fn_key, call.call_id, call.task_id, dict(call.constants), keys, call.outputs),
+            *[call.inputs[k] for k in keys],
         )
         refs = refs if isinstance(refs, list) else [refs]
         job = _Job(call, report, Future(), refs)
@@ -253,6 +261,8 @@ class RayBackend:
         with self._lock:
             self._jobs[call.call_id] = job
             self._by_ref[refs[0]] = job
+        # Ray calls back when the report is ready; no polling over all pending refs.
+        refs[0].future().add_done_callback(lambda done, ref=refs[0]: self._ready.put((ref, done)))
         return job.future
 
     def stop(self, call_id: str) -> None:
@@ -315,21 +325,17 @@ class RayBackend:
         return gpu
 
     def _watch(self) -> None:
-        """Deliver finished reports and enforce timeouts."""
+        """Deliver finished reports (in this thread, not Ray's) and enforce timeouts."""
         while True:
             with self._lock:
-                pending = list(self._by_ref)
-            if self._closed and not pending:
-                return
-            if not pending:
-                time.sleep(_POLL_S)
-                continue
-            done, rest = ray.wait(pending, num_returns=1, timeout=_POLL_S, fetch_local=False)
-            if done and rest:  # gather whatever else is ready too, without waiting
-                more, _ = ray.wait(rest, num_returns=len(rest), timeout=0, fetch_local=False)
-                done += more
-            for ref in done:
-                self._finish(ref)
+                if self._closed and not self._by_ref:
+                    return
+            try:
+                ref, done = self._ready.get(timeout=_POLL_S)
+            except queue.Empty:
+                pass
+            else:
+                self._finish(ref, done)
             self._enforce_timeouts()
 
     def _watch_notes(self) -> None:
@@ -358,7 +364,7 @@ class RayBackend:
                 job.deadline = time.monotonic() + job.call.timeout
             job.report(TaskStarted(job.call.call_id, host, worker, tuple(gpu_ids), at, node_id=node))
 
-    def _finish(self, ref: Any) -> None:
+    def _finish(self, ref: Any, done: Future[Any]) -> None:
         with self._lock:
             job = self._by_ref.pop(ref, None)
             if job is not None:
@@ -366,7 +372,7 @@ class RayBackend:
         if job is None:
             return
         try:
-            report = ray.get(ref)
+            report = done.result()  # Ray fetched the (small) report already
         except Exception as exc:  # noqa: BLE001 - cancelled, worker or node died
             job.future.set_result(TaskOutcome(error=job.stop_reason or _ray_error(job.call, exc)))
             return
