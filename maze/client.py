@@ -10,7 +10,8 @@ from maze.core.errors import UnknownBackendError
 from maze.core.protocol import Backend
 from maze.core.resources import RESOURCE_KEYS, Capacity
 from maze.core.scheduler import Engine
-from maze.core.workflow import LiveView, MaWorkflow
+from maze.core.workflow import MaWorkflow
+from maze.notebook.display import NotebookViewer
 
 
 class MaClient:
@@ -50,7 +51,7 @@ class MaClient:
         detected = self._backend.capacity()
         capacity = Capacity.parse(resources, detected=detected) if resources else detected
         self._engine = Engine(self._backend, capacity)
-        self._live_view: LiveView | None = _notebook_live_view()
+        self._viewer = NotebookViewer()
         self._closed = False
 
     @property
@@ -66,7 +67,7 @@ class MaClient:
         return {k: values[k] for k in RESOURCE_KEYS}
 
     def create_workflow(self, name: str | None = None) -> MaWorkflow:
-        return MaWorkflow(self._engine, name, live_view=self._live_view)
+        return MaWorkflow(self._engine, name, viewer=self._viewer)
 
     def close(self) -> None:
         """Release the backend: worker processes, Ray connection. Safe to call twice."""
@@ -82,8 +83,3 @@ class MaClient:
 
     def __repr__(self) -> str:
         return f"<MaClient backend={getattr(self._backend, 'name', type(self._backend).__name__)!r} capacity={self._engine.capacity.describe()}>"
-
-
-def _notebook_live_view() -> LiveView | None:
-    """The live DAG view when running inside Jupyter, else ``None``."""
-    return None

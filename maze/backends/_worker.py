@@ -43,6 +43,13 @@ def _watch_parent(parent: int) -> None:
 
 
 def main(fd: int, parent: int) -> None:
+    try:
+        _serve(fd, parent)
+    except (EOFError, OSError):
+        pass  # the driver went away (closed, or exited before we were ready): nothing to report to
+
+
+def _serve(fd: int, parent: int) -> None:
     # Ctrl-C in a terminal signals the whole process group; the driver decides
     # what an interrupt means (it cancels the run and stops us).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -52,10 +59,7 @@ def main(fd: int, parent: int) -> None:
     functions: OrderedDict[str, Any] = OrderedDict()
     conn.send_bytes(pickle.dumps(("ready", pid, host)))
     while True:
-        try:
-            header = conn.recv_bytes()
-        except (EOFError, OSError):
-            return
+        header = conn.recv_bytes()
         call_id, task_id, fn_key, fn_bytes, constants, input_keys, descriptors, outputs = pickle.loads(header)
         packs = _packing.receive(conn.recv_bytes, descriptors)
         conn.send_bytes(pickle.dumps(("started", call_id, time.time())))

@@ -242,7 +242,10 @@ class Engine:
 
     def _skip(self, run: RunState, tid: str, reason: str, upstream: str | None, state: TaskState) -> None:
         run.skip_reasons[tid] = reason
-        run.task_msg(MessageType.TASK_SKIPPED, tid, reason=reason, upstream=upstream)
+        run.task_msg(
+            MessageType.TASK_SKIPPED, tid, reason=reason, upstream=upstream,
+            cancelled=state is TaskState.CANCELLED,
+        )
         run.settle(tid, state)
 
     def _settle_cancelled(self, run: RunState, tid: str, error: TaskError) -> None:

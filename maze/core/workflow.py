@@ -18,18 +18,24 @@ from dataclasses import dataclass
 from graphlib import CycleError as _GraphlibCycle
 from graphlib import TopologicalSorter
 from types import MappingProxyType
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from . import graphviews, report
-from .errors import CycleError, UnknownOutputError, UnknownRunError, WorkflowError
+from .errors import CycleError, RendererError, UnknownOutputError, UnknownRunError, WorkflowError
 from .messages import MessageLog
 from .plan import OutputRef, Plan, PlannedTask
 from .run import RunState
 from .scheduler import Engine
 from .task import TaskFunction
 
-#: Called when a run starts being watched in a notebook (set by the client).
-LiveView = Callable[["MaWorkflow", RunState], None]
+class Viewer(Protocol):
+    """Pictures of a workflow and its runs (provided by the client; see ``maze.notebook``)."""
+
+    def graph(self, plan: Plan, run: RunState | None = None) -> Any:
+        """A displayable DAG, coloured by ``run``'s task states when given."""
+
+    def watch(self, run: RunState) -> None:
+        """Show ``run`` live where a notebook front end is listening; else do nothing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +101,11 @@ class MaTask:
 class MaWorkflow:
     """A DAG of tasks that can be run any number of times."""
 
-    def __init__(self, engine: Engine, name: str | None = None, *, live_view: LiveView | None = None) -> None:
+    def __init__(self, engine: Engine, name: str | None = None, *, viewer: Viewer | None = None) -> None:
         self.name = name or "workflow"
         self.workflow_id = f"{self.name}-{uuid.uuid4().hex[:8]}"
         self._engine = engine
-        self._live_view = live_view
+        self._viewer = viewer
         self._tasks: dict[str, PlannedTask] = {}
         self._handles: dict[str, MaTask] = {}
         self._ordering: set[tuple[str, str]] = set()    # add_edge edges (data edges live in refs)
@@ -281,8 +287,8 @@ class MaWorkflow:
     def show_results(self, run_id: str, *, file: TextIO | None = None) -> dict[str, Any]:
         """Print the run's progress as it happens; return the summary dict."""
         run = self._run(run_id)
-        if self._live_view is not None:
-            self._live_view(self, run)
+        if self._viewer is not None:
+            self._viewer.watch(run)
         out = file or sys.stdout
         for message in self._watch(run, lambda: iter(run.log())):
             line = report.format_message(message)
@@ -357,6 +363,21 @@ class MaWorkflow:
 
     def get_graph_dot(self) -> str:
         return graphviews.to_dot(self.plan())
+
+    def show_graph(self, run_id: str | None = None) -> Any:
+        """The DAG as a notebook widget, live-coloured by a run's task states when given."""
+        if self._viewer is None:
+            raise RuntimeError("this workflow has no viewer; create it with MaClient().create_workflow()")
+        return self._viewer.graph(self.plan(), self._run(run_id) if run_id is not None else None)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """Rich display: the DAG as SVG where Graphviz is installed, and as text."""
+        data: dict[str, Any] = {"text/plain": self.get_graph_ascii()}
+        try:
+            data["image/svg+xml"] = graphviews.render(self.get_graph_dot(), "svg").decode()
+        except RendererError:
+            pass
+        return data
 
     def draw_graph(self, output_path: str = "workflow.png", method: str = "auto", dpi: int = 150) -> str:
         """Render the DAG with Graphviz to ``output_path`` (svg, png or pdf, by its suffix)."""

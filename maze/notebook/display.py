@@ -1,0 +1,62 @@
+"""Showing runs in Jupyter: the live DAG next to ``show_results``' printed lines.
+
+Importing this module is cheap; ipywidgets, anywidget and graphviz are
+imported only when a picture is actually made.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any
+
+from maze.core.plan import Plan
+from maze.core.run import RunState
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (where a widget front end may be listening)."""
+    if "ipykernel" not in sys.modules:
+        return False
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
+
+
+class NotebookViewer:
+    """What ``MaWorkflow`` calls to show runs; see :class:`maze.core.workflow.Viewer`."""
+
+    def graph(self, plan: Plan, run: RunState | None = None) -> Any:
+        try:
+            from .widget import DagWidget
+        except ImportError as exc:
+            raise ImportError(
+                f"the DAG widget needs maze's notebook extra ({exc.name} is missing); "
+                "install it with: pip install 'maze[notebook]'"
+            ) from exc
+        return DagWidget(plan, run)
+
+    def watch(self, run: RunState) -> None:
+        """Display the live DAG of ``run`` in the current cell, if in a notebook."""
+        if not in_notebook():
+            return
+        try:
+            widget = self.graph(run.plan, run)
+        except ImportError:
+            return  # no widget libraries: show_results still prints
+        from IPython.display import display
+
+        handle = display(widget, display_id=True)
+        if handle is None or run.ended.is_set():
+            return
+
+        def refresh_at_end() -> None:
+            # Re-send the output once the run ends, so viewers without a widget
+            # front end (nbconvert, GitHub) keep the final picture, not the first.
+            widget.wait()
+            handle.update(widget)
+
+        threading.Thread(target=refresh_at_end, name="maze-widget-final", daemon=True).start()
