@@ -54,6 +54,12 @@ class DagWidget(anywidget.AnyWidget):
         self._interval = interval
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        seen = 0
+        if run is not None:  # replay what happened so far, so the first frame is already right
+            with run.changed:
+                recorded = list(run.messages)
+            self._board.apply(recorded)
+            seen = len(recorded)
         layout = to_dot(plan)
         svg = to_svg(layout)
         super().__init__(
@@ -64,22 +70,18 @@ class DagWidget(anywidget.AnyWidget):
             looks={name: {"fill": lk.fill, "font": lk.font, "border": lk.border, "icon": lk.icon,
                           "dash": _dash(lk.style), "width": lk.width} for name, lk in LOOKS.items()},
             title=plan.name + (f" · {run.run_id}" if run else ""),
+            states=dict(self._board.states),
+            tooltips=self._board.tooltips(),
+            status=self._board.status,
             **kwargs,
         )
-        self._publish()
-        if run is not None:
-            self._follow(run)
+        if run is not None and not (run.ended.is_set() and seen == len(run.messages)):
+            self._watcher = threading.Thread(target=self._watch, args=(run, seen), name="maze-widget", daemon=True)
+            self._watcher.start()
 
     @property
     def board(self) -> Board:
         return self._board
-
-    def _follow(self, run: RunState) -> None:
-        seen = self._catch_up(run, 0)
-        if run.ended.is_set() and seen == len(run.messages):
-            return  # a replay: everything is shown already
-        self._watcher = threading.Thread(target=self._watch, args=(run, seen), name="maze-widget", daemon=True)
-        self._watcher.start()
 
     def _catch_up(self, run: RunState, seen: int) -> int:
         with run.changed:
