@@ -115,6 +115,26 @@ class Maze(Framework):
     """
 
 
+class MazeWidget(Maze):
+    """W1 with the live DAG widget following every run (what a notebook user gets)."""
+
+    name = "maze (local) + widget"
+
+    def _run(self, wf) -> None:
+        from maze.notebook.widget import DagWidget
+
+        run_id = wf.run()
+        widget = DagWidget(wf.plan(), wf.run_state(run_id))
+        summary = wf.wait(run_id)
+        widget.wait()
+        assert summary["workflow_completed"] and set(widget.states.values()) == {"finished"}
+        widget.close()
+        wf.clear_cache()
+
+    def w3(self, turns: int) -> None:
+        super().w3(turns)
+
+
 class MazeRay(Maze):
     name = "maze (ray)"
     backend = "ray"
@@ -315,7 +335,7 @@ class Ray(Framework):
     """
 
 
-FRAMEWORKS = {"maze": Maze, "ppe": PPE, "joblib": Joblib, "dask": DaskThreaded,
+FRAMEWORKS = {"maze": Maze, "maze-widget": MazeWidget, "ppe": PPE, "joblib": Joblib, "dask": DaskThreaded,
               "distributed": DaskDistributed, "ray": Ray, "maze-ray": MazeRay}
 
 

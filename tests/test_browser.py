@@ -83,6 +83,20 @@ def lab(tmp_path):
     log.close()
 
 
+def run_all_cells(page) -> None:
+    """Run > Run All Cells; again if the kernel was not quite ready to take it."""
+    started = "() => Array.from(document.querySelectorAll('.jp-InputArea-prompt')).some(p => /\\[[*0-9]/.test(p.textContent))"
+    for _ in range(5):
+        page.click(".lm-MenuBar-itemLabel:text-is('Run')")
+        page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+        try:
+            page.wait_for_function(started, timeout=10_000)
+            return
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError; try again
+            continue
+    raise AssertionError("Run All Cells never started executing the notebook")
+
+
 def test_live_dag_in_jupyterlab(lab):
     from playwright.sync_api import sync_playwright
 
@@ -93,11 +107,14 @@ def test_live_dag_in_jupyterlab(lab):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(f"{lab}/lab/tree/{NOTEBOOK}?token={TOKEN}")
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
-            page.click(".lm-MenuBar-itemLabel:text-is('Run')")
-            page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
-            page.wait_for_selector(".maze-dag g.node", state="attached", timeout=90_000)
+            try:
+                page.goto(f"{lab}/lab/tree/{NOTEBOOK}?token={TOKEN}")
+                page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+                run_all_cells(page)
+                page.wait_for_selector(".maze-dag g.node", state="attached", timeout=90_000)
+            except Exception:
+                page.screenshot(path=str(artifacts / "browser-failure.png"))
+                raise
             first_seen = page.evaluate(STATES_JS)
             deadline = time.time() + 120
             widgets = first_seen

@@ -63,7 +63,9 @@ def test_live_widget_follows_a_run_with_few_updates(local_client, comms):
     widget = wf.show_graph(run_id)
     widget.wait(30)
     opened = dag_comm(comms).opened["data"]["state"]
-    assert opened["svg"].startswith("<svg") and opened["nodes"]["sleeper"] == "task-t0"
+    assert opened["nodes"]["sleeper"] == "task-t0"
+    svgs = [m["state"]["svg"] for m in dag_comm(comms).messages if m and "svg" in m.get("state", {})]
+    assert len(svgs) == 1 and svgs[0].startswith("<svg")      # laid out once, in the background
     updates = [opened["states"], *state_updates(dag_comm(comms))]   # the first frame, then each update
     assert updates[-1] == {t["id"]: "finished" for t in wf.get_tasks()}
     assert any(u.get("sleeper") == "running" for u in updates)         # seen running, live
@@ -102,6 +104,7 @@ def test_without_graphviz_the_widget_shows_dot_and_a_hint(local_client, comms, m
     wf = local_client.create_workflow()
     wf.add_task(inc, inputs={"x": 1})
     widget = wf.show_graph()
+    widget.wait(30)
     assert widget.svg == "" and widget.dot.startswith("digraph") and "pip install graphviz-pure" in widget.hint
     assert "<pre>digraph" in widget.static_html()
 

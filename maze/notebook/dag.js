@@ -10,13 +10,20 @@ function render({ model, el }) {
       <div class="maze-bar"></div><span class="maze-count"></span></div>
     <div class="maze-graph"></div><div class="maze-legend"></div>`;
   const graph = el.querySelector(".maze-graph");
-  if (model.get("svg")) {
-    graph.innerHTML = model.get("svg");
-  } else {
-    const pre = document.createElement("pre");
-    pre.textContent = model.get("dot") + "\n\n" + model.get("hint");
-    graph.appendChild(pre);
+  function draw() {
+    // The layout arrives once (it is made in the background); states are painted on it.
+    graph.innerHTML = "";
+    if (model.get("svg")) {
+      graph.innerHTML = model.get("svg");
+    } else if (model.get("hint")) {
+      const pre = document.createElement("pre");
+      pre.textContent = model.get("dot") + "\n\n" + model.get("hint");
+      graph.appendChild(pre);
+    } else {
+      graph.textContent = "laying out the graph…";
+    }
   }
+  draw();
 
   function paint() {
     const states = model.get("states"), tips = model.get("tooltips");
@@ -77,6 +84,8 @@ function render({ model, el }) {
   }
   model.on("change:states", paint);
   model.on("change:status", paint);
+  model.on("change:svg", () => { draw(); paint(); });
+  model.on("change:hint", () => { draw(); paint(); });
   paint();
 }
 

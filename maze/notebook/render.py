@@ -9,10 +9,11 @@ name and a border style.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from maze.core.errors import RendererError
+from maze.core.graphviews import render
 from maze.core.graphviews import to_dot as plan_to_dot
 from maze.core.plan import Plan
 
@@ -74,23 +75,12 @@ def to_dot(
     return plan_to_dot(plan, node_attrs=attrs, graph_attrs={"pad": "0.2", "nodesep": "0.35", "ranksep": "0.45"})
 
 
-def dot_executable() -> str | None:
-    """``dot`` on PATH, or the pip-installable ``graphviz-pure``."""
-    return shutil.which("dot") or shutil.which("graphviz-pure")
-
-
-def to_svg(dot: str) -> str | None:
+def to_svg(dot: str, *, background: bool = False) -> str | None:
     """Lay out and render with Graphviz; ``None`` when no renderer is installed."""
-    exe = dot_executable()
-    if exe is None:
+    try:
+        svg = render(dot, "svg", background=background).decode("utf-8")
+    except RendererError:
         return None
-    import graphviz  # the notebook extra; imported only where pictures are made
-
-    if not exe.endswith("/dot"):
-        from pathlib import Path
-
-        graphviz.backend.dot_command.DOT_BINARY = Path(exe)
-    svg = graphviz.Source(dot).pipe(format="svg", encoding="utf-8")
     return svg[svg.index("<svg"):] if "<svg" in svg else svg
 
 

@@ -31,6 +31,7 @@ class Board:
     errors: dict[str, str] = field(default_factory=dict)
     status: str = "pending"       # the run's: pending, running, completed, failed, cancelled
     duration: float | None = None
+    changed: set[str] = field(default_factory=set)   # tasks touched since the last take_changed()
 
     def __post_init__(self) -> None:
         for tid in self.plan.tasks:
@@ -46,6 +47,7 @@ class Board:
             if tid not in self.states:
                 continue
             self.status = "running"
+            self.changed.add(tid)
             if kind in _BY_TYPE:
                 self.states[tid] = _BY_TYPE[kind]
                 if kind == "start_task":
@@ -61,6 +63,10 @@ class Board:
             elif kind == "task_skipped":
                 self.states[tid] = "cancelled" if d.get("cancelled") else "skipped"
                 self.errors[tid] = d.get("reason", "")
+
+    def take_changed(self) -> set[str]:
+        changed, self.changed = self.changed, set()
+        return changed
 
     def counts(self) -> Counter[str]:
         return Counter(self.states.values())

@@ -60,24 +60,34 @@ class DagWidget(anywidget.AnyWidget):
                 recorded = list(run.messages)
             self._board.apply(recorded)
             seen = len(recorded)
-        layout = to_dot(plan)
-        svg = to_svg(layout)
+        self._tips = self._board.tooltips()
+        self._board.take_changed()
         super().__init__(
-            svg=svg or "",
-            dot="" if svg else layout,
-            hint="" if svg else NO_RENDERER_HINT,
             nodes={tid: f"task-t{i}" for i, tid in enumerate(plan.tasks)},
             looks={name: {"fill": lk.fill, "font": lk.font, "border": lk.border, "icon": lk.icon,
                           "dash": _dash(lk.style), "width": lk.width} for name, lk in LOOKS.items()},
             title=plan.name + (f" · {run.run_id}" if run else ""),
             states=dict(self._board.states),
-            tooltips=self._board.tooltips(),
+            tooltips=self._tips,
             status=self._board.status,
             **kwargs,
         )
+        # Laying out a large graph takes a while (0.7 s for 1,000 nodes): do it
+        # off the caller's thread, at low priority, and show it when ready.
+        self._layout = threading.Thread(target=self._lay_out, name="maze-layout", daemon=True)
+        self._layout.start()
         if run is not None and not (run.ended.is_set() and seen == len(run.messages)):
             self._watcher = threading.Thread(target=self._watch, args=(run, seen), name="maze-widget", daemon=True)
             self._watcher.start()
+
+    def _lay_out(self) -> None:
+        layout = to_dot(self._plan)
+        svg = to_svg(layout, background=True)
+        with self.hold_sync():
+            if svg:
+                self.svg = svg
+            else:
+                self.dot, self.hint = layout, NO_RENDERER_HINT
 
     @property
     def board(self) -> Board:
@@ -101,15 +111,20 @@ class DagWidget(anywidget.AnyWidget):
                 return
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until the widget has shown the end of its run."""
+        """Block until the graph is laid out and the widget has shown the end of its run."""
+        self._layout.join(timeout)
         if self._watcher is not None:
             self._watcher.join(timeout)
 
     def _publish(self) -> None:
         b = self._board
+        tips = dict(self._tips)
+        for tid in b.take_changed():  # hover texts change only with their task
+            tips[tid] = b.tooltip(tid)
+        self._tips = tips
         with self.hold_sync():
             self.states = dict(b.states)
-            self.tooltips = b.tooltips()
+            self.tooltips = tips
             self.status = b.status
 
     def close(self) -> None:
