@@ -5,7 +5,6 @@ from __future__ import annotations
 import comm
 import pytest
 
-from maze import MaClient
 from tasks_misc import boom, inc, sleeper
 
 

@@ -10,9 +10,8 @@ import time
 
 import numpy as np
 import psutil
-import pytest
 
-from maze import MaClient, task
+from maze import task
 from tasks_misc import boom, inc
 
 

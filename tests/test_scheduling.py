@@ -37,8 +37,8 @@ def test_tasks_needing_all_cpus_run_one_at_a_time():
         ts = [workflow.add_task(all_cpus, inputs={"seconds": 0.3}) for _ in range(3)]
         summary = workflow.wait(workflow.run())
     spans = sorted((summary["task_results"][t.task_id]["start"], summary["task_results"][t.task_id]["end"]) for t in ts)
-    for (s1, e1), (s2, e2) in zip(spans, spans[1:]):
-        assert e1 <= s2 + 0.01, spans
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert end <= start + 0.01, spans
 
 
 def test_cpu_memory_is_admitted_too():

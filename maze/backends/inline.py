@@ -105,4 +105,4 @@ class InlineBackend:
             error = TaskError.simple("TimeoutError", f"task {call.task_id!r} ran longer than its timeout of {call.timeout:g} s")
         if error is not None:
             return TaskOutcome(error=error, started_at=started, finished_at=finished)
-        return TaskOutcome(result, result, None, started, finished)
+        return TaskOutcome(result, result or {}, None, started, finished)

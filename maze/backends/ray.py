@@ -32,6 +32,7 @@ How a call runs:
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import queue
@@ -112,7 +113,7 @@ class _Hub:
 _functions: dict[str, Any] = {}  # per Ray worker process: unpickled task functions by key
 
 
-def _run(session: tuple[Any, list[str]], fn_bytes: bytes, call: tuple[Any, ...], *inputs: Any) -> tuple[Any, ...]:
+def _run(session: tuple[Any, list[str]], fn_bytes: bytes, call: tuple[Any, ...], *inputs: Any) -> Any:
     """The body of every maze task on Ray (runs in a Ray worker).
 
     Few arguments on purpose: Ray serializes each one separately on submit.
@@ -192,14 +193,14 @@ class RayBackend:
         elif address is None:
             self._start_local(dict(resources or {}), init_options)
         else:
-            ray.init(address=address, log_to_driver=False, logging_level="ERROR", **init_options)
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, **init_options)
         self._remote = ray.remote(max_retries=0)(_run)
-        self._hub = _Hub.remote()
+        self._hub = _Hub.remote()  # type: ignore[attr-defined]
         self._session = ray.put((self._hub, list(sys.path)))
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._by_ref: dict[Any, _Job] = {}
-        self._functions: weakref.WeakKeyDictionary[Any, tuple[str, bytes]] = weakref.WeakKeyDictionary()
+        self._functions: weakref.WeakKeyDictionary[Any, tuple[str, Any]] = weakref.WeakKeyDictionary()
         self._gpu_mem_per_node = self._read_gpu_memory()
         self._shapes: dict[tuple[Resources, int], Any] = {}
         self._ready: queue.SimpleQueue[Any] = queue.SimpleQueue()   # report refs that are done
@@ -222,7 +223,7 @@ class RayBackend:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keeps a local Ray on 127.0.0.1
         ray.init(
             address="local", num_cpus=int(math.ceil(cap.cpu)), num_gpus=cap.gpu, resources=custom or None,
-            include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+            include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
             _temp_dir=self._temp_dir, _memory=int(cap.cpu_mem * 2**20) if math.isfinite(cap.cpu_mem) else None,
             **options,
         )

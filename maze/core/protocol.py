@@ -68,7 +68,7 @@ class TaskError:
 
 @dataclass(frozen=True, slots=True)
 class TaskOutcome:
-    result: dict[str, Any] | None = None                 # what the task returned, when it succeeded
+    result: Mapping[str, Any] | None = None              # what the task returned, when it succeeded
     handles: Mapping[str, Any] = field(default_factory=dict)
     error: TaskError | None = None
     started_at: float | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import threading
 import time
+from functools import partial
 from collections.abc import Iterator, Mapping
 from graphlib import TopologicalSorter
 from typing import Any
@@ -73,7 +74,7 @@ class RunState:
 
         self.states: dict[str, TaskState] = dict.fromkeys(plan.tasks, TaskState.PENDING)
         self.open = len(plan.tasks)                 # tasks not yet in a terminal state
-        self.results: dict[str, dict[str, Any]] = {}
+        self.results: dict[str, Mapping[str, Any]] = {}
         self.errors: dict[str, TaskError] = {}
         self.skip_reasons: dict[str, str] = {}
         self.started: set[str] = set()              # tasks whose start_task was recorded
@@ -160,13 +161,16 @@ class RunState:
         seen = 0
         while True:
             with self.attention:
-                self.attention.wait_for(lambda: self.ended.is_set() or len(self.messages) > seen)
+                self.attention.wait_for(partial(self._has_news, seen))
                 batch = self.messages[seen:]
                 seen = len(self.messages)
                 done = self.ended.is_set()
             yield from (m for m in batch if m["type"] == MessageType.TASK_LOG.value)
             if done:
                 return
+
+    def _has_news(self, seen: int) -> bool:
+        return self.ended.is_set() or len(self.messages) > seen
 
     def wait_task(self, task_id: str, timeout: float | None = None) -> bool:
         with self.changed:

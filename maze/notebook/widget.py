@@ -146,9 +146,9 @@ class DagWidget(anywidget.AnyWidget):
         counts = ", ".join(f"{n} {s}" for s, n in self._board.counts().items())
         return f"<DAG {self.title}: {self._board.status}; {counts}>"
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]] | dict[str, Any]:
+    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[Any, Any], dict[Any, Any]]:
         bundle = super()._repr_mimebundle_(**kwargs)
-        data, meta = bundle if isinstance(bundle, tuple) else (bundle, {})
+        data, meta = bundle if isinstance(bundle, tuple) else (bundle or {}, {})
         data = dict(data or {})
         data["text/plain"] = self.text()
         data["text/html"] = self.static_html()
