@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import weakref
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 from maze.backends import create_backend
-from maze.core.errors import UnknownBackendError
+from maze.core.errors import UnknownBackendError, UnknownRunError
+from maze.core.history import HistoryReader, HistoryWriter, default_path, plan_of
 from maze.core.protocol import Backend
 from maze.core.resources import RESOURCE_KEYS, Capacity
 from maze.core.scheduler import Engine
-from maze.core.workflow import MaWorkflow
+from maze.core.run import RunState
+from maze.core.workflow import MaWorkflow, print_progress
 from maze.notebook.display import NotebookViewer
+
+
+class _Default:
+    """The default history location (see :func:`maze.core.history.default_path`)."""
+
+
+_DEFAULT = _Default
 
 
 class MaClient:
@@ -24,6 +37,9 @@ class MaClient:
             ``"ray://host:10001"``); ``None`` starts a local Ray.
         resources: the capacity to schedule against, ``{"cpu", "cpu_mem",
             "gpu", "gpu_mem"}``; keys left out are detected on this machine.
+        history: the SQLite file where every run's DAG and messages are kept
+            (default: ``$MAZE_HISTORY``, else ``~/.local/share/maze/history.sqlite3``);
+            ``None`` keeps runs in memory only.
         **backend_options: passed to the backend's constructor.
     """
 
@@ -33,6 +49,7 @@ class MaClient:
         *,
         address: str | None = None,
         resources: Mapping[str, Any] | None = None,
+        history: str | os.PathLike[str] | None | type[_Default] = _DEFAULT,
         **backend_options: Any,
     ) -> None:
         if isinstance(backend, str):
@@ -50,7 +67,10 @@ class MaClient:
             )
         detected = self._backend.capacity()
         capacity = Capacity.parse(resources, detected=detected) if resources else detected
-        self._engine = Engine(self._backend, capacity)
+        self._history_path = None if history is None else Path(history) if history is not _DEFAULT else default_path()
+        self._history = HistoryWriter(self._history_path) if self._history_path else None
+        self._engine = Engine(self._backend, capacity, history=self._history)
+        self._workflows: weakref.WeakSet[MaWorkflow] = weakref.WeakSet()
         self._viewer = NotebookViewer()
         self._closed = False
 
@@ -67,13 +87,65 @@ class MaClient:
         return {k: values[k] for k in RESOURCE_KEYS}
 
     def create_workflow(self, name: str | None = None) -> MaWorkflow:
-        return MaWorkflow(self._engine, name, viewer=self._viewer)
+        workflow = MaWorkflow(self._engine, name, viewer=self._viewer)
+        self._workflows.add(workflow)
+        return workflow
+
+    # -- run history -------------------------------------------------------------------
+
+    @property
+    def history_path(self) -> Path | None:
+        return self._history_path
+
+    def _reader(self) -> HistoryReader:
+        if self._history_path is None:
+            raise UnknownRunError("this client keeps no run history (MaClient(history=None))")
+        if self._history is not None:
+            self._history.flush()
+        return HistoryReader(self._history_path)
+
+    def runs(self, workflow: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Past and current runs from the history, newest first (any process, any session)."""
+        return self._reader().runs(workflow, limit)
+
+    def run_state(self, run_id: str) -> RunState:
+        """A run of this client's workflows, or one rebuilt from the history."""
+        for workflow in list(self._workflows):
+            if run_id in workflow.list_cached_runs():
+                return workflow.run_state(run_id)
+        reader = self._reader()
+        if not reader.exists(run_id):
+            raise UnknownRunError(f"no run {run_id!r} in this client or in the history at {self._history_path}")
+        run = reader.runs_by_id(run_id)
+        return RunState.replayed(run_id, plan_of(reader.dag(run_id), run["workflow_id"]), reader.messages(run_id))
+
+    def get_results(self, run_id: str) -> list[dict[str, Any]]:
+        """The messages of any run, live or recorded (replayed after a restart)."""
+        return list(self.run_state(run_id).log())
+
+    def show_results(self, run_id: str, *, file: TextIO | None = None) -> dict[str, Any]:
+        """Print a run's progress (live, or replayed from the history); return its summary."""
+        run = self.run_state(run_id)
+        self._viewer.watch(run)
+        return print_progress(run, iter(run.log()), file or sys.stdout)
+
+    def show_graph(self, run_id: str) -> Any:
+        """The DAG widget of any run, live or replayed."""
+        run = self.run_state(run_id)
+        return self._viewer.graph(run.plan, run)
+
+    def delete_runs(self, *, before: float | None = None, keep_last: int | None = None,
+                    run_ids: list[str] | None = None) -> int:
+        """Remove runs from the history: started before ``before`` (epoch s), all but the newest ``keep_last``, or by id."""
+        return self._reader().delete(before=before, keep_last=keep_last, run_ids=run_ids)
 
     def close(self) -> None:
         """Release the backend: worker processes, Ray connection. Safe to call twice."""
         if not self._closed:
             self._closed = True
             self._backend.close()
+            if self._history is not None:
+                self._history.close()
 
     def __enter__(self) -> MaClient:
         return self

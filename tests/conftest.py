@@ -10,6 +10,7 @@ local Ray for the whole session, started on 127.0.0.1 with two declared
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
@@ -18,6 +19,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.pop("RAY_ADDRESS", None)
+# Runs of the test session go to a history of their own, not the user's.
+os.environ["MAZE_HISTORY"] = os.path.join(tempfile.mkdtemp(prefix="maze-test-history-"), "history.sqlite3")
 
 from maze import MaClient  # noqa: E402
 

@@ -180,3 +180,63 @@ def test_cancel_stops_running_and_pending_tasks(stopping_client, tmp_path):
     if isinstance(worker, int):           # a local worker process: gone
         with pytest.raises(ProcessLookupError):
             os.kill(worker, 0)
+
+
+@task(inputs=["pidfile", "seconds"], outputs=["done"])
+def report_pid_and_sleep(params):
+    with open(params["pidfile"], "w") as fh:
+        fh.write(str(os.getpid()))
+    time.sleep(params["seconds"])
+    return {"done": True}
+
+
+def test_a_worker_killed_from_outside_fails_only_its_task(stopping_client, tmp_path):
+    import signal
+
+    wf = stopping_client.create_workflow()
+    pidfile = tmp_path / "pid"
+    victim = wf.add_task(report_pid_and_sleep, inputs={"pidfile": str(pidfile), "seconds": 30})
+    after = wf.add_task(inc, inputs={"x": victim.outputs["done"]})
+    others = [wf.add_task(sleeper, inputs={"seconds": 0.5}) for _ in range(2)]
+    run_id = wf.run()
+    deadline = time.time() + 30
+    while not (pidfile.exists() and pidfile.read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    summary = wf.wait(run_id)
+    assert summary["exception_tasks"] == [victim.task_id]
+    assert summary["skipped_tasks"] == [after.task_id]
+    assert all(t.task_id in summary["task_results"] for t in others)
+    failure = next(m["data"] for m in wf.get_results(run_id) if m["type"] == "task_exception")
+    assert failure["error_type"] == "WorkerDiedError"
+    if stopping_client.backend.name == "joblib":
+        assert "SIGKILL" in failure["error"]
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise TypeError("this object refuses to be pickled")
+
+
+@task(inputs=["value"], outputs=["y"])
+def takes(params):
+    return {"y": 1}
+
+
+@task(inputs=[], outputs=["y"])
+def gives_unpicklable(params):
+    return {"y": Unpicklable()}
+
+
+def test_unpicklable_input_and_result_fail_clearly(stopping_client):
+    wf = stopping_client.create_workflow()
+    bad_in = wf.add_task(takes, inputs={"value": Unpicklable()})
+    bad_out = wf.add_task(gives_unpicklable)
+    fine = wf.add_task(inc, inputs={"x": 1})
+    run_id = wf.run()
+    summary = wf.wait(run_id)
+    assert sorted(summary["exception_tasks"]) == sorted([bad_in.task_id, bad_out.task_id])
+    assert summary["task_results"] == {fine.task_id: {"y": 2}}
+    errors = {m["data"]["task_id"]: m["data"]["error"] for m in wf.get_results(run_id) if m["type"] == "task_exception"}
+    assert "refuses to be pickled" in errors[bad_in.task_id] and "takes" in errors[bad_in.task_id]
+    assert "refuses to be pickled" in errors[bad_out.task_id] or "gives_unpicklable" in errors[bad_out.task_id]

@@ -90,6 +90,11 @@ class LazyResult(Mapping[str, Any]):
 
     __hash__ = None  # type: ignore[assignment]
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (e.g. into the run history) as a plain dict of what was fetched;
+        # values still in Ray are described, not fetched.
+        return (dict, ({k: self._values.get(k, "<in Ray, not fetched>") for k in self._order},))
+
     def __repr__(self) -> str:
         parts = [f"{k!r}: {self._values[k]!r}" if k in self._values else f"{k!r}: <in Ray>" for k in self._order]
         return "{" + ", ".join(parts) + "}"
@@ -144,6 +149,15 @@ def _run(session: tuple[Any, list[str]], fn_bytes: bytes, call: tuple[Any, ...],
             result, error = run_body(func, params, outputs, task_id)
     values = [None] * len(outputs)
     inline: dict[str, Any] = {}
+    if result is not None:
+        try:
+            # Ray would fail to store an unpicklable output only after this report
+            # said "ok"; find out here (large buffers go out of band: no copy).
+            for v in result.values():
+                cloudpickle.dumps(v, protocol=5, buffer_callback=lambda _: None)
+        except Exception as exc:  # noqa: BLE001
+            err = error_of(exc)
+            result, error = None, type(err)(err.error_type, f"the result of task {task_id!r} could not be pickled: {err.error}", err.traceback)
     if result is not None:
         values = [result[k] for k in outputs]
         inline = {k: v for k, v in result.items() if k not in outputs or _small(v)}
@@ -249,13 +263,21 @@ class RayBackend:
     def submit(self, call: TaskCall, report: Reporter) -> Future[TaskOutcome]:
         if self._closed:
             raise BackendError("the Ray backend is closed; create a new MaClient")
-        fn_key, fn_ref = self._function(call.func)
         keys = list(call.inputs)
-        refs = self._remote_for(call.resources, len(call.outputs)).remote(
-            self._session, fn_ref,
-            (fn_key, call.call_id, call.task_id, dict(call.constants), keys, call.outputs),
-            *[call.inputs[k] for k in keys],
-        )
+        try:
+            fn_key, fn_ref = self._function(call.func)
+            refs = self._remote_for(call.resources, len(call.outputs)).remote(
+                self._session, fn_ref,
+                (fn_key, call.call_id, call.task_id, dict(call.constants), keys, call.outputs),
+                *[call.inputs[k] for k in keys],
+            )
+        except Exception as exc:  # noqa: BLE001 - e.g. an input Ray cannot serialize
+            failed: Future[TaskOutcome] = Future()
+            root = _root_cause(exc)
+            failed.set_result(TaskOutcome(error=TaskError.simple(
+                type(root).__name__, f"task {call.task_id!r} could not be sent to Ray: {root}"
+            )))
+            return failed
         refs = refs if isinstance(refs, list) else [refs]
         job = _Job(call, report, Future(), refs)
         job.future.set_running_or_notify_cancel()
@@ -398,6 +420,15 @@ class RayBackend:
             )
             job.deadline = None
             ray.cancel(job.refs[0], force=True)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of a chain: Ray wraps the error that says what went wrong."""
+    seen = {id(exc)}
+    while (inner := exc.__cause__ or exc.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        exc = inner
+    return exc
 
 
 def _ray_error(call: TaskCall, exc: BaseException) -> TaskError:

@@ -15,7 +15,7 @@ import time
 from functools import partial
 from collections.abc import Iterator, Mapping
 from graphlib import TopologicalSorter
-from typing import Any
+from typing import Any, Protocol
 
 from .admission import Grant
 from .errors import UnknownTaskError
@@ -53,6 +53,12 @@ RESULT_STATUS = {
 _ATTENTION = {MessageType.TASK_LOG.value, MessageType.FINISH_WORKFLOW.value}
 
 
+class Recorder(Protocol):
+    """Where a run's messages are kept beyond memory (see :mod:`maze.core.history`)."""
+
+    def message(self, run_id: str, seq: int, message: Message) -> None: ...
+
+
 class RunStatus(str, enum.Enum):
     RUNNING = "running"
     COMPLETED = "completed"
@@ -63,7 +69,10 @@ class RunStatus(str, enum.Enum):
 class RunState:
     """Everything about one run. Written by the scheduler only, under ``lock``."""
 
-    def __init__(self, run_id: str, plan: Plan, lock: threading.RLock, *, fail_fast: bool) -> None:
+    def __init__(
+        self, run_id: str, plan: Plan, lock: threading.RLock, *, fail_fast: bool,
+        recorder: Recorder | None = None,
+    ) -> None:
         self.run_id = run_id
         self.plan = plan
         self.fail_fast = fail_fast
@@ -95,6 +104,7 @@ class RunState:
         self.timers: dict[str, threading.Timer] = {}  # retries waiting for their delay
         self.cancelling = False
 
+        self.recorder = recorder                    # durable history, when the client keeps one
         self.messages: list[Message] = []
         self.changed = threading.Condition(lock)    # notified on every message
         self.attention = threading.Condition(lock)  # notified on task output and at the end only
@@ -104,6 +114,8 @@ class RunState:
 
     def record(self, message: Message) -> None:
         self.messages.append(message)
+        if self.recorder is not None:
+            self.recorder.message(self.run_id, len(self.messages), message)
         self.changed.notify_all()
         if message["type"] in _ATTENTION:
             self.attention.notify_all()
@@ -136,6 +148,32 @@ class RunState:
             status=self.status.value, has_exception=failed, duration=self.duration,
         ))
         self.ended.set()  # after the message: readers that saw it set must find it
+
+    @classmethod
+    def replayed(cls, run_id: str, plan: Plan, messages: list[Message]) -> RunState:
+        """A finished run rebuilt from its recorded messages (read-only)."""
+        run = cls(run_id, plan, threading.RLock(), fail_fast=False)
+        run.messages.extend(messages)
+        for m in messages:
+            d = m["data"]
+            tid = d.get("task_id")
+            if m["type"] == "finish_task" and tid in run.states:
+                run.results[tid] = d["result"]
+                run.states[tid] = TaskState.FINISHED
+            elif m["type"] == "task_exception" and tid in run.states:
+                cancelled = d.get("error_type") == "TaskCancelled"
+                run.states[tid] = TaskState.CANCELLED if cancelled else TaskState.FAILED
+                run.errors[tid] = TaskError(d.get("error_type", ""), d.get("error", ""), d.get("result", ""))
+            elif m["type"] == "task_skipped" and tid in run.states:
+                run.states[tid] = TaskState.CANCELLED if d.get("cancelled") else TaskState.SKIPPED
+                run.skip_reasons[tid] = d.get("reason", "")
+            elif m["type"] == "finish_workflow":
+                run.status = RunStatus(d["status"])
+                run.duration = d.get("duration")
+        run.open = sum(not s.terminal for s in run.states.values())
+        if messages and messages[-1]["type"] == "finish_workflow":
+            run.ended.set()
+        return run
 
     # -- reading ------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from functools import partial
 
 from .admission import Grant, ResourcePool
 from .errors import UnsatisfiableError
+from .history import HistoryWriter
 from .messages import MessageType
 from .plan import Plan
 from .protocol import Backend, TaskCall, TaskError, TaskOutcome, TaskStarted, WorkerEvent
@@ -47,9 +48,10 @@ _CANCELLED_TYPE = "TaskCancelled"
 class Engine:
     """Runs plans on one backend, within one capacity shared by all runs."""
 
-    def __init__(self, backend: Backend, capacity: Capacity) -> None:
+    def __init__(self, backend: Backend, capacity: Capacity, *, history: HistoryWriter | None = None) -> None:
         self.backend = backend
         self.capacity = capacity
+        self.history = history
         self._lock = threading.RLock()
         self._pool = ResourcePool(capacity)
         # Ready tasks waiting for resources, one FIFO per resource shape, so that a
@@ -73,7 +75,9 @@ class Engine:
 
     def start(self, plan: Plan, run_id: str, *, fail_fast: bool = False) -> RunState:
         self.check(plan)
-        run = RunState(run_id, plan, self._lock, fail_fast=fail_fast)
+        run = RunState(run_id, plan, self._lock, fail_fast=fail_fast, recorder=self.history)
+        if self.history is not None:
+            self.history.run_started(run_id, plan)
         with self._lock, self._guard(run):
             if not plan.tasks:
                 run.end()

@@ -13,7 +13,7 @@ import dataclasses
 import sys
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from graphlib import CycleError as _GraphlibCycle
 from graphlib import TopologicalSorter
@@ -36,6 +36,18 @@ class Viewer(Protocol):
 
     def watch(self, run: RunState) -> None:
         """Show ``run`` live where a notebook front end is listening; else do nothing."""
+
+
+def print_progress(run: RunState, messages: Iterable[dict[str, Any]], out: TextIO) -> dict[str, Any]:
+    """Print a line per message as it comes, then the outcome line; return the summary."""
+    for message in messages:
+        line = report.format_message(message)
+        if line is not None:
+            print(line, file=out, flush=True)
+    summary = run.summary()
+    states = Counter(state.value for state in run.states.values())
+    print(report.summary_line(summary, states), file=out, flush=True)
+    return summary
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,15 +301,7 @@ class MaWorkflow:
         run = self._run(run_id)
         if self._viewer is not None:
             self._viewer.watch(run)
-        out = file or sys.stdout
-        for message in self._watch(run, lambda: iter(run.log())):
-            line = report.format_message(message)
-            if line is not None:
-                print(line, file=out, flush=True)
-        summary = run.summary()
-        states = Counter(state.value for state in run.states.values())
-        print(report.summary_line(summary, states), file=out, flush=True)
-        return summary
+        return print_progress(run, self._watch(run, lambda: iter(run.log())), file or sys.stdout)
 
     def wait(self, run_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Block until the run ends (printing what its tasks print); return the summary dict."""
