@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from maze.backends import create_backend
+from maze.cache import default_location
 from maze.core.errors import UnknownBackendError, UnknownRunError
 from maze.core.history import HistoryReader, HistoryWriter, default_path, plan_of
 from maze.core.protocol import Backend
@@ -18,6 +19,27 @@ from maze.core.scheduler import Engine
 from maze.core.run import RunState
 from maze.core.workflow import MaWorkflow, print_progress
 from maze.notebook.display import NotebookViewer
+
+
+class _LazyStore:
+    """The joblib result store, created on first use (most clients never cache)."""
+
+    def __init__(self, location: Path) -> None:
+        self.location = location
+        self._store: Any = None
+
+    def _get(self) -> Any:
+        if self._store is None:
+            from maze.cache import JoblibStore
+
+            self._store = JoblibStore(self.location)
+        return self._store
+
+    def get(self, key: str) -> Any:
+        return self._get().get(key)
+
+    def put(self, key: str, result: dict[str, Any]) -> None:
+        self._get().put(key, result)
 
 
 class _Default:
@@ -40,6 +62,8 @@ class MaClient:
         history: the SQLite file where every run's DAG and messages are kept
             (default: ``$MAZE_HISTORY``, else ``~/.local/share/maze/history.sqlite3``);
             ``None`` keeps runs in memory only.
+        cache_dir: where ``@task(cache=True)`` results are kept (default:
+            ``$MAZE_CACHE``, else ``~/.cache/maze``).
         **backend_options: passed to the backend's constructor.
     """
 
@@ -50,6 +74,7 @@ class MaClient:
         address: str | None = None,
         resources: Mapping[str, Any] | None = None,
         history: str | os.PathLike[str] | None | type[_Default] = _DEFAULT,
+        cache_dir: str | os.PathLike[str] | None = None,
         **backend_options: Any,
     ) -> None:
         if isinstance(backend, str):
@@ -69,7 +94,8 @@ class MaClient:
         capacity = Capacity.parse(resources, detected=detected) if resources else detected
         self._history_path = None if history is None else Path(history) if history is not _DEFAULT else default_path()
         self._history = HistoryWriter(self._history_path) if self._history_path else None
-        self._engine = Engine(self._backend, capacity, history=self._history)
+        self._cache_dir = Path(cache_dir) if cache_dir is not None else default_location()
+        self._engine = Engine(self._backend, capacity, history=self._history, store=_LazyStore(self._cache_dir))
         self._workflows: weakref.WeakSet[MaWorkflow] = weakref.WeakSet()
         self._viewer = NotebookViewer()
         self._closed = False

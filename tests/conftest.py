@@ -20,7 +20,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.pop("RAY_ADDRESS", None)
 # Runs of the test session go to a history of their own, not the user's.
-os.environ["MAZE_HISTORY"] = os.path.join(tempfile.mkdtemp(prefix="maze-test-history-"), "history.sqlite3")
+_STATE = tempfile.mkdtemp(prefix="maze-test-state-")
+os.environ["MAZE_HISTORY"] = os.path.join(_STATE, "history.sqlite3")
+os.environ["MAZE_CACHE"] = os.path.join(_STATE, "cache")
 
 from maze import MaClient  # noqa: E402
 

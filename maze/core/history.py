@@ -85,6 +85,12 @@ def dag_json(plan: Plan) -> str:
 VALUE_LIMIT = 1 << 20
 
 
+class Dropped(str):
+    """Stands, in the history, for a value too large to keep (it reads as a short description)."""
+
+    __slots__ = ()
+
+
 def _dump(data: dict[str, Any]) -> bytes:
     return pickle.dumps({k: _keepable(v) for k, v in data.items()}, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -101,7 +107,7 @@ def _keepable(value: Any) -> Any:
         return _short_repr(value)
     size = len(data) + sum(b.raw().nbytes for b in buffers)
     if size > VALUE_LIMIT:
-        return f"<{type(value).__name__} of {size / 2**20:.1f} MB, not kept in the history>"
+        return Dropped(f"<{type(value).__name__} of {size / 2**20:.1f} MB, not kept in the history>")
     return value
 
 

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from .admission import Grant
 from .errors import UnknownTaskError
+from .fingerprint import Fingerprint
 from .messages import Message, MessageLog, MessageType, make, task_message
 from .plan import Plan
 from .protocol import TaskCall, TaskError
@@ -99,6 +100,10 @@ class RunState:
         for t in plan.tasks.values():
             for up in {ref.task_id for ref in t.refs.values()}:
                 self.consumers[up] += 1
+        self.fingerprints: dict[str, Fingerprint] = {}   # set by the scheduler at start
+        self.reusable: dict[str, tuple[Mapping[str, Any], str]] = {}  # task -> (result, where it came from)
+        self.reasons: dict[str, str] = {}           # why each task ran, or was reused (resume, cache)
+        self.reused: set[str] = set()               # tasks whose result came from an earlier run or the cache
         self.calls: dict[str, TaskCall] = {}        # the current attempt of each admitted task
         self.grants: dict[str, Grant] = {}          # resources held by admitted tasks
         self.timers: dict[str, threading.Timer] = {}  # retries waiting for their delay
@@ -160,6 +165,8 @@ class RunState:
             if m["type"] == "finish_task" and tid in run.states:
                 run.results[tid] = d["result"]
                 run.states[tid] = TaskState.FINISHED
+                if "fingerprint" in d:
+                    run.fingerprints[tid] = Fingerprint.from_dict(d["fingerprint"])
             elif m["type"] == "task_exception" and tid in run.states:
                 cancelled = d.get("error_type") == "TaskCancelled"
                 run.states[tid] = TaskState.CANCELLED if cancelled else TaskState.FAILED
@@ -238,6 +245,7 @@ class RunState:
             "exception_tasks": by_state[TaskState.FAILED],
             "skipped_tasks": by_state[TaskState.SKIPPED],
             "cancelled_tasks": by_state[TaskState.CANCELLED],
+            "cached_tasks": [t for t in self.plan.tasks if t in self.reused],
             "task_results": {t: self.results[t] for t in self.plan.tasks if t in self.results},
             "duration": self.duration,
         }

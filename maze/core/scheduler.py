@@ -28,12 +28,15 @@ import dataclasses
 import logging
 import threading
 from collections import deque
+from collections.abc import Mapping
 from concurrent.futures import Future
 from functools import partial
+from typing import Any, Protocol
 
 from .admission import Grant, ResourcePool
 from .errors import UnsatisfiableError
-from .history import HistoryWriter
+from .fingerprint import fingerprints
+from .history import Dropped, HistoryReader, HistoryWriter, plan_of
 from .messages import MessageType
 from .plan import Plan
 from .protocol import Backend, TaskCall, TaskError, TaskOutcome, TaskStarted, WorkerEvent
@@ -45,13 +48,25 @@ _log = logging.getLogger("maze")
 _CANCELLED_TYPE = "TaskCancelled"
 
 
+class ResultStore(Protocol):
+    """Where ``@task(cache=True)`` results are kept across runs (see :mod:`maze.cache`)."""
+
+    def get(self, key: str) -> Mapping[str, Any] | None: ...
+
+    def put(self, key: str, result: dict[str, Any]) -> None: ...
+
+
 class Engine:
     """Runs plans on one backend, within one capacity shared by all runs."""
 
-    def __init__(self, backend: Backend, capacity: Capacity, *, history: HistoryWriter | None = None) -> None:
+    def __init__(
+        self, backend: Backend, capacity: Capacity, *,
+        history: HistoryWriter | None = None, store: ResultStore | None = None,
+    ) -> None:
         self.backend = backend
         self.capacity = capacity
         self.history = history
+        self.store = store
         self._lock = threading.RLock()
         self._pool = ResourcePool(capacity)
         # Ready tasks waiting for resources, one FIFO per resource shape, so that a
@@ -73,17 +88,31 @@ class Engine:
                     f"{self.capacity.describe()})"
                 )
 
-    def start(self, plan: Plan, run_id: str, *, fail_fast: bool = False) -> RunState:
+    def recorded_run(self, run_id: str) -> RunState | None:
+        """A run rebuilt from the history, if there is one and it holds the run."""
+        if self.history is None:
+            return None
+        self.history.flush()
+        reader = HistoryReader(self.history.path)
+        if not reader.exists(run_id):
+            return None
+        info = reader.runs_by_id(run_id)
+        return RunState.replayed(run_id, plan_of(reader.dag(run_id), info["workflow_id"]), reader.messages(run_id))
+
+    def start(self, plan: Plan, run_id: str, *, fail_fast: bool = False, resume_from: RunState | None = None) -> RunState:
         self.check(plan)
         run = RunState(run_id, plan, self._lock, fail_fast=fail_fast, recorder=self.history)
+        run.fingerprints = fingerprints(plan)
+        if resume_from is not None:
+            self._plan_reuse(run, resume_from)
         if self.history is not None:
             self.history.run_started(run_id, plan)
         with self._lock, self._guard(run):
-            if not plan.tasks:
-                run.end()
-            else:
+            if plan.tasks:
                 self._queue_ready(run)
                 self._dispatch()
+            if run.open == 0:  # nothing to run, or everything reused
+                run.end()
         return run
 
     def cancel(self, run: RunState, reason: str = "run cancelled") -> None:
@@ -96,10 +125,59 @@ class Engine:
 
     # -- the loop -----------------------------------------------------------------
 
+    def _plan_reuse(self, run: RunState, old: RunState) -> None:
+        """Decide, per task, whether ``old``'s result stands for this run, and say why."""
+        for tid, fp in run.fingerprints.items():
+            if tid not in old.plan.tasks:
+                run.reasons[tid] = f"not in run {old.run_id}"
+            elif old.states[tid] is not TaskState.FINISHED:
+                run.reasons[tid] = f"it did not finish in run {old.run_id} ({old.states[tid].value})"
+            elif tid not in old.fingerprints:
+                run.reasons[tid] = f"run {old.run_id} recorded no fingerprint for it"
+            elif (why := fp.why_different(old.fingerprints[tid])) is not None:
+                run.reasons[tid] = why
+            elif any(isinstance(v, Dropped) for v in old.results[tid].values()):
+                run.reasons[tid] = "its result was too large to keep in the history"
+            else:
+                run.reusable[tid] = (old.results[tid], f"run {old.run_id}")
+                run.reasons[tid] = f"reused: unchanged since run {old.run_id}"
+
     def _queue_ready(self, run: RunState) -> None:
-        for tid in run.sorter.get_ready():
-            need = run.plan.tasks[tid].spec.resources
-            self._waiting.setdefault(need, deque()).append((run, tid))
+        ready = run.sorter.get_ready()
+        while ready:
+            later = []
+            for tid in ready:
+                if not self._reuse(run, tid):
+                    need = run.plan.tasks[tid].spec.resources
+                    self._waiting.setdefault(need, deque()).append((run, tid))
+                else:
+                    later.append(tid)
+            # A reused task is done at once, which may make its dependents ready.
+            ready = run.sorter.get_ready() if later else ()
+
+    def _reuse(self, run: RunState, tid: str) -> bool:
+        """Settle ``tid`` from an earlier run or the result cache, if either holds it."""
+        found = run.reusable.get(tid)
+        if found is None and self.store is not None and run.plan.tasks[tid].spec.options.cache:
+            cached = self.store.get(run.fingerprints[tid].digest)
+            if cached is not None:
+                found = (cached, "the result cache")
+                run.reasons[tid] = f"reused: in the result cache ({run.fingerprints[tid]})"
+            else:
+                run.reasons.setdefault(tid, f"not in the result cache yet ({run.fingerprints[tid]})")
+        if found is None:
+            run.reasons.setdefault(tid, "ran: nothing to reuse")
+            return False
+        result, source = found
+        run.results[tid] = result
+        run.reused.add(tid)
+        run.task_msg(
+            MessageType.FINISH_TASK, tid, result=result, duration=0.0, cached=True, reused_from=source,
+            fingerprint=run.fingerprints[tid].as_dict(),
+        )
+        run.settle(tid, TaskState.FINISHED)
+        run.sorter.done(tid)
+        return True
 
     def _dispatch(self) -> None:
         # Callbacks of futures that are already done run inside submit(); this
@@ -148,15 +226,19 @@ class Engine:
 
     def _first_call(self, run: RunState, tid: str, grant: Grant) -> TaskCall:
         t = run.plan.tasks[tid]
-        inputs = {key: run.handles[ref.task_id][ref.key] for key, ref in t.refs.items()}
-        for up in {ref.task_id for ref in t.refs.values()}:
+        # Outputs of reused tasks are plain values (no backend holds them): pass them as constants.
+        constants = dict(t.constants) | {
+            key: run.results[ref.task_id][ref.key] for key, ref in t.refs.items() if ref.task_id in run.reused
+        }
+        inputs = {key: run.handles[ref.task_id][ref.key] for key, ref in t.refs.items() if ref.task_id not in run.reused}
+        for up in {ref.task_id for ref in t.refs.values()} - run.reused:
             run.consumers[up] -= 1
             if run.consumers[up] == 0:
                 del run.handles[up]  # every dependent holds what it needs; free big outputs early
         return TaskCall(
             call_id=f"{run.run_id}:{tid}:{run.attempts[tid]}",
             run_id=run.run_id, task_id=tid, task_name=t.name, attempt=run.attempts[tid],
-            func=run.plan.tasks[tid].function, constants=t.constants, inputs=inputs, outputs=t.spec.outputs,
+            func=run.plan.tasks[tid].function, constants=constants, inputs=inputs, outputs=t.spec.outputs,
             resources=t.spec.resources, gpu_ids=grant.gpu_ids, timeout=t.spec.options.timeout,
         )
 
@@ -202,7 +284,14 @@ class Engine:
         if run.consumers[tid]:
             run.handles[tid] = outcome.handles
         duration = (outcome.finished_at or 0.0) - (outcome.started_at or 0.0)
-        run.task_msg(MessageType.FINISH_TASK, tid, at=outcome.finished_at, result=result, duration=duration)
+        fp = run.fingerprints[tid]
+        run.task_msg(MessageType.FINISH_TASK, tid, at=outcome.finished_at, result=result, duration=duration,
+                     fingerprint=fp.as_dict())
+        if self.store is not None and run.plan.tasks[tid].spec.options.cache and fp.inputs:
+            try:
+                self.store.put(fp.digest, dict(result))
+            except Exception:  # noqa: BLE001 - an unpicklable result is simply not cached
+                _log.warning("maze: the result of task %r could not be cached", tid, exc_info=True)
         run.settle(tid, TaskState.FINISHED)
         run.sorter.done(tid)
         if not run.cancelling:

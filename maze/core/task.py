@@ -24,7 +24,7 @@ from .resources import Resources
 TaskBody = Callable[[dict[str, Any]], dict[str, Any]]
 
 #: Options a task accepts besides inputs, outputs and resources.
-OPTION_NAMES = ("retries", "retry_delay", "timeout")
+OPTION_NAMES = ("retries", "retry_delay", "timeout", "cache")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +34,7 @@ class TaskOptions:
     retries: int = 0                # extra attempts after a failure
     retry_delay: float = 0.0        # seconds before each retry
     timeout: float | None = None    # seconds an attempt may run; None for no limit
+    cache: bool = False             # reuse results across runs for the same code and inputs
 
     @classmethod
     def parse(cls, options: Mapping[str, Any], *, owner: str, base: TaskOptions | None = None) -> TaskOptions:
@@ -45,6 +46,8 @@ class TaskOptions:
             )
         merged = {name: getattr(base, name) for name in OPTION_NAMES} | dict(options)
         retries, delay, timeout = merged["retries"], merged["retry_delay"], merged["timeout"]
+        if not isinstance(merged["cache"], bool):
+            raise TaskDefinitionError(f"{owner}: cache={merged['cache']!r} is not accepted; expected True or False")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise TaskDefinitionError(f"{owner}: retries={retries!r} is not accepted; expected a whole number, 0 or more")
         if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not delay >= 0 or math.isinf(delay):
@@ -55,7 +58,8 @@ class TaskOptions:
             raise TaskDefinitionError(
                 f"{owner}: timeout={timeout!r} is not accepted; expected seconds greater than 0, or None"
             )
-        return cls(retries=retries, retry_delay=float(delay), timeout=None if timeout is None else float(timeout))
+        return cls(retries=retries, retry_delay=float(delay), timeout=None if timeout is None else float(timeout),
+                   cache=merged["cache"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +150,7 @@ def task(
     retries: int = 0,
     retry_delay: float = 0.0,
     timeout: float | None = None,
+    cache: bool = False,
 ) -> Callable[[TaskBody], TaskFunction]: ...
 
 
@@ -159,6 +164,7 @@ def task(
     retries: int = 0,
     retry_delay: float = 0.0,
     timeout: float | None = None,
+    cache: bool = False,
 ) -> TaskFunction | Callable[[TaskBody], TaskFunction]:
     """Declare a function as a maze task.
 
@@ -170,6 +176,8 @@ def task(
         retries: extra attempts after a failed one.
         retry_delay: seconds to wait before each retry.
         timeout: seconds an attempt may run before it is stopped.
+        cache: reuse the result of an earlier run (of any workflow, any
+            session) with the same code and inputs, instead of running again.
 
     Raises:
         TaskDefinitionError: (a ``ValueError``) for a bad name, resource or option.
@@ -190,7 +198,7 @@ def task(
             outputs=_names(owner, "output", outputs),
             resources=Resources.parse(resources, owner=owner),
             options=TaskOptions.parse(
-                {"retries": retries, "retry_delay": retry_delay, "timeout": timeout}, owner=owner
+                {"retries": retries, "retry_delay": retry_delay, "timeout": timeout, "cache": cache}, owner=owner
             ),
         )
         return TaskFunction(spec)

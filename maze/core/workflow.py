@@ -264,14 +264,33 @@ class MaWorkflow:
 
     # -- running --------------------------------------------------------------------
 
-    def run(self, *, fail_fast: bool = False) -> str:
+    def run(self, *, fail_fast: bool = False, resume_from: str | None = None) -> str:
         """Start a run in the background and return its id at once.
+
+        Args:
+            fail_fast: stop the whole run at the first failed task.
+            resume_from: a run id (of this workflow, or in the run history): tasks
+                that finished there with the same code and inputs are not run
+                again; :meth:`explain` says, per task, why it ran or was reused.
 
         Raises before starting anything when a task could never fit the capacity.
         """
+        previous = None
+        if resume_from is not None:
+            previous = self._runs.get(resume_from) or self._engine.recorded_run(resume_from)
+            if previous is None:
+                raise UnknownRunError(
+                    f"run(resume_from={resume_from!r}): no such run in workflow {self.workflow_id!r} "
+                    "or in the run history"
+                )
         run_id = f"run-{uuid.uuid4().hex[:12]}"
-        self._runs[run_id] = self._engine.start(self.plan(), run_id, fail_fast=fail_fast)
+        self._runs[run_id] = self._engine.start(self.plan(), run_id, fail_fast=fail_fast, resume_from=previous)
         return run_id
+
+    def explain(self, run_id: str) -> dict[str, str]:
+        """For each task of a run: why it ran, or where its result was reused from."""
+        run = self._run(run_id)
+        return {tid: run.reasons.get(tid, "ran") for tid in run.plan.tasks}
 
     def _run(self, run_id: str) -> RunState:
         try:

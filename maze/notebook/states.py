@@ -48,7 +48,9 @@ class Board:
                 continue
             self.status = "running"
             self.changed.add(tid)
-            if kind in _BY_TYPE:
+            if kind == "finish_task" and d.get("cached"):
+                self.states[tid] = "cached"
+            elif kind in _BY_TYPE:
                 self.states[tid] = _BY_TYPE[kind]
                 if kind == "start_task":
                     self.started[tid] = d["time"]
