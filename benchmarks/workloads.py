@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -57,3 +58,13 @@ def make_array(params):
 @task(inputs=["array"], outputs=["total"])
 def total(params):
     return {"total": total_plain(params["array"])}
+
+
+@task(inputs=[], outputs=["token"])
+def token(params):
+    return {"token": os.urandom(8).hex()}
+
+
+@task(inputs=["token"], outputs=["echo"])
+def echo(params):
+    return {"echo": params["token"]}

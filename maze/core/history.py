@@ -92,6 +92,15 @@ class Dropped(str):
 
 
 def _dump(data: dict[str, Any]) -> bytes:
+    # Common case first: one pickle, with big buffers (arrays) handed out of band
+    # so that their size is known without copying them.
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        blob = pickle.dumps(data, protocol=5, buffer_callback=buffers.append)
+    except Exception:  # noqa: BLE001 - something in it does not pickle: sort it out per value
+        blob = None
+    if blob is not None and not buffers and len(blob) <= VALUE_LIMIT:
+        return blob
     return pickle.dumps({k: _keepable(v) for k, v in data.items()}, protocol=pickle.HIGHEST_PROTOCOL)
 
 
@@ -163,38 +172,44 @@ class HistoryWriter:
         self._db.close()
 
     def _write_loop(self) -> None:
+        # Wake once per batch, not once per message: waking this thread on every
+        # message would take the interpreter lock from the scheduler each time.
         while True:
             item = self._queue.get()
-            if item is None:
-                return
+            time.sleep(_BATCH_S)
             batch = [item]
-            deadline = time.monotonic() + _BATCH_S
-            while time.monotonic() < deadline:
+            while True:
                 try:
-                    nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-                if nxt is None:
-                    self._commit(batch)
-                    return
-                batch.append(nxt)
-            self._commit(batch)
+            stop = None in batch
+            self._commit([b for b in batch if b is not None])
             if self._queue.empty():
                 self._idle.set()
+            if stop:
+                return
 
     def _commit(self, batch: list[tuple[str, tuple[Any, ...]]]) -> None:
+        # Rows keep their order: a run's row before its messages, its end after them.
         with self._db:
+            messages: list[tuple[Any, ...]] = []
             for kind, row in batch:
+                if kind == "msg":
+                    run_id, seq, kind_, task_id, data = row
+                    messages.append((run_id, seq, kind_, task_id, _dump(data)))
+                    continue
+                if messages:
+                    self._db.executemany("INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?)", messages)
+                    messages = []
                 if kind == "run":
                     self._db.execute(
                         "INSERT OR REPLACE INTO runs (run_id, workflow_id, workflow_name, started_at, status, tasks, pid, dag)"
                         " VALUES (?, ?, ?, ?, 'running', ?, ?, ?)", row)
-                elif kind == "msg":
-                    run_id, seq, kind_, task_id, data = row
-                    self._db.execute("INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?)",
-                                     (run_id, seq, kind_, task_id, _dump(data)))
                 elif kind == "end":
                     self._db.execute("UPDATE runs SET status = ?, ended_at = ? WHERE run_id = ?", row)
+            if messages:
+                self._db.executemany("INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?)", messages)
 
 
 def plan_of(dag: dict[str, Any], workflow_id: str) -> Plan:
