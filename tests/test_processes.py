@@ -8,6 +8,7 @@ import textwrap
 import time
 
 import psutil
+import pytest
 
 from maze import MaClient
 from tasks_misc import sleeper
@@ -64,34 +65,42 @@ def test_a_script_without_main_guard_runs_and_leaves_no_worker(tmp_path):
 
 
 INTERRUPT = textwrap.dedent('''
-    import os, signal, threading, time
+    import os, signal, sys, threading, time
     from maze import MaClient, task
 
-    @task(inputs=[], outputs=["never"])
+    @task(inputs=["pidfile"], outputs=["never"])
     def forever(params):
-        print("worker", os.getpid(), flush=True)
+        with open(params["pidfile"], "w") as fh:
+            fh.write(str(os.getpid()))
         time.sleep(60)
         return {"never": 1}
 
-    client = MaClient()
+    client = MaClient(backend=sys.argv[1], history=None)
     wf = client.create_workflow()
-    wf.add_task(forever)
+    wf.add_task(forever, inputs={"pidfile": "worker.pid"})
     run_id = wf.run()
-    first = next(iter(wf.get_results(run_id)))
-    print("WORKER", first["data"]["worker"], flush=True)
+    while not (os.path.exists("worker.pid") and open("worker.pid").read()):
+        time.sleep(0.05)
+    print("WORKER", open("worker.pid").read(), flush=True)
     threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
     try:
         wf.wait(run_id)
     except KeyboardInterrupt:
         print("STATUS", wf.wait(run_id)["status"], flush=True)
+    client.close()
 ''')
 
 
-def test_ctrl_c_while_waiting_cancels_the_run(tmp_path):
+@pytest.mark.parametrize("backend", ["joblib", "ray"])
+def test_ctrl_c_while_waiting_cancels_the_run(tmp_path, backend):
     script = tmp_path / "interrupt.py"
     script.write_text(INTERRUPT)
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([sys.executable, str(script), backend], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     lines = dict(l.split(" ", 1) for l in proc.stdout.splitlines() if l.split(" ", 1)[0] in {"WORKER", "STATUS"})
     assert lines["STATUS"] == "cancelled"
-    assert not psutil.pid_exists(int(lines["WORKER"]))
+    worker = int(lines["WORKER"])
+    deadline = time.time() + 10
+    while psutil.pid_exists(worker) and psutil.Process(worker).status() != psutil.STATUS_ZOMBIE and time.time() < deadline:
+        time.sleep(0.1)
+    assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE
