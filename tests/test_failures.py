@@ -240,3 +240,23 @@ def test_unpicklable_input_and_result_fail_clearly(stopping_client):
     errors = {m["data"]["task_id"]: m["data"]["error"] for m in wf.get_results(run_id) if m["type"] == "task_exception"}
     assert "refuses to be pickled" in errors[bad_in.task_id] and "takes" in errors[bad_in.task_id]
     assert "refuses to be pickled" in errors[bad_out.task_id] or "gives_unpicklable" in errors[bad_out.task_id]
+
+
+def test_an_unpicklable_task_function_fails_clearly(stopping_client):
+    import threading
+
+    lock = threading.Lock()
+
+    def holds_a_lock(params):
+        with lock:
+            return {"y": 1}
+
+    wf = stopping_client.create_workflow()
+    bad = wf.add_task(task(inputs=[], outputs=["y"])(holds_a_lock))
+    fine = wf.add_task(inc, inputs={"x": 1})
+    run_id = wf.run()
+    summary = wf.wait(run_id)
+    assert summary["exception_tasks"] == [bad.task_id]
+    assert summary["task_results"] == {fine.task_id: {"y": 2}}
+    error = next(m["data"]["error"] for m in wf.get_results(run_id) if m["type"] == "task_exception")
+    assert "holds_a_lock" in error and "lock" in error

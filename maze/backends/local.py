@@ -235,19 +235,19 @@ class LocalBackend:
     def _send(self, worker: _Worker, job: _Job) -> None:
         """Hand a job to an idle worker (lock held)."""
         call = job.call
-        fn_key, fn_bytes = self._pickled_function(call.func)
-        ship = None if fn_key in worker.known else fn_bytes
         keys = list(call.inputs)
         packs: list[_packing.Packed] = [call.inputs[k] for k in keys]
         try:
+            fn_key, fn_bytes = self._pickled_function(call.func)
+            ship = None if fn_key in worker.known else fn_bytes
             header = _packing.dumps((
                 call.call_id, call.task_id, fn_key, ship, dict(call.constants), keys,
                 [p.descriptor() for p in packs], call.outputs,
             ))
-        except Exception as exc:  # noqa: BLE001 - an unpicklable constant input
+        except Exception as exc:  # noqa: BLE001 - an unpicklable function or constant input
             del self._jobs[call.call_id]
             job.future.set_result(TaskOutcome(error=TaskError.simple(
-                type(exc).__name__, f"the inputs of task {call.task_id!r} could not be pickled: {exc}"
+                type(exc).__name__, f"the function or inputs of task {call.task_id!r} could not be pickled: {exc}"
             )))
             self._feed(worker)
             return
