@@ -84,17 +84,21 @@ def lab(tmp_path):
 
 
 def run_all_cells(page) -> None:
-    """Run > Run All Cells; again if the kernel was not quite ready to take it."""
-    started = "() => Array.from(document.querySelectorAll('.jp-InputArea-prompt')).some(p => /\\[[*0-9]/.test(p.textContent))"
-    for _ in range(5):
+    """Run > Run All Cells, until a cell has really executed.
+
+    Right after start-up JupyterLab can report the kernel idle before it takes
+    requests (more so on a busy machine); a request lost then is asked again.
+    """
+    executed = "() => Array.from(document.querySelectorAll('.jp-InputArea-prompt')).some(p => /\\[\\d+\\]/.test(p.textContent))"
+    for _ in range(4):
         page.click(".lm-MenuBar-itemLabel:text-is('Run')")
         page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
         try:
-            page.wait_for_function(started, timeout=10_000)
+            page.wait_for_function(executed, timeout=30_000)
             return
         except Exception:  # noqa: BLE001 - playwright's TimeoutError; try again
             continue
-    raise AssertionError("Run All Cells never started executing the notebook")
+    raise AssertionError("Run All Cells never executed a cell")
 
 
 def test_live_dag_in_jupyterlab(lab):
@@ -121,7 +125,7 @@ def test_live_dag_in_jupyterlab(lab):
             while time.time() < deadline:
                 widgets = page.evaluate(STATES_JS)
                 seen_running |= any("running" in w["nodes"] for w in widgets if w["status"] != "completed")
-                if len(widgets) == 3 and all(w["status"] == "completed" for w in widgets):
+                if len(widgets) >= 3 and all(w["status"] == "completed" for w in widgets):
                     break
                 time.sleep(0.1)
             page.locator(".maze-dag").first.scroll_into_view_if_needed()
@@ -131,6 +135,6 @@ def test_live_dag_in_jupyterlab(lab):
             browser.close()
     assert first_seen, "the DAG widget never appeared"
     assert seen_running, "no task was ever seen running while its run was going"
-    assert len(widgets) == 3, widgets
+    assert len(widgets) >= 3, widgets   # three runs in the notebook (more if Run All had to be asked twice)
     for w in widgets:
         assert w["status"] == "completed" and w["nodes"] and set(w["nodes"]) == {"finished"}, widgets
