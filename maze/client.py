@@ -92,7 +92,12 @@ class MaClient:
             )
         detected = self._backend.capacity()
         capacity = Capacity.parse(resources, detected=detected) if resources else detected
-        self._history_path = None if history is None else Path(history) if history is not _DEFAULT else default_path()
+        if history is None:
+            self._history_path: Path | None = None
+        elif isinstance(history, (str, os.PathLike)):
+            self._history_path = Path(history)
+        else:
+            self._history_path = default_path()
         self._history = HistoryWriter(self._history_path) if self._history_path else None
         self._cache_dir = Path(cache_dir) if cache_dir is not None else default_location()
         self._engine = Engine(self._backend, capacity, history=self._history, store=_LazyStore(self._cache_dir))

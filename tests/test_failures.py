@@ -109,7 +109,7 @@ def test_retries_recover_a_flaky_task(client, tmp_path):
 
 def test_retries_exhausted_report_the_attempt(client, tmp_path):
     wf = client.create_workflow()
-    t = wf.add_task(flaky, inputs={"marker": str(tmp_path / "count")}, retries=1)
+    wf.add_task(flaky, inputs={"marker": str(tmp_path / "count")}, retries=1)
     run_id = wf.run()
     wf.wait(run_id)
     failure = next(m["data"] for m in wf.get_results(run_id) if m["type"] == "task_exception")

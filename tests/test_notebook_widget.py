@@ -89,7 +89,7 @@ def test_replay_of_a_finished_run(local_client, comms):
 
 def test_static_fallback_for_viewers_without_widgets(local_client, comms):
     wf = local_client.create_workflow("tiny")
-    t = wf.add_task(inc, inputs={"x": 1})
+    wf.add_task(inc, inputs={"x": 1})
     run_id = wf.run()
     wf.wait(run_id)
     data, _ = wf.show_graph(run_id)._repr_mimebundle_()

@@ -138,7 +138,7 @@ class LocalBackend:
             job = self._jobs.get(call_id)
             if job is None:
                 return
-            reason = TaskError.simple("TaskCancelled", f"task {job.call.task_id!r} was stopped: its run was cancelled")
+            reason = TaskError.cancelled(job.call.task_id)
             if job in self._queue:
                 self._queue.remove(job)
                 del self._jobs[call_id]
@@ -387,11 +387,7 @@ class LocalBackend:
             for w in self._workers:
                 job = w.job
                 if job and job.deadline and job.deadline <= now and job.stop_reason is None:
-                    job.stop_reason = TaskError.simple(
-                        "TimeoutError",
-                        f"task {job.call.task_id!r} ran longer than its timeout of {job.call.timeout:g} s "
-                        "and was stopped",
-                    )
+                    job.stop_reason = TaskError.timed_out(job.call.task_id, job.call.timeout or 0)
                     job.deadline = None
                     self._kill_running(job)
 

@@ -294,7 +294,7 @@ class RayBackend:
         if job is None:
             return
         if job.stop_reason is None:
-            job.stop_reason = TaskError.simple("TaskCancelled", f"task {job.call.task_id!r} was stopped: its run was cancelled")
+            job.stop_reason = TaskError.cancelled(job.call.task_id)
         ray.cancel(job.refs[0], force=True)
 
     def close(self) -> None:
@@ -415,9 +415,7 @@ class RayBackend:
         with self._lock:
             late = [j for j in self._jobs.values() if j.deadline and j.deadline <= now and j.stop_reason is None]
         for job in late:
-            job.stop_reason = TaskError.simple(
-                "TimeoutError", f"task {job.call.task_id!r} ran longer than its timeout of {job.call.timeout:g} s and was stopped"
-            )
+            job.stop_reason = TaskError.timed_out(job.call.task_id, job.call.timeout or 0)
             job.deadline = None
             ray.cancel(job.refs[0], force=True)
 

@@ -65,6 +65,15 @@ class TaskError:
     def simple(cls, error_type: str, error: str) -> TaskError:
         return cls(error_type, error, f"{error_type}: {error}")
 
+    @classmethod
+    def cancelled(cls, task_id: str) -> TaskError:
+        """What a backend reports for an attempt it stopped because the run was cancelled."""
+        return cls.simple("TaskCancelled", f"task {task_id!r} was stopped: its run was cancelled")
+
+    @classmethod
+    def timed_out(cls, task_id: str, timeout: float) -> TaskError:
+        return cls.simple("TimeoutError", f"task {task_id!r} ran longer than its timeout of {timeout:g} s and was stopped")
+
 
 @dataclass(frozen=True, slots=True)
 class TaskOutcome:
