@@ -260,3 +260,20 @@ def test_an_unpicklable_task_function_fails_clearly(stopping_client):
     assert summary["task_results"] == {fine.task_id: {"y": 2}}
     error = next(m["data"]["error"] for m in wf.get_results(run_id) if m["type"] == "task_exception")
     assert "holds_a_lock" in error and "lock" in error
+
+
+def test_after_all_these_faults_no_worker_is_left_busy(local_client):
+    """Runs last in this module: every worker process the faults touched is idle again."""
+    import psutil
+
+    wf = local_client.create_workflow()
+    wf.add_task(inc, inputs={"x": 1})
+    assert wf.wait(wf.run())["workflow_completed"]          # the pool still works
+    workers = [p for p in psutil.Process().children(recursive=True)
+               if "maze.backends._worker" in " ".join(p.cmdline())]
+    assert workers
+    for p in workers:
+        p.cpu_percent(None)
+    time.sleep(1.0)
+    busy = {p.pid: p.cpu_percent(None) for p in workers if p.is_running()}
+    assert all(load < 20 for load in busy.values()), busy
