@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from .resources import Capacity, Resources
+from .shipping import ShippedCode
 from .task import TaskBody
 
 
@@ -44,7 +45,8 @@ class TaskCall:
     task_id: str
     task_name: str
     attempt: int
-    func: TaskBody
+    func: TaskBody                      # the function itself (what an in-process backend calls)
+    code: ShippedCode                   # the same function pickled at run() time (what workers load)
     constants: Mapping[str, Any]        # inputs given as plain values
     inputs: Mapping[str, Any]           # inputs from upstream outputs, as backend handles
     outputs: tuple[str, ...]            # declared outputs, checked by the worker

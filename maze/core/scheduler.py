@@ -42,10 +42,12 @@ from .plan import Plan
 from .protocol import Backend, TaskCall, TaskError, TaskOutcome, TaskStarted, WorkerEvent
 from .resources import Capacity, Resources
 from .run import RunState, TaskState
+from .shipping import ShippedCode, ship
 
 _log = logging.getLogger("maze")
 
 _CANCELLED_TYPE = "TaskCancelled"
+_NO_CODE = ShippedCode("", b"")  # in calls whose function could not be pickled (never submitted)
 
 
 class ResultStore(Protocol):
@@ -102,6 +104,7 @@ class Engine:
     def start(self, plan: Plan, run_id: str, *, fail_fast: bool = False, resume_from: RunState | None = None) -> RunState:
         self.check(plan)
         run = RunState(run_id, plan, self._lock, fail_fast=fail_fast, recorder=self.history)
+        run.code = self._ship_code(plan)
         run.fingerprints = fingerprints(plan)
         if resume_from is not None:
             self._plan_reuse(run, resume_from)
@@ -122,6 +125,23 @@ class Engine:
                 return
             run.cancelling = True
             self._stop_everything(run, reason, upstream=None)
+
+    @staticmethod
+    def _ship_code(plan: Plan) -> dict[str, ShippedCode | TaskError]:
+        """Each task's function pickled now, as ``run()`` is called: once per distinct function."""
+        by_function: dict[int, ShippedCode | TaskError] = {}
+        out: dict[str, ShippedCode | TaskError] = {}
+        for tid, t in plan.tasks.items():
+            key = id(t.function)  # the plan holds every function, so ids are stable here
+            if key not in by_function:
+                try:
+                    by_function[key] = ship(t.function)
+                except Exception as exc:  # noqa: BLE001 - e.g. a function that refers to a lock
+                    by_function[key] = TaskError.simple(
+                        type(exc).__name__, f"the function of task {tid!r} could not be pickled: {exc}"
+                    )
+            out[tid] = by_function[key]
+        return out
 
     # -- the loop -----------------------------------------------------------------
 
@@ -221,11 +241,19 @@ class Engine:
             run.calls[tid] = call
             run.grants[tid] = grant
             run.states[tid] = TaskState.RUNNING
-            future = self.backend.submit(call, partial(self._on_event, run, tid, call.call_id))
+            code = run.code[tid]
+            if isinstance(code, TaskError):  # nothing a worker could run: fail like an attempt would
+                future: Future[TaskOutcome] = Future()
+                future.set_result(TaskOutcome(error=code))
+            else:
+                future = self.backend.submit(call, partial(self._on_event, run, tid, call.call_id))
             future.add_done_callback(partial(self._on_done, run, tid, call))
 
     def _first_call(self, run: RunState, tid: str, grant: Grant) -> TaskCall:
         t = run.plan.tasks[tid]
+        code = run.code[tid]
+        if isinstance(code, TaskError):
+            code = _NO_CODE
         # Outputs of reused tasks are plain values (no backend holds them): pass them as constants.
         constants = dict(t.constants) | {
             key: run.results[ref.task_id][ref.key] for key, ref in t.refs.items() if ref.task_id in run.reused
@@ -238,7 +266,7 @@ class Engine:
         return TaskCall(
             call_id=f"{run.run_id}:{tid}:{run.attempts[tid]}",
             run_id=run.run_id, task_id=tid, task_name=t.name, attempt=run.attempts[tid],
-            func=run.plan.tasks[tid].function, constants=constants, inputs=inputs, outputs=t.spec.outputs,
+            func=t.function, code=code, constants=constants, inputs=inputs, outputs=t.spec.outputs,
             resources=t.spec.resources, gpu_ids=grant.gpu_ids, timeout=t.spec.options.timeout,
         )
 
