@@ -171,9 +171,14 @@ class MaClient:
         return self._reader().delete(before=before, keep_last=keep_last, run_ids=run_ids)
 
     def close(self) -> None:
-        """Release the backend: worker processes, Ray connection. Safe to call twice."""
+        """Cancel runs still going, then release the backend (worker processes, Ray). Safe to call twice.
+
+        Each task of a cancelled run ends with a message saying so; ``run()``
+        afterwards raises :class:`~maze.core.errors.BackendError`.
+        """
         if not self._closed:
             self._closed = True
+            self._engine.close()
             self._backend.close()
             if self._history is not None:
                 self._history.close()

@@ -48,9 +48,18 @@ def check_result(result: Any, outputs: tuple[str, ...], task_id: str) -> None:
 
 
 def error_of(exc: BaseException) -> TaskError:
-    text = "".join(traceback.format_exception(exc))
-    line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return TaskError(error_type=type(exc).__name__, error=line, traceback=text)
+    """The task's own exception, as text. Never raises, whatever the exception's ``__str__`` does."""
+    kind = type(exc).__name__
+    try:
+        message = str(exc).strip()
+    except BaseException as inner:  # noqa: BLE001 - a broken __str__ must not take the worker down
+        message = f"<{kind}: str() of the exception raised {type(inner).__name__}>"
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except BaseException:  # noqa: BLE001
+        text = f"{kind}: {message}"
+    line = message.splitlines()[0] if message else ""
+    return TaskError(error_type=kind, error=line, traceback=text)
 
 
 def _short(value: Any, limit: int = 60) -> str:

@@ -157,6 +157,13 @@ def render(dot_source: str, fmt: str = "svg", dpi: int | None = None, *, backgro
 def draw(plan: Plan, output_path: str, *, method: str = "auto", dpi: int = 150) -> str:
     if method not in METHODS:
         raise ValueError(f"draw_graph: method={method!r} is not accepted; expected one of {', '.join(METHODS)}")
+    if isinstance(dpi, bool) or not isinstance(dpi, (int, float)) or not 0 < dpi <= 2400:
+        raise ValueError(f"draw_graph: dpi={dpi!r} is not accepted; expected dots per inch, a number from 1 to 2400 (e.g. 150)")
+    folder = os.path.dirname(os.path.abspath(output_path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(
+            f"draw_graph: cannot write {str(output_path)!r}: the folder {folder!r} does not exist; create it first"
+        )
     fmt = os.path.splitext(str(output_path))[1].lstrip(".").lower()
     if fmt not in FORMATS:
         raise ValueError(

@@ -11,10 +11,22 @@ from __future__ import annotations
 import enum
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 Message = dict[str, Any]
+
+#: Longest ``error`` line and ``result`` traceback a ``task_exception`` message carries.
+ERROR_LINE_LIMIT = 1_000
+TRACEBACK_LIMIT = 20_000
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` if it fits in ``limit`` characters, else its head and tail around a note of what was cut."""
+    if len(text) <= limit:
+        return text
+    keep = max(0, limit - 60) // 2
+    return f"{text[:keep]}\n[... {len(text) - 2 * keep:,} characters not shown ...]\n{text[len(text) - keep:]}"
 
 
 class MessageType(str, enum.Enum):
@@ -46,23 +58,33 @@ class MessageLog:
 
     Iterating yields each message as it is recorded and stops after
     ``finish_workflow``; a second iteration starts again from the first
-    message. ``len()``, indexing and ``==`` wait for the run to end, because
+    message. Ctrl-C while an iteration waits cancels the run. ``len()``, indexing and ``==`` wait for the run to end, because
     their answer would change otherwise.
     """
 
-    def __init__(self, records: list[Message], changed: threading.Condition, ended: threading.Event) -> None:
+    def __init__(
+        self, records: list[Message], changed: threading.Condition, ended: threading.Event,
+        on_interrupt: Callable[[], None] | None = None,
+    ) -> None:
         self._records = records    # owned by the run; only appended to
         self._changed = changed    # notified on every append
         self._ended = ended
+        self._on_interrupt = on_interrupt   # Ctrl-C while waiting: what stops the run
 
     def __iter__(self) -> Iterator[Message]:
         index = 0
         while True:
-            with self._changed:
-                while index >= len(self._records) and not self._ended.is_set():
-                    self._changed.wait()
-                batch = self._records[index:]
-                done = self._ended.is_set()
+            try:
+                with self._changed:
+                    while index >= len(self._records) and not self._ended.is_set():
+                        self._changed.wait()
+                    batch = self._records[index:]
+                    done = self._ended.is_set()
+            except KeyboardInterrupt:
+                # A reader interrupted while waiting means "stop this run", as in wait().
+                if self._on_interrupt is not None:
+                    self._on_interrupt()
+                raise
             yield from batch
             index += len(batch)
             if done and index >= len(self._records):

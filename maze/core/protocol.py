@@ -63,6 +63,11 @@ class TaskError:
     error: str          # one line
     traceback: str      # the full text, for the message's ``result``
 
+    @property
+    def text(self) -> str:
+        """``"ValueError: bad input"``: the type and the line, as ``get_task_result`` reports it."""
+        return f"{self.error_type}: {self.error}" if self.error else self.error_type
+
     @classmethod
     def simple(cls, error_type: str, error: str) -> TaskError:
         return cls(error_type, error, f"{error_type}: {error}")

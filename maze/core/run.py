@@ -13,13 +13,14 @@ import enum
 import threading
 import time
 from functools import partial
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from graphlib import TopologicalSorter
 from typing import Any, Protocol
 
 from .admission import Grant
 from .errors import UnknownTaskError
 from .fingerprint import Fingerprint
+from .fold import RunFold, TaskView
 from .messages import Message, MessageLog, MessageType, make, task_message
 from .plan import Plan
 from .protocol import TaskCall, TaskError
@@ -34,13 +35,14 @@ class TaskState(str, enum.Enum):
     FAILED = "failed"
     SKIPPED = "skipped"         # an upstream task failed
     CANCELLED = "cancelled"     # the run was cancelled before or while it ran
+    INTERRUPTED = "interrupted" # the process driving the run died first (known from the history)
 
     @property
     def terminal(self) -> bool:
         return self in _TERMINAL
 
 
-_TERMINAL = {TaskState.FINISHED, TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED}
+_TERMINAL = {TaskState.FINISHED, TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED, TaskState.INTERRUPTED}
 
 #: ``get_task_result``'s ``status`` for each terminal state (the original SDK's words).
 RESULT_STATUS = {
@@ -48,6 +50,20 @@ RESULT_STATUS = {
     TaskState.FAILED: "exception",
     TaskState.SKIPPED: "skipped",
     TaskState.CANCELLED: "cancelled",
+    TaskState.INTERRUPTED: "interrupted",
+}
+
+# How a replay maps what the messages show onto the scheduler's states.
+_FROM_VIEW = {
+    TaskView.PENDING: TaskState.PENDING,
+    TaskView.RUNNING: TaskState.RUNNING,
+    TaskView.RETRYING: TaskState.RETRYING,
+    TaskView.FINISHED: TaskState.FINISHED,
+    TaskView.CACHED: TaskState.FINISHED,
+    TaskView.FAILED: TaskState.FAILED,
+    TaskView.SKIPPED: TaskState.SKIPPED,
+    TaskView.CANCELLED: TaskState.CANCELLED,
+    TaskView.INTERRUPTED: TaskState.INTERRUPTED,
 }
 
 
@@ -66,6 +82,7 @@ class RunStatus(str, enum.Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"  # its driving process died before it ended (known from the history)
 
 
 class RunState:
@@ -116,6 +133,9 @@ class RunState:
         self.changed = threading.Condition(lock)    # notified on every message
         self.attention = threading.Condition(lock)  # notified on task output and at the end only
         self.ended = threading.Event()
+        self.prepared = threading.Event()           # fingerprints and reuse decided (see Engine.start)
+        # What Ctrl-C while a reader waits on this run does (the engine sets it: cancel the run).
+        self.on_interrupt: Callable[[], None] | None = None
 
     # -- writing (scheduler only) -------------------------------------------------
 
@@ -158,36 +178,39 @@ class RunState:
 
     @classmethod
     def replayed(cls, run_id: str, plan: Plan, messages: list[Message]) -> RunState:
-        """A finished run rebuilt from its recorded messages (read-only)."""
+        """A run rebuilt from its recorded messages (read-only), by the one fold of :mod:`.fold`.
+
+        A replay always ends: a run recorded without ``finish_workflow`` (still
+        going in another process) is a snapshot of what was recorded so far.
+        """
         run = cls(run_id, plan, threading.RLock(), fail_fast=False)
         run.messages.extend(messages)
-        for m in messages:
-            d = m["data"]
-            tid = d.get("task_id")
-            if m["type"] == "finish_task" and tid in run.states:
-                run.results[tid] = d["result"]
-                run.states[tid] = TaskState.FINISHED
-                if "fingerprint" in d:
-                    run.fingerprints[tid] = Fingerprint.from_dict(d["fingerprint"])
-            elif m["type"] == "task_exception" and tid in run.states:
-                cancelled = d.get("error_type") == "TaskCancelled"
-                run.states[tid] = TaskState.CANCELLED if cancelled else TaskState.FAILED
-                run.errors[tid] = TaskError(d.get("error_type", ""), d.get("error", ""), d.get("result", ""))
-            elif m["type"] == "task_skipped" and tid in run.states:
-                run.states[tid] = TaskState.CANCELLED if d.get("cancelled") else TaskState.SKIPPED
-                run.skip_reasons[tid] = d.get("reason", "")
-            elif m["type"] == "finish_workflow":
-                run.status = RunStatus(d["status"])
-                run.duration = d.get("duration")
+        fold = RunFold.of(plan.tasks, messages)
+        run.states = {tid: _FROM_VIEW[view] for tid, view in fold.states.items()}
+        run.reused = set(fold.in_state(TaskView.CACHED))
+        run.results = dict(fold.results)
+        run.errors = dict(fold.errors)
+        run.skip_reasons = dict(fold.skip_reasons)
+        run.started = set(fold.started)
+        run.fingerprints = {tid: Fingerprint.from_dict(fp) for tid, fp in fold.fingerprints.items()}
+        if fold.ended:
+            run.status = RunStatus(fold.status)
+            run.duration = fold.duration
         run.open = sum(not s.terminal for s in run.states.values())
-        if messages and messages[-1]["type"] == "finish_workflow":
-            run.ended.set()
+        run.prepared.set()
+        run.ended.set()
         return run
 
     # -- reading ------------------------------------------------------------------
 
     def log(self) -> MessageLog:
-        return MessageLog(self.messages, self.changed, self.ended)
+        return MessageLog(self.messages, self.changed, self.ended, on_interrupt=self.interrupted)
+
+    def interrupted(self) -> None:
+        """A reader waiting on this run got Ctrl-C: cancel the run and let it end (bounded wait)."""
+        if self.on_interrupt is not None and not self.ended.is_set():
+            self.on_interrupt()
+            self.ended.wait(30)
 
     def resolve_task(self, task_id: str) -> str:
         """A task id, or a unique prefix of one."""
@@ -231,8 +254,7 @@ class RunState:
             "status": RESULT_STATUS.get(state, state.value),
         }
         if task_id in self.errors:
-            err = self.errors[task_id]
-            out["error"] = f"{err.error_type}: {err.error}" if err.error else err.error_type
+            out["error"] = self.errors[task_id].text  # in full; messages carry a bounded copy
         elif task_id in self.skip_reasons:
             out["error"] = self.skip_reasons[task_id]
         return out
@@ -247,6 +269,7 @@ class RunState:
             "exception_tasks": by_state[TaskState.FAILED],
             "skipped_tasks": by_state[TaskState.SKIPPED],
             "cancelled_tasks": by_state[TaskState.CANCELLED],
+            "interrupted_tasks": by_state[TaskState.INTERRUPTED],
             "cached_tasks": [t for t in self.plan.tasks if t in self.reused],
             "task_results": {t: self.results[t] for t in self.plan.tasks if t in self.results},
             "duration": self.duration,

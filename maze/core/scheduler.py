@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import Future
@@ -34,10 +35,11 @@ from functools import partial
 from typing import Any, Protocol
 
 from .admission import Grant, ResourcePool
-from .errors import UnsatisfiableError
+from .errors import BackendError, UnsatisfiableError
 from .fingerprint import fingerprints
+from .fold import CANCELLED_ERROR
 from .history import Dropped, HistoryReader, HistoryWriter, plan_of
-from .messages import MessageType
+from .messages import ERROR_LINE_LIMIT, TRACEBACK_LIMIT, MessageType, clip
 from .plan import Plan
 from .protocol import Backend, TaskCall, TaskError, TaskOutcome, TaskStarted, WorkerEvent
 from .resources import Capacity, Resources
@@ -46,7 +48,6 @@ from .shipping import ShippedCode, ship
 
 _log = logging.getLogger("maze")
 
-_CANCELLED_TYPE = "TaskCancelled"
 _NO_CODE = ShippedCode("", b"")  # in calls whose function could not be pickled (never submitted)
 
 
@@ -76,6 +77,8 @@ class Engine:
         self._waiting: dict[Resources, deque[tuple[RunState, str]]] = {}
         self._dispatching = False
         self._dispatch_again = False
+        self._live: dict[str, RunState] = {}    # runs not ended yet, by id (for close())
+        self._closed = False
 
     # -- public -----------------------------------------------------------------
 
@@ -102,21 +105,44 @@ class Engine:
         return RunState.replayed(run_id, plan_of(reader.dag(run_id), info["workflow_id"]), reader.messages(run_id))
 
     def start(self, plan: Plan, run_id: str, *, fail_fast: bool = False, resume_from: RunState | None = None) -> RunState:
+        """Start a run and return at once.
+
+        Only what must see the caller's world as it is now happens here: the
+        capacity check (an error the caller must get) and pickling the task
+        functions (a run uses the code and globals as they are at ``run()``).
+        Fingerprinting the inputs (a 200 MB array takes a while), deciding what
+        an earlier run already did, and submitting happen in a thread.
+        """
+        if self._closed:
+            raise BackendError("this MaClient is closed; create a new MaClient to run workflows")
         self.check(plan)
         run = RunState(run_id, plan, self._lock, fail_fast=fail_fast, recorder=self.history)
         run.code = self._ship_code(plan)
-        run.fingerprints = fingerprints(plan)
-        if resume_from is not None:
-            self._plan_reuse(run, resume_from)
+        run.on_interrupt = partial(self.cancel, run, "interrupted while waiting")
+        with self._lock:
+            self._live[run_id] = run
         if self.history is not None:
             self.history.run_started(run_id, plan)
-        with self._lock, self._guard(run):
-            if plan.tasks:
-                self._queue_ready(run)
-                self._dispatch()
-            if run.open == 0:  # nothing to run, or everything reused
-                run.end()
+        threading.Thread(target=self._begin, args=(run, resume_from), name=f"maze-start-{run_id}", daemon=True).start()
         return run
+
+    def _begin(self, run: RunState, resume_from: RunState | None) -> None:
+        with self._guard(run):
+            try:
+                run.fingerprints = fingerprints(run.plan)
+                if resume_from is not None:
+                    resume_from.prepared.wait()  # its fingerprints, when it is itself just starting
+                    self._plan_reuse(run, resume_from)
+            finally:
+                run.prepared.set()
+            with self._lock:
+                if run.ended.is_set():
+                    return  # cancelled (or the client closed) while we prepared
+                if run.plan.tasks:
+                    self._queue_ready(run)
+                    self._dispatch()
+                if run.open == 0:  # nothing to run, or everything reused
+                    self._end(run)
 
     def cancel(self, run: RunState, reason: str = "run cancelled") -> None:
         """Nothing new starts; running attempts are stopped; the run ends as cancelled."""
@@ -125,6 +151,25 @@ class Engine:
                 return
             run.cancelling = True
             self._stop_everything(run, reason, upstream=None)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Refuse new runs, cancel the runs still going and wait (bounded) until they have ended.
+
+        Called before the backend closes, so that every task of those runs ends
+        with a terminal message saying it was cancelled, not that its worker died.
+        """
+        with self._lock:
+            self._closed = True
+            live = list(self._live.values())
+        for run in live:
+            self.cancel(run, "the client was closed")
+        deadline = time.monotonic() + timeout
+        for run in live:
+            run.ended.wait(max(0.0, deadline - time.monotonic()))
+
+    def _end(self, run: RunState) -> None:
+        run.end()
+        self._live.pop(run.run_id, None)
 
     @staticmethod
     def _ship_code(plan: Plan) -> dict[str, ShippedCode | TaskError]:
@@ -294,7 +339,7 @@ class Engine:
                 return
             if outcome.ok:
                 self._succeed(run, tid, outcome)
-            elif outcome.error is not None and outcome.error.error_type == _CANCELLED_TYPE:
+            elif outcome.error is not None and outcome.error.error_type == CANCELLED_ERROR:
                 self._settle_cancelled(run, tid, outcome.error)
             elif run.attempts[tid] <= run.plan.tasks[tid].spec.options.retries and not run.cancelling:
                 self._retry(run, tid, outcome.error)
@@ -302,7 +347,7 @@ class Engine:
                 self._fail(run, tid, outcome.error)
             self._dispatch()
             if run.open == 0:
-                run.end()
+                self._end(run)
 
     # -- outcomes -------------------------------------------------------------------
 
@@ -328,10 +373,7 @@ class Engine:
     def _fail(self, run: RunState, tid: str, error: TaskError | None) -> None:
         error = error or TaskError.simple("RuntimeError", "the task failed without an error")
         run.errors[tid] = error
-        run.task_msg(
-            MessageType.TASK_EXCEPTION, tid, result=error.traceback, error_type=error.error_type,
-            error=error.error, attempt=run.attempts[tid],
-        )
+        _exception_msg(run, tid, error)
         run.settle(tid, TaskState.FAILED)
         for child in run.plan.descendants(tid):
             if run.states[child] is TaskState.PENDING:
@@ -344,7 +386,7 @@ class Engine:
         delay = run.plan.tasks[tid].spec.options.retry_delay
         run.task_msg(
             MessageType.TASK_RETRY, tid, attempt=run.attempts[tid],
-            error=f"{error.error_type}: {error.error}" if error else "", delay=delay,
+            error=clip(error.text, ERROR_LINE_LIMIT) if error else "", delay=delay,
         )
         run.states[tid] = TaskState.RETRYING
         timer = threading.Timer(delay, self._requeue, (run, tid))
@@ -371,10 +413,7 @@ class Engine:
 
     def _settle_cancelled(self, run: RunState, tid: str, error: TaskError) -> None:
         run.errors[tid] = error
-        run.task_msg(
-            MessageType.TASK_EXCEPTION, tid, result=error.traceback, error_type=error.error_type,
-            error=error.error, attempt=run.attempts[tid],
-        )
+        _exception_msg(run, tid, error)
         run.settle(tid, TaskState.CANCELLED)
 
     def _stop_everything(self, run: RunState, reason: str, upstream: str | None) -> None:
@@ -388,7 +427,7 @@ class Engine:
         for call in list(run.calls.values()):
             self.backend.stop(call.call_id)  # its future settles the task as cancelled
         if run.open == 0:
-            run.end()
+            self._end(run)
 
     def _guard(self, run: RunState) -> _Guard:
         return _Guard(self, run)
@@ -404,9 +443,10 @@ class Engine:
                 for tid, state in run.states.items():
                     if not state.terminal:
                         run.errors[tid] = error
+                        _exception_msg(run, tid, error)
                         run.settle(tid, TaskState.CANCELLED)
             finally:
-                run.end()
+                self._end(run)
 
 
 class _Guard:
@@ -426,6 +466,15 @@ class _Guard:
             return False
         self.engine._abort(self.run, exc)
         return isinstance(exc, Exception)  # swallow errors; let KeyboardInterrupt and friends through
+
+
+def _exception_msg(run: RunState, tid: str, error: TaskError) -> None:
+    # Bounded copies: a 5 MB error message would otherwise travel whole into every
+    # reader and the history; get_task_result keeps the full text (run.errors).
+    run.task_msg(
+        MessageType.TASK_EXCEPTION, tid, result=clip(error.traceback, TRACEBACK_LIMIT),
+        error_type=error.error_type, error=clip(error.error, ERROR_LINE_LIMIT), attempt=run.attempts[tid],
+    )
 
 
 def _demand(need: Resources) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import math
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -120,6 +121,21 @@ def _import_task(module: str, qualname: str) -> TaskFunction:
     return found
 
 
+def _check_callable_with_params(body: Callable[..., Any], owner: str) -> None:
+    """Refuse now a function that could never be called with the one ``params`` dict."""
+    try:
+        signature = inspect.signature(body)
+    except (TypeError, ValueError):
+        return  # no signature to read (some builtins): it will tell at run time
+    try:
+        signature.bind({})
+    except TypeError as exc:
+        raise TaskDefinitionError(
+            f"{owner}: {getattr(body, '__qualname__', body)}{signature} cannot be called with one "
+            f"argument, the params dict ({exc}); define it as def {getattr(body, '__name__', 'f')}(params): ..."
+        ) from None
+
+
 def _names(owner: str, kind: str, names: Iterable[str] | None) -> tuple[str, ...]:
     if names is None:
         return ()
@@ -191,6 +207,7 @@ def task(
             raise TypeError(f"@task expects a function, got {type(body).__name__} {body!r}")
         name = getattr(body, "__name__", type(body).__name__)
         owner = f"@task {name!r}"
+        _check_callable_with_params(body, owner)
         spec = TaskSpec(
             func=body,
             name=name,

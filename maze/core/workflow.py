@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from itertools import islice
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -69,6 +70,10 @@ class TaskOutputs(Mapping[str, TaskOutput]):
         self._refs = {k: TaskOutput(workflow_id, task_id, k) for k in keys}
         self._task_id = task_id
 
+    @property
+    def task_id(self) -> str:
+        return self._task_id
+
     def __getitem__(self, key: str) -> TaskOutput:
         try:
             return self._refs[key]
@@ -85,6 +90,18 @@ class TaskOutputs(Mapping[str, TaskOutput]):
 
     def __repr__(self) -> str:
         return f"TaskOutputs({self._task_id!r}, {list(self._refs)})"
+
+
+def _holds_output(value: Any) -> bool:
+    """Whether a constant input is a list, tuple, set or dict with a task output in it (one level)."""
+    if isinstance(value, dict):
+        items: Iterable[Any] = [*value.keys(), *value.values()]
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        items = value
+    else:
+        return False
+    # Look at the first items only: a long list of numbers must not make add_task slow.
+    return any(isinstance(v, (TaskOutput, TaskOutputs, MaTask)) for v in islice(items, 1000))
 
 
 class MaTask:
@@ -188,6 +205,17 @@ class MaWorkflow:
                     f"{owner}: input {key!r} is the task {value.task_id!r} itself; pass one of its "
                     f"outputs instead, e.g. {value.task_id}.outputs[{next(iter(value.outputs), 'key')!r}]"
                 )
+            if isinstance(value, TaskOutputs):
+                picks = ", ".join(f"{value.task_id}.outputs[{k!r}]" for k in value)
+                raise WorkflowError(
+                    f"{owner}: input {key!r} is all the outputs of task {value.task_id!r} at once; "
+                    f"wire one of them: {picks or '(it declares no outputs)'}"
+                )
+            if _holds_output(value):
+                raise WorkflowError(
+                    f"{owner}: input {key!r} is a {type(value).__name__} holding task outputs; a task "
+                    "output is wired as an input's whole value: give each output its own input"
+                )
             if isinstance(value, TaskOutput):
                 if value.workflow_id != self.workflow_id or value.task_id not in self._tasks:
                     raise WorkflowError(
@@ -290,6 +318,7 @@ class MaWorkflow:
     def explain(self, run_id: str) -> dict[str, str]:
         """For each task of a run: why it ran, or where its result was reused from."""
         run = self._run(run_id)
+        run.prepared.wait()  # reasons are decided in the background, right after run()
         return {tid: run.reasons.get(tid, "ran") for tid in run.plan.tasks}
 
     def _run(self, run_id: str) -> RunState:

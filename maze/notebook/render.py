@@ -42,6 +42,7 @@ LOOKS: dict[str, Look] = {
     "failed": Look("#D55E00", "#FFFFFF", "#7A2E00", "rounded,filled,bold", "3.5", "✘", "failed"),
     "skipped": Look("#EDEDED", "#555555", "#555555", "rounded,filled,dotted", "1.5", "⊘", "skipped"),
     "cancelled": Look("#CC79A7", "#000000", "#7D3A63", "rounded,filled,dashed", "2.0", "■", "cancelled"),
+    "interrupted": Look("#BFBFBF", "#000000", "#404040", "rounded,filled,dashed", "2.0", "⚡", "interrupted"),
 }
 
 STATES = tuple(LOOKS)

@@ -1,87 +1,69 @@
 """Task states as a reader of the message stream sees them.
 
-The widget and the static picture never look inside a run; they fold its
-messages, in order, into a :class:`Board`: each task's state, the text shown
-on hover, and counts per state. Replaying the recorded messages of a finished
-run gives exactly the picture a live viewer saw at the end.
+The widget and the static picture never look inside a run; a :class:`Board`
+folds its messages, in order, with the core's one fold
+(:class:`maze.core.fold.RunFold`), and adds what a picture needs: the text
+shown on hover and counts per state. Replaying the recorded messages of a
+finished run gives exactly the picture a live viewer saw at the end, and the
+same states a replayed summary reports.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
+from maze.core.fold import RunFold
 from maze.core.plan import Plan
 
-_BY_TYPE = {
-    "start_task": "running",
-    "finish_task": "finished",
-    "task_retry": "retrying",
-}
 
-
-@dataclass
 class Board:
-    plan: Plan
-    states: dict[str, str] = field(default_factory=dict)
-    started: dict[str, float] = field(default_factory=dict)
-    durations: dict[str, float] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-    status: str = "pending"       # the run's: pending, running, completed, failed, cancelled
-    duration: float | None = None
-    changed: set[str] = field(default_factory=set)   # tasks touched since the last take_changed()
+    """The states of one run's tasks, for drawing."""
 
-    def __post_init__(self) -> None:
-        for tid in self.plan.tasks:
-            self.states.setdefault(tid, "pending")
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self._fold = RunFold(tuple(plan.tasks))
 
     def apply(self, messages: Iterable[dict[str, Any]]) -> None:
-        for m in messages:
-            kind, d = m["type"], m["data"]
-            tid = d.get("task_id")
-            if kind == "finish_workflow":
-                self.status, self.duration = d["status"], d.get("duration")
-                continue
-            if tid not in self.states:
-                continue
-            self.status = "running"
-            self.changed.add(tid)
-            if kind == "finish_task" and d.get("cached"):
-                self.states[tid] = "cached"
-            elif kind in _BY_TYPE:
-                self.states[tid] = _BY_TYPE[kind]
-                if kind == "start_task":
-                    self.started[tid] = d["time"]
-                elif kind == "finish_task":
-                    self.durations[tid] = d.get("duration", 0.0)
-            elif kind == "task_exception":
-                cancelled = d.get("error_type") == "TaskCancelled"
-                self.states[tid] = "cancelled" if cancelled else "failed"
-                self.errors[tid] = f"{d.get('error_type')}: {d.get('error')}"
-                if tid in self.started:
-                    self.durations[tid] = d["time"] - self.started[tid]
-            elif kind == "task_skipped":
-                self.states[tid] = "cancelled" if d.get("cancelled") else "skipped"
-                self.errors[tid] = d.get("reason", "")
+        self._fold.apply(messages)
+
+    @property
+    def states(self) -> dict[str, str]:
+        """Task id -> state name (pending, running, retrying, finished, cached, failed, ...)."""
+        return {tid: state.value for tid, state in self._fold.states.items()}
+
+    @property
+    def status(self) -> str:
+        """The run's: pending, running, then completed, failed, cancelled or interrupted."""
+        return self._fold.status
+
+    @property
+    def duration(self) -> float | None:
+        return self._fold.duration
 
     def take_changed(self) -> set[str]:
-        changed, self.changed = self.changed, set()
-        return changed
+        return self._fold.take_changed()
 
     def counts(self) -> Counter[str]:
-        return Counter(self.states.values())
+        return self._fold.counts()
+
+    def why(self, tid: str) -> str | None:
+        """The error of a failed or cancelled task, or why it was skipped."""
+        if tid in self._fold.errors:
+            return self._fold.errors[tid].text
+        return self._fold.skip_reasons.get(tid)
 
     def tooltip(self, tid: str) -> str:
         t = self.plan.tasks[tid]
         res = ", ".join(f"{k}={v}" for k, v in t.spec.resources.as_dict().items() if v)
-        lines = [f"{tid}  ({self.states[tid]})"]
-        if tid in self.durations:
-            lines.append(f"duration: {self.durations[tid]:.3f} s")
+        lines = [f"{tid}  ({self._fold.states[tid].value})"]
+        if tid in self._fold.durations:
+            lines.append(f"duration: {self._fold.durations[tid]:.3f} s")
         lines.append(f"resources: {res or 'none'}")
-        if tid in self.errors:
-            lines.append(self.errors[tid].splitlines()[0] if self.errors[tid] else "")
+        why = self.why(tid)
+        if why is not None:
+            lines.append(why.splitlines()[0] if why else "")
         return "\n".join(lines)
 
     def tooltips(self) -> dict[str, str]:

@@ -1,0 +1,127 @@
+"""Reading a run from its messages: the one fold.
+
+A run's messages say everything about it, so every reader that knows a run
+only by its messages (a replay from the history, the notebook widget, a
+picture drawn afterwards) folds them with :class:`RunFold`, and no other code
+interprets the stream. The fold is incremental (:meth:`RunFold.apply` takes
+messages as they come) and pure: the same messages always give the same
+states, whoever reads them and whenever.
+
+The scheduler does not fold: it *makes* the messages and keeps its own
+bookkeeping. Tests check that, for runs with failures, retries, skips,
+cancellation and cached tasks, the live summary equals the summary of the
+folded messages.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .messages import Message, MessageType
+from .protocol import TaskError
+
+#: The ``error_type`` of an attempt stopped because its run was cancelled.
+CANCELLED_ERROR = "TaskCancelled"
+
+
+class TaskView(str, enum.Enum):
+    """A task's state as the message stream shows it (what the widget colours)."""
+
+    PENDING = "pending"           # no message yet: waiting for upstream tasks or resources
+    RUNNING = "running"           # started on a worker
+    RETRYING = "retrying"         # an attempt failed; another will follow
+    FINISHED = "finished"
+    CACHED = "cached"             # finished without running: reused from an earlier run or the cache
+    FAILED = "failed"
+    SKIPPED = "skipped"           # a task it depends on failed
+    CANCELLED = "cancelled"       # the run was cancelled before or while it ran
+    INTERRUPTED = "interrupted"   # the process driving the run died before the task ended
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = {TaskView.FINISHED, TaskView.CACHED, TaskView.FAILED, TaskView.SKIPPED,
+             TaskView.CANCELLED, TaskView.INTERRUPTED}
+
+
+@dataclass
+class RunFold:
+    """The states of a run's tasks, folded from its messages."""
+
+    task_ids: tuple[str, ...]
+    states: dict[str, TaskView] = field(default_factory=dict)
+    results: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    errors: dict[str, TaskError] = field(default_factory=dict)
+    skip_reasons: dict[str, str] = field(default_factory=dict)
+    started: dict[str, float] = field(default_factory=dict)       # when the current attempt started
+    durations: dict[str, float] = field(default_factory=dict)
+    fingerprints: dict[str, Mapping[str, str]] = field(default_factory=dict)
+    status: str = "pending"       # the run's: pending, running, then finish_workflow's status
+    duration: float | None = None
+    ended: bool = False           # finish_workflow was seen
+    changed: set[str] = field(default_factory=set)   # tasks touched since the last take_changed()
+
+    def __post_init__(self) -> None:
+        for tid in self.task_ids:
+            self.states.setdefault(tid, TaskView.PENDING)
+
+    @classmethod
+    def of(cls, task_ids: Iterable[str], messages: Iterable[Message]) -> RunFold:
+        fold = cls(tuple(task_ids))
+        fold.apply(messages)
+        return fold
+
+    def apply(self, messages: Iterable[Message]) -> None:
+        for m in messages:
+            self._apply(m["type"], m["data"])
+
+    def _apply(self, kind: str, d: Mapping[str, Any]) -> None:
+        if kind == MessageType.FINISH_WORKFLOW:
+            self.status, self.duration, self.ended = d["status"], d.get("duration"), True
+            if d["status"] == "interrupted":
+                for tid, state in self.states.items():
+                    if not state.terminal:
+                        self.states[tid] = TaskView.INTERRUPTED
+                        self.changed.add(tid)
+            return
+        tid = d.get("task_id")
+        if tid not in self.states:
+            return
+        self.status = "running"
+        self.changed.add(tid)
+        if kind == MessageType.START_TASK:
+            self.states[tid] = TaskView.RUNNING
+            self.started[tid] = d["time"]
+        elif kind == MessageType.FINISH_TASK:
+            self.states[tid] = TaskView.CACHED if d.get("cached") else TaskView.FINISHED
+            self.results[tid] = d["result"]
+            self.durations[tid] = d.get("duration", 0.0)
+            if "fingerprint" in d:
+                self.fingerprints[tid] = d["fingerprint"]
+        elif kind == MessageType.TASK_RETRY:
+            self.states[tid] = TaskView.RETRYING
+        elif kind == MessageType.TASK_EXCEPTION:
+            cancelled = d.get("error_type") == CANCELLED_ERROR
+            self.states[tid] = TaskView.CANCELLED if cancelled else TaskView.FAILED
+            self.errors[tid] = TaskError(d.get("error_type", ""), d.get("error", ""), d.get("result", ""))
+            if tid in self.started:
+                self.durations[tid] = d["time"] - self.started[tid]
+        elif kind == MessageType.TASK_SKIPPED:
+            self.states[tid] = TaskView.CANCELLED if d.get("cancelled") else TaskView.SKIPPED
+            self.skip_reasons[tid] = d.get("reason", "")
+
+    def take_changed(self) -> set[str]:
+        changed, self.changed = self.changed, set()
+        return changed
+
+    def counts(self) -> Counter[str]:
+        return Counter(state.value for state in self.states.values())
+
+    def in_state(self, state: TaskView) -> list[str]:
+        return [tid for tid, s in self.states.items() if s is state]
