@@ -357,8 +357,14 @@ class MaWorkflow:
         if timeout is None:
             for message in self._watch(run, run.follow_logs):
                 report.echo_log(message)
-        elif not run.ended.wait(timeout):
-            raise TimeoutError(f"run {run_id!r} did not end within {timeout} s")
+        else:
+            try:
+                ended = run.ended.wait(timeout)
+            except KeyboardInterrupt:
+                run.interrupted()
+                raise
+            if not ended:
+                raise TimeoutError(f"run {run_id!r} did not end within {timeout} s")
         return run.summary()
 
     def _watch(self, run: RunState, messages: Callable[[], Iterator[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
@@ -366,8 +372,7 @@ class MaWorkflow:
         try:
             yield from messages()
         except KeyboardInterrupt:
-            self._engine.cancel(run, "interrupted while waiting")
-            run.ended.wait(30)
+            run.interrupted()
             raise
 
     def get_task_result(self, run_id: str, task_id: str) -> dict[str, Any]:
@@ -377,7 +382,7 @@ class MaWorkflow:
         try:
             run.wait_task(tid)
         except KeyboardInterrupt:
-            self._engine.cancel(run, "interrupted while waiting")
+            run.interrupted()
             raise
         return run.task_result(tid)
 

@@ -1,0 +1,357 @@
+"""What a user must be able to trust, on every backend: fresh code, plain results,
+a clean close, Ctrl-C that stops the run, bounded errors, replay equal to live."""
+
+from __future__ import annotations
+
+import _thread
+import json
+import pickle
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from maze import MaClient, task
+from maze.core.errors import BackendError, TaskDefinitionError, WorkflowError
+from maze.core.messages import ERROR_LINE_LIMIT, TRACEBACK_LIMIT
+from maze.core.run import RunState
+from maze.notebook.states import Board
+from tasks_misc import boom, inc, sleeper
+
+
+def notebook(source: str, ns: dict | None = None) -> dict:
+    """Run ``source`` as a notebook cell would: in a ``__main__`` namespace, so its
+    functions travel by value (cloudpickle), with the globals they read."""
+    ns = ns if ns is not None else {"__name__": "__main__"}
+    exec(source, ns)
+    return ns
+
+
+CELL = '''
+from maze import task
+SCALE = 2
+def helper(x):
+    return x * SCALE
+@task(inputs=["x"], outputs=["y"])
+def scaled(params):
+    return {"y": helper(params["x"])}
+'''
+
+
+def result_of(wf, run_id, task_id):
+    summary = wf.wait(run_id)
+    assert summary["status"] == "completed", summary
+    return summary["task_results"][task_id]["y"]
+
+
+# -- fresh code on every run ---------------------------------------------------------------
+
+
+def test_a_changed_global_is_seen_by_the_next_run(client):
+    ns = notebook(CELL)
+    wf = client.create_workflow()
+    t = wf.add_task(ns["scaled"], inputs={"x": 5})
+    assert result_of(wf, wf.run(), t.task_id) == 10
+    ns["SCALE"] = 3                                   # the next cell changes a global
+    assert result_of(wf, wf.run(), t.task_id) == 15   # the same workflow, run again
+    other = client.create_workflow()
+    t2 = other.add_task(ns["scaled"], inputs={"x": 5})
+    assert result_of(other, other.run(), t2.task_id) == 15
+
+
+def test_a_redefined_helper_is_seen_by_the_next_run(client):
+    ns = notebook(CELL)
+    wf = client.create_workflow()
+    t = wf.add_task(ns["scaled"], inputs={"x": 5})
+    assert result_of(wf, wf.run(), t.task_id) == 10
+    notebook("def helper(x):\n    return x + 100\n", ns)   # the helper cell is edited and re-run
+    assert result_of(wf, wf.run(), t.task_id) == 105
+
+
+def test_a_changed_closure_cell_and_default_argument_are_seen(client):
+    factor = 2
+
+    @task(inputs=["x"], outputs=["y"])
+    def by_closure(params):
+        return {"y": params["x"] * factor}
+
+    @task(inputs=["x"], outputs=["y"])
+    def by_default(params, offset=1):
+        return {"y": params["x"] + offset}
+
+    wf = client.create_workflow()
+    a = wf.add_task(by_closure, inputs={"x": 5})
+    b = wf.add_task(by_default, inputs={"x": 5})
+    run_id = wf.run()
+    assert (result_of(wf, run_id, a.task_id), result_of(wf, run_id, b.task_id)) == (10, 6)
+    factor = 7  # noqa: F841 - read through the closure
+    by_default.spec.func.__defaults__ = (50,)
+    run_id = wf.run()
+    assert (result_of(wf, run_id, a.task_id), result_of(wf, run_id, b.task_id)) == (35, 55)
+
+
+def test_a_redefined_task_function_runs_its_new_body(client):
+    ns = notebook(CELL)
+    first = client.create_workflow()
+    t = first.add_task(ns["scaled"], inputs={"x": 5})
+    assert result_of(first, first.run(), t.task_id) == 10
+    notebook(CELL.replace("helper(params[\"x\"])", "-params[\"x\"]"), ns)
+    second = client.create_workflow()
+    t2 = second.add_task(ns["scaled"], inputs={"x": 5})
+    assert result_of(second, second.run(), t2.task_id) == -5
+
+
+def test_resume_and_cache_do_not_reuse_a_result_made_under_an_old_global(client):
+    ns = notebook(CELL.replace("@task(", "@task(cache=True, "))
+    wf = client.create_workflow()
+    t = wf.add_task(ns["scaled"], inputs={"x": 5})
+    first = wf.run()
+    assert result_of(wf, first, t.task_id) == 10
+    ns["SCALE"] = 4
+    again = wf.run(resume_from=first)
+    assert result_of(wf, again, t.task_id) == 20
+    assert wf.explain(again)[t.task_id] == "its code changed"
+
+
+# -- plain results -------------------------------------------------------------------------
+
+
+@task(inputs=["n"], outputs=["text", "count", "items", "array"])
+def mixed(params):
+    n = params["n"]
+    return {"text": "x" * n, "count": n, "items": list(range(n)), "array": np.arange(n * 100_000, dtype=np.float64)}
+
+
+def test_results_are_plain_dicts_json_and_pickle_without_loss(client):
+    wf = client.create_workflow()
+    t = wf.add_task(mixed, inputs={"n": 12})   # the array is 9.6 MB: held by reference where a backend can
+    run_id = wf.run()
+    summary = wf.wait(run_id)
+    result = summary["task_results"][t.task_id]
+    assert type(summary["task_results"]) is dict and type(result) is dict
+    assert type(wf.get_task_result(run_id, t.task_id)["result"]) is dict
+    finish = next(m for m in wf.get_results(run_id) if m["type"] == "finish_task")
+    assert type(finish["data"]["result"]) is dict
+    plain = {k: v for k, v in summary.items() if k != "task_results"}
+    plain["task_results"] = {t.task_id: {k: v for k, v in result.items() if k != "array"}}
+    assert json.loads(json.dumps(plain))["task_results"][t.task_id] == {"text": "x" * 12, "count": 12, "items": list(range(12))}
+    back = pickle.loads(pickle.dumps(summary))
+    assert np.array_equal(back["task_results"][t.task_id]["array"], np.arange(1_200_000, dtype=np.float64))
+    assert back["task_results"][t.task_id]["text"] == "x" * 12
+
+
+# -- close() during a run, run() after close ------------------------------------------------
+
+
+def _close_mid_run(client: MaClient, capfd: pytest.CaptureFixture[str]) -> None:
+    wf = client.create_workflow()
+    first = wf.add_task(sleeper, inputs={"seconds": 30})
+    wf.add_task(inc, inputs={"x": first.outputs["start"]})
+    wf.add_task(sleeper, inputs={"seconds": 30})
+    run_id = wf.run()
+    log = wf.get_results(run_id)
+    recorded = wf.run_state(run_id).messages   # what has been recorded so far, without waiting
+    deadline = time.monotonic() + 60
+    while sum(m["type"] == "start_task" for m in list(recorded)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    client.close()
+    assert time.monotonic() - t0 < 20
+    messages = list(log)
+    summary = wf.wait(run_id, timeout=5)
+    assert summary["status"] == "cancelled"
+    assert messages[-1]["type"] == "finish_workflow" and messages[-1]["data"]["status"] == "cancelled"
+    ended = {m["data"]["task_id"] for m in messages if m["type"] in ("finish_task", "task_exception", "task_skipped")}
+    assert ended == set(wf.run_state(run_id).plan.tasks)
+    assert not any(m["data"].get("error_type") == "WorkerDiedError" for m in messages)
+    assert "Traceback" not in capfd.readouterr().err
+    with pytest.raises(BackendError, match="closed"):
+        wf.run()
+
+
+def test_close_during_a_run_cancels_it_cleanly_local(capfd):
+    _close_mid_run(MaClient(history=None), capfd)
+
+
+def test_close_during_a_run_cancels_it_cleanly_ray(ray_client, capfd):
+    # A second client on the session's Ray: it does not own that Ray, so close() leaves it up.
+    _close_mid_run(MaClient(backend="ray", history=None), capfd)
+
+
+# -- Ctrl-C while iterating get_results ------------------------------------------------------
+
+
+def test_ctrl_c_while_iterating_get_results_cancels_the_run(stopping_client):
+    wf = stopping_client.create_workflow()
+    wf.add_task(sleeper, inputs={"seconds": 30})
+    run_id = wf.run()
+    timer = threading.Timer(1.0, _thread.interrupt_main)
+    timer.start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        for _ in wf.get_results(run_id):
+            pass
+    summary = wf.wait(run_id, timeout=30)
+    assert summary["status"] == "cancelled" and time.monotonic() - t0 < 25
+
+
+def test_ctrl_c_in_client_get_results_cancels_the_run(local_client):
+    wf = local_client.create_workflow()
+    wf.add_task(sleeper, inputs={"seconds": 30})
+    run_id = wf.run()
+    threading.Timer(1.0, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt):
+        local_client.get_results(run_id)
+    assert wf.wait(run_id, timeout=30)["status"] == "cancelled"
+
+
+# -- run() returns at once ------------------------------------------------------------------
+
+
+def test_run_returns_at_once_with_a_large_constant(local_client):
+    big = np.ones(25_000_000)   # 200 MB
+    wf = local_client.create_workflow()
+    t = wf.add_task(inc, inputs={"x": 1})
+    wf.add_task(task(inputs=["a"], outputs=["n"])(lambda p: {"n": float(p["a"].sum())}), inputs={"a": big})
+    t0 = time.perf_counter()
+    run_id = wf.run()
+    returned = time.perf_counter() - t0
+    summary = wf.wait(run_id)
+    assert summary["status"] == "completed" and summary["task_results"]["<lambda>"] == {"n": 25_000_000.0}
+    assert summary["task_results"][t.task_id] == {"y": 2}
+    # Hashing and sending 200 MB takes far longer than this: none of it happened in run().
+    assert returned < 0.1, f"run() took {returned:.3f} s"
+
+
+# -- bad input that used to slip through ------------------------------------------------------
+
+
+def test_whole_outputs_as_an_input_is_refused_naming_the_keys(local_client):
+    @task(inputs=[], outputs=["a", "b"])
+    def two(params):
+        return {"a": 1, "b": 2}
+
+    wf = local_client.create_workflow()
+    t = wf.add_task(two)
+    with pytest.raises(WorkflowError, match=r"all the outputs of task 'two'.*two.outputs\['a'\], two.outputs\['b'\]"):
+        wf.add_task(inc, inputs={"x": t.outputs})
+    with pytest.raises(WorkflowError, match="list holding task outputs"):
+        wf.add_task(inc, inputs={"x": [t.outputs["a"], t.outputs["b"]]})
+    assert [d["id"] for d in wf.get_tasks()] == ["two"]
+
+
+def test_a_function_that_cannot_take_params_is_refused_at_task():
+    with pytest.raises(TaskDefinitionError, match=r"@task 'two_args': two_args\(a, b\) cannot be called with one argument"):
+        @task(inputs=["a"], outputs=["b"])
+        def two_args(a, b):
+            return {}
+
+    with pytest.raises(TaskDefinitionError, match="no_args"):
+        @task(outputs=["b"])
+        def no_args():
+            return {}
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+@task(inputs=["x"], outputs=["y"])
+def raises_unprintable(params):
+    raise Unprintable()
+
+
+def test_an_exception_whose_str_raises_is_reported_as_itself(client):
+    wf = client.create_workflow()
+    t = wf.add_task(raises_unprintable, inputs={"x": 1})
+    ok = wf.add_task(inc, inputs={"x": 1})
+    run_id = wf.run()
+    summary = wf.wait(run_id)
+    assert summary["exception_tasks"] == [t.task_id] and summary["task_results"][ok.task_id] == {"y": 2}
+    failure = next(m["data"] for m in wf.get_results(run_id) if m["type"] == "task_exception")
+    assert failure["error_type"] == "Unprintable"
+    assert "str() of the exception raised RuntimeError" in failure["error"]
+
+
+@task(inputs=["size"], outputs=["y"])
+def raises_huge(params):
+    raise ValueError("E" * params["size"])
+
+
+def test_a_huge_error_message_is_bounded_in_messages_but_whole_in_get_task_result(client):
+    wf = client.create_workflow()
+    t = wf.add_task(raises_huge, inputs={"size": 5_000_000})
+    run_id = wf.run()
+    wf.wait(run_id)
+    failure = next(m["data"] for m in wf.get_results(run_id) if m["type"] == "task_exception")
+    assert len(failure["error"]) <= ERROR_LINE_LIMIT and len(failure["result"]) <= TRACEBACK_LIMIT
+    assert "characters not shown" in failure["error"]
+    assert wf.get_task_result(run_id, t.task_id)["error"] == "ValueError: " + "E" * 5_000_000
+
+
+def test_draw_graph_refuses_a_bad_dpi_and_names_a_missing_folder(local_client, tmp_path):
+    wf = local_client.create_workflow()
+    wf.add_task(inc, inputs={"x": 1})
+    with pytest.raises(ValueError, match=r"dpi='high' is not accepted; expected dots per inch"):
+        wf.draw_graph(str(tmp_path / "g.png"), dpi="high")
+    missing = tmp_path / "no" / "such"
+    with pytest.raises(FileNotFoundError, match=r"the folder .*no/such' does not exist; create it first"):
+        wf.draw_graph(str(missing / "g.svg"))
+
+
+# -- replay equals live -------------------------------------------------------------------------
+
+
+@task(inputs=["x"], outputs=["y"], retries=1)
+def flaky_once(params):
+    marker = params["x"]
+    import os
+
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("first attempt fails")
+    return {"y": 1}
+
+
+def _replay_matches_live(wf, run_id):
+    live = wf.wait(run_id)
+    run = wf.run_state(run_id)
+    replayed = RunState.replayed(run_id, run.plan, list(wf.get_results(run_id)))
+    board = Board(run.plan)
+    board.apply(wf.get_results(run_id))
+    assert replayed.summary() == live
+    assert {t: s.value for t, s in replayed.states.items()} == {t: s.value for t, s in run.states.items()}
+    shown = {t: ("finished" if s == "cached" else s) for t, s in board.states.items()}
+    assert shown == {t: s.value for t, s in run.states.items()}
+    assert {t for t, s in board.states.items() if s == "cached"} == set(live["cached_tasks"])
+    return live
+
+
+def test_replayed_summary_equals_live_with_failures_retries_skips_and_cache(client, tmp_path):
+    wf = client.create_workflow()
+    ok = wf.add_task(inc, inputs={"x": 1})
+    bad = wf.add_task(boom, inputs={"x": 2})
+    wf.add_task(inc, inputs={"x": bad.outputs["y"]})
+    wf.add_task(flaky_once, inputs={"x": str(tmp_path / "marker")})
+    first = wf.run()
+    live = _replay_matches_live(wf, first)
+    assert live["skipped_tasks"] and live["exception_tasks"] == [bad.task_id]
+    assert any(m["type"] == "task_retry" for m in wf.get_results(first))
+    resumed = wf.run(resume_from=first)   # ok and flaky_once are reused: cached
+    live = _replay_matches_live(wf, resumed)
+    assert ok.task_id in live["cached_tasks"]
+
+
+def test_replayed_summary_equals_live_after_cancel(stopping_client):
+    wf = stopping_client.create_workflow()
+    s = wf.add_task(sleeper, inputs={"seconds": 30})
+    wf.add_task(inc, inputs={"x": s.outputs["start"]})
+    wf.add_task(inc, inputs={"x": 1})
+    run_id = wf.run()
+    for m in wf.get_results(run_id):
+        if m["type"] == "start_task" and m["data"]["task_id"] == s.task_id:
+            wf.cancel(run_id)
+    live = _replay_matches_live(wf, run_id)
+    assert live["status"] == "cancelled" and live["cancelled_tasks"]
