@@ -16,6 +16,7 @@ from maze.core.errors import (
     UnknownOutputError,
     UnknownRunError,
     UnknownTaskError,
+    UnsafeHistoryError,
     UnsatisfiableError,
     WorkflowError,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "UnknownOutputError",
     "UnknownRunError",
     "UnknownTaskError",
+    "UnsafeHistoryError",
     "UnsatisfiableError",
     "WorkflowError",
     "__version__",

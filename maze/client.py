@@ -12,7 +12,7 @@ from typing import Any, TextIO
 from maze.backends import create_backend
 from maze.cache import default_location
 from maze.core.errors import UnknownBackendError, UnknownRunError
-from maze.core.history import HistoryReader, HistoryWriter, default_path, plan_of
+from maze.core.history import HistoryReader, HistoryWriter, default_path
 from maze.core.protocol import Backend
 from maze.core.resources import RESOURCE_KEYS, Capacity
 from maze.core.scheduler import Engine
@@ -60,8 +60,12 @@ class MaClient:
         resources: the capacity to schedule against, ``{"cpu", "cpu_mem",
             "gpu", "gpu_mem"}``; keys left out are detected on this machine.
         history: the SQLite file where every run's DAG and messages are kept
-            (default: ``$MAZE_HISTORY``, else ``~/.local/share/maze/history.sqlite3``);
-            ``None`` keeps runs in memory only.
+            (default: ``$MAZE_HISTORY``, else ``~/.local/share/maze/runs.sqlite3``);
+            ``None`` keeps runs in memory only. The file is private (0600) and
+            holds no pickles but result values, loaded only from a file no one
+            else can write.
+        history_log_lines: how many lines a task's output keeps in the history,
+            ``(first, last)``; the lines between are counted, not kept.
         cache_dir: where ``@task(cache=True)`` results are kept (default:
             ``$MAZE_CACHE``, else ``~/.cache/maze``).
         **backend_options: passed to the backend's constructor.
@@ -75,6 +79,7 @@ class MaClient:
         resources: Mapping[str, Any] | None = None,
         history: str | os.PathLike[str] | None | type[_Default] = _DEFAULT,
         cache_dir: str | os.PathLike[str] | None = None,
+        history_log_lines: tuple[int, int] = (1000, 1000),
         **backend_options: Any,
     ) -> None:
         if isinstance(backend, str):
@@ -98,7 +103,9 @@ class MaClient:
             self._history_path = Path(history)
         else:
             self._history_path = default_path()
-        self._history = HistoryWriter(self._history_path) if self._history_path else None
+        head, tail = history_log_lines
+        self._history = (HistoryWriter(self._history_path, log_head=head, log_tail=tail)
+                         if self._history_path else None)
         self._cache_dir = Path(cache_dir) if cache_dir is not None else default_location()
         self._engine = Engine(self._backend, capacity, history=self._history, store=_LazyStore(self._cache_dir))
         self._workflows: weakref.WeakSet[MaWorkflow] = weakref.WeakSet()
@@ -139,16 +146,19 @@ class MaClient:
         """Past and current runs from the history, newest first (any process, any session)."""
         return self._reader().runs(workflow, limit)
 
-    def run_state(self, run_id: str) -> RunState:
-        """A run of this client's workflows, or one rebuilt from the history."""
+    def run_state(self, run_id: str, *, values: bool = True) -> RunState:
+        """A run of this client's workflows, or one rebuilt from the history.
+
+        ``values=False`` reads a recorded run without loading its pickled result
+        values (they read as short descriptions): enough to draw it.
+        """
         for workflow in list(self._workflows):
             if run_id in workflow.list_cached_runs():
                 return workflow.run_state(run_id)
         reader = self._reader()
         if not reader.exists(run_id):
             raise UnknownRunError(f"no run {run_id!r} in this client or in the history at {self._history_path}")
-        run = reader.runs_by_id(run_id)
-        return RunState.replayed(run_id, plan_of(reader.dag(run_id), run["workflow_id"]), reader.messages(run_id))
+        return reader.replay(run_id, values=values)
 
     def get_results(self, run_id: str) -> list[dict[str, Any]]:
         """The messages of any run, live or recorded (replayed after a restart)."""
@@ -162,7 +172,7 @@ class MaClient:
 
     def show_graph(self, run_id: str) -> Any:
         """The DAG widget of any run, live or replayed."""
-        run = self.run_state(run_id)
+        run = self.run_state(run_id, values=False)
         return self._viewer.graph(run.plan, run)
 
     def delete_runs(self, *, before: float | None = None, keep_last: int | None = None,

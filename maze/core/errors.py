@@ -14,6 +14,7 @@ Python user would expect, so ``except ValueError`` keeps working::
     ├── UnknownTaskError (KeyError)        a task id (or prefix) that matches nothing
     ├── BackendError                       a backend could not be created or used
     │   └── UnknownBackendError (ValueError)
+    ├── UnsafeHistoryError                 a run history others could write, or in a format not read (old)
     └── RendererError                      no Graphviz renderer to draw with
 
 Errors *inside* a task are not raised to the caller: they become
@@ -100,3 +101,13 @@ class TaskTimeoutError(MazeError, TimeoutError):
 
 class WorkerDiedError(MazeError):
     """The process running a task ended before the task did."""
+
+
+class UnsafeHistoryError(MazeError):
+    """A run history file whose pickled values maze will not load.
+
+    Either the file (or its ``-wal`` file) could have been written by someone
+    else (another owner, or writable by group or others), or it is in a format
+    this maze does not read: the old one, which stored every message as a
+    pickle, or a newer one.
+    """

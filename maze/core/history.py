@@ -1,17 +1,51 @@
 """Durable run history: every run's DAG and messages in a SQLite database.
 
-Messages are written as they happen, by one background thread per client
-that commits in small batches, so recording never slows the scheduler. The
-database is in WAL mode with a busy timeout, so several processes (two
+Writing. Messages are written as they happen, by one background thread per
+client that commits in small batches, so recording never slows the scheduler.
+The database is in WAL mode with a busy timeout, so several processes (two
 notebooks, a script and a notebook) can write to it at once.
 
-Message data is stored pickled (so a replayed result is the original object
-where its class can be imported), falling back to its ``repr`` text for what
-cannot be pickled. The DAG is stored as JSON: task ids, names, resources and
-edges, enough to draw it again.
+Safe to open. Unpickling runs whatever code the pickle names, so the history
+is JSON text: the DAG, and each message's data, where what JSON cannot hold
+becomes its short ``repr`` text. The one exception is a ``finish_task``
+result, whose values must come back as themselves for ``resume_from``: a value
+that is not exactly JSON (``str``, ``int``, ``float``, ``bool``, ``None``, and
+lists and str-keyed dicts of them, by exact type) is replaced in the JSON by a
+descriptor, and its pickle, when at most :data:`VALUE_LIMIT` bytes, goes to
+the ``vals`` table; a larger value is described only (:class:`Dropped`).
+Pickles are loaded only when asked for (``HistoryReader.messages(values=True)``)
+and only from a file, and ``-wal`` file, owned by this user and writable by no
+one else, else :class:`~maze.core.errors.UnsafeHistoryError`. Listing runs,
+reading a DAG and reading messages with ``values=False`` (which gives
+:class:`Stored` placeholders) read JSON only, from any readable file.
+
+Format. ``PRAGMA user_version`` is 2. The first format (0) pickled every
+message and is never read: the default file name changed from
+``history.sqlite3`` to ``runs.sqlite3``, so an old default file is simply left
+alone (it can be deleted), and opening an old file by name raises
+``UnsafeHistoryError`` naming it.
+
+Private. A directory created for the history is 0700, and maze's own default
+directory is set back to 0700 if it is wider; the database is created 0600
+before SQLite opens it, and SQLite gives its ``-wal`` and ``-shm`` files the
+same mode. Existing files and directories the user chose keep their modes.
+
+Interrupted runs. Each run row names its owner: host, pid and, on Linux, the
+process's start time, so that a reused pid is not taken for the owner. A run
+still ``running`` whose owner on this host has ended is marked ``interrupted``
+by the next reader that lists or reads runs and by the next writer that opens
+the file: its ``ended_at`` becomes the time of its last message and a
+``finish_workflow`` is appended, so a replay ends. Both happen in one
+transaction that re-checks the status, so two processes never both do it.
+
+Bounded output. Per run and task, the first ``log_head`` ``task_log`` messages
+are written as they come and the last ``log_tail`` are held back until the
+task or the run ends (or the writer closes); between them one ``task_log``
+says how many lines were not kept. It takes the sequence number of the first
+message left out, so a replay keeps the order.
 
 Default location: ``$MAZE_HISTORY`` if set, else
-``$XDG_DATA_HOME/maze/history.sqlite3`` (``~/.local/share/maze/...``).
+``$XDG_DATA_HOME/maze/runs.sqlite3`` (``~/.local/share/maze/...``).
 """
 
 from __future__ import annotations
@@ -20,18 +54,24 @@ import json
 import os
 import pickle
 import queue
+import socket
 import sqlite3
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
+from .errors import UnsafeHistoryError
 from .messages import Message
 from .plan import OutputRef, Plan, PlannedTask
 from .resources import Resources
+from .run import RunState
 from .task import TaskFunction, TaskOptions, TaskSpec
 
-_SCHEMA = """
+FORMAT = 2
+_SCHEMA = f"""
+BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
     workflow_id TEXT NOT NULL,
@@ -40,7 +80,9 @@ CREATE TABLE IF NOT EXISTS runs (
     ended_at REAL,
     status TEXT NOT NULL,
     tasks INTEGER NOT NULL,
+    host TEXT NOT NULL,
     pid INTEGER NOT NULL,
+    pid_started INTEGER,  -- the owner's start time in clock ticks since boot (Linux), else NULL
     dag TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS messages (
@@ -48,28 +90,77 @@ CREATE TABLE IF NOT EXISTS messages (
     seq INTEGER NOT NULL,
     type TEXT NOT NULL,
     task_id TEXT,
-    data BLOB NOT NULL,
+    data TEXT NOT NULL,
     PRIMARY KEY (run_id, seq)
 );
+CREATE TABLE IF NOT EXISTS vals (
+    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    data BLOB,  -- the pickle of result[key] of message seq; NULL: described only
+    PRIMARY KEY (run_id, seq, key)
+);
+PRAGMA user_version = {FORMAT};
+COMMIT;
 """
+_DEFAULT_NAME = "runs.sqlite3"  # the first format's default was history.sqlite3: never opened now
 _BATCH_S = 0.05
+_TASK_ENDS = frozenset({"finish_task", "task_exception", "task_skipped"})
+_RUN_KEYS = ("run_id", "workflow_id", "workflow", "started_at", "ended_at", "status", "tasks", "host", "pid")
+_RUN_COLUMNS = "run_id, workflow_id, workflow_name, started_at, ended_at, status, tasks, host, pid"
+
+
+def _data_home() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "maze"
 
 
 def default_path() -> Path:
     if os.environ.get("MAZE_HISTORY"):
         return Path(os.environ["MAZE_HISTORY"])
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "maze" / "history.sqlite3"
+    return _data_home() / _DEFAULT_NAME
+
+
+def _prepare(path: Path) -> None:
+    """Create the directory (0700) and the file (0600) before SQLite does, with umask-proof modes."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.parent == _data_home() and path.parent.stat().st_mode & 0o077:
+        path.parent.chmod(0o700)  # maze's own directory: nobody else has business in it
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Open (creating if needed) a history database in the current format."""
+    _prepare(path)
     db = sqlite3.connect(path, timeout=30, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.execute("PRAGMA foreign_keys=ON")
-    db.executescript(_SCHEMA)
+    try:
+        # One statement, one snapshot: a file another process is creating reads as empty or complete.
+        version, tables = db.execute(
+            "SELECT (SELECT user_version FROM pragma_user_version), (SELECT COUNT(*) FROM sqlite_master)"
+        ).fetchone()
+        if version != FORMAT and (version or tables):
+            raise UnsafeHistoryError(_format_problem(path, version))
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA foreign_keys=ON")
+        if version == 0:
+            db.executescript(_SCHEMA)
+    except BaseException:
+        db.close()
+        raise
     return db
+
+
+def _format_problem(path: Path, version: int) -> str:
+    if version == 0:
+        return (f"{path} is not a run history this maze reads: it is in maze's old format, which stored every "
+                f"message as a pickle (loading one runs code), or it is not a maze history. Move it aside or "
+                f"delete it, and record runs in a new file (maze's default is now {_data_home() / _DEFAULT_NAME}).")
+    return (f"{path} is a run history in format {version}, written by a newer maze; this one reads format "
+            f"{FORMAT}. Use a newer maze, or record runs in another file.")
 
 
 def dag_json(plan: Plan) -> str:
@@ -81,43 +172,22 @@ def dag_json(plan: Plan) -> str:
     })
 
 
-#: Values whose buffers are larger than this are kept as a short text, not the data.
+# -- values ------------------------------------------------------------------------------------------
+
+#: Result values whose pickle (buffers counted), or whose JSON, is larger than this are only described.
 VALUE_LIMIT = 1 << 20
 
 
 class Dropped(str):
-    """Stands, in the history, for a value too large to keep (it reads as a short description)."""
+    """Stands, in the history, for a result value that was not kept (it reads as a short description)."""
 
     __slots__ = ()
 
 
-def _dump(data: dict[str, Any]) -> bytes:
-    # Common case first: one pickle, with big buffers (arrays) handed out of band
-    # so that their size is known without copying them.
-    buffers: list[pickle.PickleBuffer] = []
-    try:
-        blob = pickle.dumps(data, protocol=5, buffer_callback=buffers.append)
-    except Exception:  # noqa: BLE001 - something in it does not pickle: sort it out per value
-        blob = None
-    if blob is not None and not buffers and len(blob) <= VALUE_LIMIT:
-        return blob
-    return pickle.dumps({k: _keepable(v) for k, v in data.items()}, protocol=pickle.HIGHEST_PROTOCOL)
+class Stored(str):
+    """Stands for a result value kept in the history but not loaded (``messages(values=False)``)."""
 
-
-def _keepable(value: Any) -> Any:
-    """``value`` if it pickles to a modest size, else a text saying what it was."""
-    if isinstance(value, dict):
-        return {k: _keepable(v) for k, v in value.items()}
-    buffers: list[pickle.PickleBuffer] = []
-    try:
-        # protocol 5 hands big buffers (arrays) out of band: sized without copying them
-        data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-    except Exception:  # noqa: BLE001 - keep what can be kept, as text
-        return _short_repr(value)
-    size = len(data) + sum(b.raw().nbytes for b in buffers)
-    if size > VALUE_LIMIT:
-        return Dropped(f"<{type(value).__name__} of {size / 2**20:.1f} MB, not kept in the history>")
-    return value
+    __slots__ = ()
 
 
 def _short_repr(value: Any, limit: int = 200) -> str:
@@ -128,19 +198,222 @@ def _short_repr(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _load(blob: bytes) -> dict[str, Any]:
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_short_repr)
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _json(value: Any, depth: int = 0) -> str:
+    """JSON text of ``value``; what JSON cannot hold becomes its short repr text."""
+    try:
+        return _ENCODER.encode(value)
+    except (TypeError, ValueError, RecursionError):
+        # keys JSON cannot hold, a reference cycle, deep nesting: only the part that has it becomes text
+        if type(value) is dict and depth < 4:
+            return "{" + ",".join(f"{_ENCODER.encode(str(k))}:{_json(v, depth + 1)}" for k, v in value.items()) + "}"
+        return _ENCODER.encode(_short_repr(value))
+
+
+def _is_json(value: Any) -> bool:
+    """Whether ``value`` is exactly JSON (exact types: a tuple or a str subclass is not)."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return True
+    if kind is list:
+        return all(map(_is_json, value))
+    if kind is dict:
+        return all(type(k) is str and _is_json(v) for k, v in value.items())
+    return False
+
+
+def _pickled(value: Any) -> tuple[str, bytes | None]:
+    """A result value that is not JSON: its descriptor, and its pickle (``None`` when not kept)."""
+    name = type(value).__name__
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        # protocol 5 hands big buffers (arrays) out of band: sized without copying them
+        blob = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    except Exception as exc:  # noqa: BLE001 - a lock, a generator...
+        return Dropped(f"<{name}, not kept in the history: {_short_repr(exc)}>"), None
+    size = len(blob) + sum(memoryview(b).nbytes for b in buffers)
+    if size > VALUE_LIMIT:
+        return _too_large(name, size), None
+    if buffers:
+        blob = pickle.dumps(value, protocol=5)  # in band this time: small enough to copy
+    return Stored(f"<{name}, stored in the history>"), blob
+
+
+def _too_large(name: str, size: int) -> Dropped:
+    return Dropped(f"<{name} of {size / 2**20:.1f} MB, not kept in the history>")
+
+
+def _encode(kind: str, data: dict[str, Any]) -> tuple[str, list[tuple[str, bytes | None]]]:
+    """A message's data as JSON, and the ``(key, pickle or None)`` of the result values it describes."""
+    described: list[tuple[str, bytes | None]] = []
+    if kind == "finish_task" and type(data.get("result")) is dict:
+        result = data["result"]
+        odd = [k for k, v in result.items() if not _plain(v)]
+        if odd:
+            result = dict(result)
+            for key in odd:
+                result[key], blob = _pickled(result[key])
+                described.append((key, blob))
+            data = {**data, "result": result}
+    text = _json(data)
+    if len(text) > VALUE_LIMIT:  # rare: some field is huge; describe each field (result value) that is
+        data = _shrunk(kind, data, described)
+        text = _json(data)
+    return text, described
+
+
+def _plain(value: Any) -> bool:
+    try:
+        return _is_json(value)
+    except RecursionError:
+        return False  # nested too deep to check: it goes through pickle, which has its own limit
+
+
+def _shrunk(kind: str, data: dict[str, Any], described: list[tuple[str, bytes | None]]) -> dict[str, Any]:
+    """``data`` with each field (each result value) whose JSON is over :data:`VALUE_LIMIT` described instead."""
+    out = dict(data)
+    for field, value in data.items():
+        if kind == "finish_task" and field == "result" and type(value) is dict:
+            result = out["result"] = dict(value)
+            for key, v in value.items():
+                if len(text := _json(v)) > VALUE_LIMIT:
+                    result[key] = _too_large(type(v).__name__, len(text))
+                    described.append((key, None))
+        elif len(text := _json(value)) > VALUE_LIMIT:
+            out[field] = _too_large(type(value).__name__, len(text))
+    return out
+
+
+def _check_private(path: Path) -> None:
+    """Raise :class:`UnsafeHistoryError` unless only this user can have written the database."""
+    if not hasattr(os, "getuid"):  # Windows: no owner and mode bits to check
+        return
+    for file in (path, path.with_name(path.name + "-wal")):
+        try:
+            st = file.stat()
+        except FileNotFoundError:
+            continue  # no -wal: everything is in the database file
+        if st.st_uid != os.getuid():
+            problem, fix = f"owned by another user (uid {st.st_uid})", f"chown {os.getuid()} {file}; chmod 600 {file}"
+        elif st.st_mode & 0o022:
+            problem, fix = "writable by group or others", f"chmod 600 {file}"
+        else:
+            continue
+        raise UnsafeHistoryError(
+            f"the run history {file} is {problem}, so maze will not load the result values stored in it: loading "
+            f"one runs code, which whoever can write the file chooses. If you trust its contents: {fix}"
+        )
+
+
+def _value(descriptor: str, kept: bool, blob: bytes | None) -> Any:
+    if not kept:
+        return Dropped(descriptor)
+    if blob is None:
+        return Stored(descriptor)
     try:
         return pickle.loads(blob)
     except Exception as exc:  # noqa: BLE001 - e.g. a class that no longer exists
-        return {"unreadable": f"{type(exc).__name__}: {exc}"}
+        return Dropped(f"{descriptor[:-1]}, but unreadable: {_short_repr(exc)}>")
+
+
+# -- owners ------------------------------------------------------------------------------------------
+
+def _start_time(pid: int) -> int | None:
+    """Linux: when ``pid`` started, in clock ticks since boot (``None``: no such process, or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2:].split()  # after the command name, which may hold spaces
+    if fields[0] == b"Z":
+        return None  # a zombie has ended; only its exit status is left
+    return int(fields[19])  # field 22 of the whole line
+
+
+def _alive(pid: int, started: int | None) -> bool:
+    if started is not None:  # recorded on Linux: /proc says whether that very process still runs
+        return _start_time(pid) == started
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the pid exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, as another user's process
+    return True
+
+
+def _settle_orphans(db: sqlite3.Connection, path: Path) -> None:
+    """Mark this host's ``running`` runs whose owner has ended as ``interrupted``."""
+    host = socket.gethostname()
+    rows = db.execute("SELECT run_id, pid, pid_started FROM runs WHERE status = 'running' AND host = ?",
+                      (host,)).fetchall()
+    orphans = [run_id for run_id, pid, started in rows if not _alive(pid, started)]
+    if not orphans or not os.access(path, os.W_OK):
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for run_id in orphans:
+            _interrupt(db, run_id)
+        db.commit()
+    except BaseException:
+        db.rollback()
+        raise
+
+
+def _interrupt(db: sqlite3.Connection, run_id: str) -> None:
+    row = db.execute("SELECT workflow_id, started_at, host, pid FROM runs WHERE run_id = ? AND status = 'running'",
+                     (run_id,)).fetchone()
+    if row is None:
+        return  # another process settled it between our look and our lock
+    workflow_id, started_at, host, pid = row
+    last_seq, last_at, failed = db.execute(
+        "SELECT MAX(seq), MAX(json_extract(data, '$.time')), MAX(type = 'task_exception') FROM messages"
+        " WHERE run_id = ?", (run_id,)).fetchone()
+    ended_at = max(last_at or started_at, started_at)
+    data = {"workflow_id": workflow_id, "run_id": run_id, "status": "interrupted", "has_exception": bool(failed),
+            "duration": ended_at - started_at,
+            "interrupted": f"the process {pid} on {host} that drove the run ended before the run did"}
+    db.execute("INSERT INTO messages VALUES (?, ?, 'finish_workflow', NULL, ?)",
+               (run_id, (last_seq or 0) + 1, _json(data)))
+    db.execute("UPDATE runs SET status = 'interrupted', ended_at = ? WHERE run_id = ?", (ended_at, run_id))
+
+
+# -- writing -----------------------------------------------------------------------------------------
+
+_Row = tuple[str, int, str, dict[str, Any]]  # run_id, seq, type, data
+
+
+class _Output:
+    """One task's ``task_log`` messages: how many more go in whole, the held-back tail, what was left out."""
+
+    __slots__ = ("head_left", "tail", "lines_out", "first_out")
+
+    def __init__(self, head: int) -> None:
+        self.head_left = head
+        self.tail: deque[tuple[int, dict[str, Any]]] = deque()
+        self.lines_out = 0
+        self.first_out: tuple[int, dict[str, Any]] | None = None
 
 
 class HistoryWriter:
-    """Appends runs and messages from one process; a daemon thread does the writing."""
+    """Appends runs and messages from one process; a daemon thread does the writing.
 
-    def __init__(self, path: Path) -> None:
+    Per run and task, the first ``log_head`` and the last ``log_tail`` ``task_log``
+    messages are kept (see the module docstring).
+    """
+
+    def __init__(self, path: Path, *, log_head: int = 1000, log_tail: int = 1000) -> None:
         self.path = path
+        self._log_head = log_head
+        self._log_tail = log_tail
         self._db = connect(path)
+        _settle_orphans(self._db, path)
+        self._owner = (socket.gethostname(), os.getpid(), _start_time(os.getpid()))
+        self._outputs: dict[str, dict[str | None, _Output]] = {}  # run -> task -> output (writer thread only)
         self._queue: queue.SimpleQueue[tuple[str, tuple[Any, ...]] | None] = queue.SimpleQueue()
         self._idle = threading.Event()
         self._idle.set()
@@ -148,24 +421,27 @@ class HistoryWriter:
         self._thread.start()
 
     def run_started(self, run_id: str, plan: Plan) -> None:
-        self._put("run", (run_id, plan.workflow_id, plan.name, time.time(), len(plan.tasks), os.getpid(), dag_json(plan)))
+        self._put("run", (run_id, plan.workflow_id, plan.name, time.time(), len(plan.tasks), *self._owner,
+                          dag_json(plan)))
 
     def message(self, run_id: str, seq: int, message: Message) -> None:
-        data = message["data"]
-        self._put("msg", (run_id, seq, message["type"], data.get("task_id"), data))
+        # Encoding waits for the writer thread: here is the scheduler's time.
+        self._put("msg", (run_id, seq, message["type"], message["data"]))
         if message["type"] == "finish_workflow":
-            self._put("end", (data["status"], time.time(), run_id))
+            self._put("end", (message["data"]["status"], time.time(), run_id))
 
     def _put(self, kind: str, row: tuple[Any, ...]) -> None:
         self._idle.clear()
         self._queue.put((kind, row))
 
     def flush(self, timeout: float = 10) -> None:
-        """Wait until everything handed over so far is committed."""
+        """Wait until everything handed over so far is committed (held-back output excepted)."""
         self._put("flush", ())
         self._idle.wait(timeout)
 
     def close(self) -> None:
+        """Write the output held back for runs still going, then stop."""
+        self._put("drain", ())
         self.flush()
         self._queue.put(None)
         self._thread.join(timeout=10)
@@ -193,24 +469,78 @@ class HistoryWriter:
     def _commit(self, batch: list[tuple[str, tuple[Any, ...]]]) -> None:
         # Rows keep their order: a run's row before its messages, its end after them.
         with self._db:
-            messages: list[tuple[Any, ...]] = []
-            for kind, row in batch:
+            rows: list[_Row] = []
+            for kind, item in batch:
                 if kind == "msg":
-                    run_id, seq, kind_, task_id, data = row
-                    messages.append((run_id, seq, kind_, task_id, _dump(data)))
+                    rows += self._admit(*item)
                     continue
-                if messages:
-                    self._db.executemany("INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?)", messages)
-                    messages = []
+                self._insert(rows)
+                rows = []
                 if kind == "run":
                     self._db.execute(
-                        "INSERT OR REPLACE INTO runs (run_id, workflow_id, workflow_name, started_at, status, tasks, pid, dag)"
-                        " VALUES (?, ?, ?, ?, 'running', ?, ?, ?)", row)
+                        "INSERT OR REPLACE INTO runs (run_id, workflow_id, workflow_name, started_at, status, tasks,"
+                        " host, pid, pid_started, dag) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)", item)
                 elif kind == "end":
-                    self._db.execute("UPDATE runs SET status = ?, ended_at = ? WHERE run_id = ?", row)
-            if messages:
-                self._db.executemany("INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?)", messages)
+                    self._db.execute("UPDATE runs SET status = ?, ended_at = ? WHERE run_id = ?", item)
+                elif kind == "drain":
+                    rows = [r for run_id in list(self._outputs) for r in self._release_run(run_id)]
+            self._insert(rows)
 
+    def _insert(self, rows: list[_Row]) -> None:
+        messages, vals = [], []
+        for run_id, seq, kind, data in rows:
+            text, described = _encode(kind, data)
+            messages.append((run_id, seq, kind, data.get("task_id"), text))
+            vals += [(run_id, seq, key, blob) for key, blob in described]
+        self._db.executemany("INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?)", messages)
+        self._db.executemany("INSERT OR REPLACE INTO vals VALUES (?, ?, ?, ?)", vals)
+
+    def _admit(self, run_id: str, seq: int, kind: str, data: dict[str, Any]) -> list[_Row]:
+        """The rows to write now for this message: bounded output, and held-back output it releases."""
+        if kind == "task_log":
+            return self._log_line(run_id, seq, data)
+        if kind in _TASK_ENDS:
+            output = self._outputs.get(run_id, {}).pop(data.get("task_id"), None)
+            rows = self._release(run_id, output) if output else []
+        elif kind == "finish_workflow":
+            rows = self._release_run(run_id)
+        else:
+            rows = []
+        rows.append((run_id, seq, kind, data))
+        return rows
+
+    def _log_line(self, run_id: str, seq: int, data: dict[str, Any]) -> list[_Row]:
+        task_id = data.get("task_id")
+        output = self._outputs.setdefault(run_id, {}).get(task_id)
+        if output is None:
+            output = self._outputs[run_id][task_id] = _Output(self._log_head)
+        if output.head_left:
+            output.head_left -= 1
+            return [(run_id, seq, "task_log", data)]
+        output.tail.append((seq, data))
+        if len(output.tail) > self._log_tail:
+            gone = output.tail.popleft()
+            text = gone[1].get("text", "")
+            output.lines_out += text.count("\n") + (not text.endswith("\n"))
+            if output.first_out is None:
+                output.first_out = gone
+        return []
+
+    def _release_run(self, run_id: str) -> list[_Row]:
+        return [r for output in self._outputs.pop(run_id, {}).values() for r in self._release(run_id, output)]
+
+    @staticmethod
+    def _release(run_id: str, output: _Output) -> list[_Row]:
+        rows: list[_Row] = []
+        if output.first_out is not None:
+            seq, data = output.first_out
+            text = f"[maze: {output.lines_out:,} lines of output not kept in the history]\n"
+            rows.append((run_id, seq, "task_log", {**data, "stream": "stderr", "text": text}))
+        rows += [(run_id, seq, "task_log", data) for seq, data in output.tail]
+        return rows
+
+
+# -- reading -----------------------------------------------------------------------------------------
 
 def plan_of(dag: dict[str, Any], workflow_id: str) -> Plan:
     """A drawable (not runnable) plan rebuilt from :func:`dag_json`'s record."""
@@ -233,7 +563,11 @@ def _replayed(params: dict[str, Any]) -> dict[str, Any]:
 
 
 class HistoryReader:
-    """Reads the database: past runs, their messages and DAGs. Any process, any time."""
+    """Reads the database: past runs, their messages and DAGs. Any process, any time.
+
+    Listing or reading runs first marks those whose process has ended as
+    ``interrupted`` (see the module docstring).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -241,30 +575,36 @@ class HistoryReader:
     def _db(self) -> sqlite3.Connection:
         return connect(self.path)
 
+    def _settled_db(self) -> sqlite3.Connection:
+        db = connect(self.path)
+        try:
+            _settle_orphans(db, self.path)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
     def runs(self, workflow: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        query = "SELECT run_id, workflow_id, workflow_name, started_at, ended_at, status, tasks, pid FROM runs"
+        query = f"SELECT {_RUN_COLUMNS} FROM runs"
         args: list[Any] = []
         if workflow is not None:
             query += " WHERE workflow_id = ? OR workflow_name = ?"
             args += [workflow, workflow]
         query += " ORDER BY started_at DESC" + (f" LIMIT {int(limit)}" if limit else "")
-        db = self._db()
+        db = self._settled_db()
         try:
             rows = db.execute(query, args).fetchall()
         finally:
             db.close()
-        keys = ("run_id", "workflow_id", "workflow", "started_at", "ended_at", "status", "tasks", "pid")
-        return [dict(zip(keys, r)) for r in rows]
+        return [dict(zip(_RUN_KEYS, r)) for r in rows]
 
     def runs_by_id(self, run_id: str) -> dict[str, Any]:
-        db = self._db()
+        db = self._settled_db()
         try:
-            row = db.execute("SELECT run_id, workflow_id, workflow_name, started_at, ended_at, status, tasks, pid"
-                             " FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            row = db.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         finally:
             db.close()
-        keys = ("run_id", "workflow_id", "workflow", "started_at", "ended_at", "status", "tasks", "pid")
-        return dict(zip(keys, row))
+        return dict(zip(_RUN_KEYS, row))
 
     def exists(self, run_id: str) -> bool:
         db = self._db()
@@ -273,13 +613,41 @@ class HistoryReader:
         finally:
             db.close()
 
-    def messages(self, run_id: str) -> list[Message]:
-        db = self._db()
+    def messages(self, run_id: str, *, values: bool = True) -> list[Message]:
+        """A run's messages, in order.
+
+        ``values=True`` loads the result values kept as pickles (only from a
+        private file: :class:`UnsafeHistoryError` otherwise); ``values=False``
+        reads JSON only and puts a :class:`Stored` text in their place.
+        """
+        db = self._settled_db()
         try:
-            rows = db.execute("SELECT type, data FROM messages WHERE run_id = ? ORDER BY seq", (run_id,)).fetchall()
+            rows = db.execute("SELECT seq, type, data FROM messages WHERE run_id = ? ORDER BY seq",
+                              (run_id,)).fetchall()
+            # Read after the messages: values commit with their message, so each message read has its values.
+            blob = "data" if values else "NULL"
+            described = db.execute(f"SELECT seq, key, data IS NOT NULL, {blob} FROM vals WHERE run_id = ?",
+                                   (run_id,)).fetchall()
         finally:
             db.close()
-        return [{"type": kind, "data": _load(blob)} for kind, blob in rows]
+        if values and any(kept for _, _, kept, _ in described):
+            _check_private(self.path)
+        by_seq: dict[int, list[tuple[str, bool, bytes | None]]] = {}
+        for seq, key, kept, data in described:
+            by_seq.setdefault(seq, []).append((key, bool(kept), data))
+        out: list[Message] = []
+        for seq, kind, text in rows:
+            data = json.loads(text)
+            for key, kept, blob in by_seq.get(seq, ()):
+                data["result"][key] = _value(data["result"][key], kept, blob)
+            out.append({"type": kind, "data": data})
+        return out
+
+    def replay(self, run_id: str, *, values: bool = True) -> RunState:
+        """A recorded run as a read-only :class:`RunState`, folded from its messages."""
+        info = self.runs_by_id(run_id)
+        return RunState.replayed(run_id, plan_of(self.dag(run_id), info["workflow_id"]),
+                                 self.messages(run_id, values=values))
 
     def dag(self, run_id: str) -> dict[str, Any]:
         db = self._db()
@@ -300,8 +668,8 @@ class HistoryReader:
                 doomed |= {r for (r,) in db.execute(
                     "SELECT run_id FROM runs ORDER BY started_at DESC LIMIT -1 OFFSET ?", (keep_last,))}
             with db:
-                db.executemany("DELETE FROM messages WHERE run_id = ?", [(r,) for r in doomed])
-                db.executemany("DELETE FROM runs WHERE run_id = ?", [(r,) for r in doomed])
+                for table in ("vals", "messages", "runs"):
+                    db.executemany(f"DELETE FROM {table} WHERE run_id = ?", [(r,) for r in doomed])
             return len(doomed)
         finally:
             db.close()

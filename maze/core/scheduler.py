@@ -38,7 +38,7 @@ from .admission import Grant, ResourcePool
 from .errors import BackendError, UnsatisfiableError
 from .fingerprint import fingerprints
 from .fold import CANCELLED_ERROR
-from .history import Dropped, HistoryReader, HistoryWriter, plan_of
+from .history import Dropped, HistoryReader, HistoryWriter, Stored
 from .messages import ERROR_LINE_LIMIT, TRACEBACK_LIMIT, MessageType, clip
 from .plan import Plan
 from .protocol import Backend, TaskCall, TaskError, TaskOutcome, TaskStarted, WorkerEvent
@@ -99,10 +99,7 @@ class Engine:
             return None
         self.history.flush()
         reader = HistoryReader(self.history.path)
-        if not reader.exists(run_id):
-            return None
-        info = reader.runs_by_id(run_id)
-        return RunState.replayed(run_id, plan_of(reader.dag(run_id), info["workflow_id"]), reader.messages(run_id))
+        return reader.replay(run_id) if reader.exists(run_id) else None
 
     def start(self, plan: Plan, run_id: str, *, fail_fast: bool = False, resume_from: RunState | None = None) -> RunState:
         """Start a run and return at once.
@@ -201,8 +198,8 @@ class Engine:
                 run.reasons[tid] = f"run {old.run_id} recorded no fingerprint for it"
             elif (why := fp.why_different(old.fingerprints[tid])) is not None:
                 run.reasons[tid] = why
-            elif any(isinstance(v, Dropped) for v in old.results[tid].values()):
-                run.reasons[tid] = "its result was too large to keep in the history"
+            elif any(isinstance(v, (Dropped, Stored)) for v in old.results[tid].values()):
+                run.reasons[tid] = "its result was not kept in the history (too large, or not picklable)"
             else:
                 run.reusable[tid] = (old.results[tid], f"run {old.run_id}")
                 run.reasons[tid] = f"reused: unchanged since run {old.run_id}"
