@@ -355,3 +355,62 @@ def test_replayed_summary_equals_live_after_cancel(stopping_client):
             wf.cancel(run_id)
     live = _replay_matches_live(wf, run_id)
     assert live["status"] == "cancelled" and live["cancelled_tasks"]
+
+
+# -- a run whose driver died ----------------------------------------------------------------
+
+
+DRIVER = """
+import sys
+from maze import MaClient
+from tasks_misc import inc, sleeper
+
+client = MaClient()
+wf = client.create_workflow("doomed")
+wf.add_task(inc, inputs={"x": 1})
+wf.add_task(sleeper, inputs={"seconds": 120})
+run_id = wf.run()
+print(run_id, flush=True)
+wf.wait(run_id)
+"""
+
+
+def test_a_run_whose_driver_was_killed_replays_as_interrupted_and_resumes(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "history.sqlite3"
+    env = dict(os.environ, MAZE_HISTORY=str(path), PYTHONPATH=os.path.dirname(__file__))
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        run_id = driver.stdout.readline().strip()
+        with MaClient(backend="inline", history=path) as watcher:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:   # until inc finished and sleeper started
+                kinds = [(m["type"], m["data"].get("task_id")) for m in watcher.get_results(run_id)]
+                if ("finish_task", "inc") in kinds and ("start_task", "sleeper") in kinds:
+                    break
+                time.sleep(0.2)
+            else:
+                pytest.fail(f"the driver did not get going: {kinds}")
+    finally:
+        driver.kill()
+        driver.wait()
+
+    with MaClient(history=path) as client:   # a new session, after the crash
+        [run] = [r for r in client.runs() if r["run_id"] == run_id]
+        assert run["status"] == "interrupted"
+        messages = client.get_results(run_id)   # ends: it does not wait for a dead process
+        assert messages[-1]["type"] == "finish_workflow" and messages[-1]["data"]["status"] == "interrupted"
+        summary = client.show_results(run_id, file=open(os.devnull, "w"))
+        assert summary["status"] == "interrupted" and summary["workflow_completed"] is False
+        assert summary["interrupted_tasks"] == ["sleeper"] and summary["task_results"] == {"inc": {"y": 2}}
+        assert client.show_graph(run_id).board.states == {"inc": "finished", "sleeper": "interrupted"}
+
+        wf = client.create_workflow("doomed")
+        wf.add_task(inc, inputs={"x": 1})
+        wf.add_task(sleeper, inputs={"seconds": 0.1})
+        again = wf.run(resume_from=run_id)
+        assert wf.wait(again)["status"] == "completed"
+        assert wf.explain(again)["inc"] == f"reused: unchanged since run {run_id}"
