@@ -3,9 +3,10 @@ a clean close, Ctrl-C that stops the run, bounded errors, replay equal to live."
 
 from __future__ import annotations
 
-import _thread
 import json
+import os
 import pickle
+import signal
 import threading
 import time
 
@@ -111,7 +112,9 @@ def test_resume_and_cache_do_not_reuse_a_result_made_under_an_old_global(client)
     ns["SCALE"] = 4
     again = wf.run(resume_from=first)
     assert result_of(wf, again, t.task_id) == 20
-    assert wf.explain(again)[t.task_id] == "its code changed"
+    # (The result cache is shared by the backends' runs of this test, so it may hold SCALE=4's result.)
+    assert wf.explain(again)[t.task_id].split(" (")[0] in ("its code changed", "reused: in the result cache")
+    assert not wf.explain(again)[t.task_id].startswith("reused: unchanged since")
 
 
 # -- plain results -------------------------------------------------------------------------
@@ -182,12 +185,16 @@ def test_close_during_a_run_cancels_it_cleanly_ray(ray_client, capfd):
 # -- Ctrl-C while iterating get_results ------------------------------------------------------
 
 
+def ctrl_c_in(seconds: float) -> None:
+    # A real SIGINT (interrupt_main() would not wake a thread blocked on a lock).
+    threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+
 def test_ctrl_c_while_iterating_get_results_cancels_the_run(stopping_client):
     wf = stopping_client.create_workflow()
     wf.add_task(sleeper, inputs={"seconds": 30})
     run_id = wf.run()
-    timer = threading.Timer(1.0, _thread.interrupt_main)
-    timer.start()
+    ctrl_c_in(1.0)
     t0 = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         for _ in wf.get_results(run_id):
@@ -200,7 +207,7 @@ def test_ctrl_c_in_client_get_results_cancels_the_run(local_client):
     wf = local_client.create_workflow()
     wf.add_task(sleeper, inputs={"seconds": 30})
     run_id = wf.run()
-    threading.Timer(1.0, _thread.interrupt_main).start()
+    ctrl_c_in(1.0)
     with pytest.raises(KeyboardInterrupt):
         local_client.get_results(run_id)
     assert wf.wait(run_id, timeout=30)["status"] == "cancelled"
@@ -376,7 +383,6 @@ wf.wait(run_id)
 
 
 def test_a_run_whose_driver_was_killed_replays_as_interrupted_and_resumes(tmp_path):
-    import os
     import subprocess
     import sys
 

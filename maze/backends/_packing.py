@@ -11,8 +11,17 @@ come out *out of band* instead of being copied into the pickle:
   input in place (the change stays private to that task).
 
 The driver keeps a :class:`Packed` per output and passes it, unopened, to every
-dependent task. Its shared-memory file is removed when the last ``Packed``
-referring to it is dropped (and any mapping made before stays valid).
+dependent task; constant inputs are packed the same way, by the driver. A
+shared-memory file is removed when the last ``Packed`` referring to it is
+dropped (and any mapping made before stays valid).
+
+Shared memory outlives a killed process, so its files are created readable by
+their owner only and named ``maze-<driver pid>-<pid namespace>-<backend>-...``:
+the driver's workers remove a dead driver's files
+(:func:`remove_files_of_driver`), and a new driver removes those of any driver
+of its pid namespace that no longer exists (:func:`remove_orphaned_files`). The
+namespace is in the name because ``/dev/shm`` may be shared by containers whose
+pids mean different processes.
 """
 
 from __future__ import annotations
@@ -34,6 +43,16 @@ _SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.
 FILE_PREFIX = "maze-"
 
 
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "0"  # no /proc: one namespace as far as we can tell
+
+
+_PID_NAMESPACE = _pid_namespace()
+
+
 @dataclass(eq=False)
 class Packed:
     """A pickled value: the pickle, its small buffers, and where its large ones live."""
@@ -42,6 +61,11 @@ class Packed:
     frames: list[Any] = field(default_factory=list)   # small out-of-band buffers
     path: str | None = None                           # shared-memory file of the large ones
     sizes: tuple[int, ...] = ()                       # sizes of the buffers in that file
+
+    @property
+    def nbytes(self) -> int:
+        """The size of the pickled value: the pickle and all its buffers."""
+        return len(self.data) + sum(memoryview(f).nbytes for f in self.frames) + sum(self.sizes)
 
     def descriptor(self) -> tuple[bytes, str | None, tuple[int, ...], int]:
         return (self.data, self.path, self.sizes, len(self.frames))
@@ -52,16 +76,13 @@ class Packed:
             weakref.finalize(self, _unlink, self.path)
 
 
-def dumps(value: Any) -> bytes:
-    """In-band pickle (for headers and small values); cloudpickle when plain pickle can't."""
-    try:
-        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:  # noqa: BLE001 - lambdas, local classes, notebook objects
-        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+def new_owner() -> str:
+    """A name for the shared-memory files of a new backend of this process (the driver)."""
+    return f"{os.getpid()}-{_PID_NAMESPACE}-{uuid.uuid4().hex[:8]}"
 
 
 def pack(value: Any, owner: str) -> Packed:
-    """Pickle ``value``; put large buffers in a shared-memory file named after ``owner`` (a pid)."""
+    """Pickle ``value``; put large buffers in a shared-memory file named after ``owner`` (see :func:`new_owner`)."""
     buffers: list[pickle.PickleBuffer] = []
     try:
         data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
@@ -72,9 +93,15 @@ def pack(value: Any, owner: str) -> Packed:
     if sum(v.nbytes for v in views) < SHARED_THRESHOLD:
         return Packed(data, views)
     path = os.path.join(_SHM_DIR, f"{FILE_PREFIX}{owner}-{uuid.uuid4().hex}")
-    with open(path, "wb") as fh:
-        for v in views:
-            fh.write(v)
+    # Private to this user (task data), and never an existing file: O_EXCL.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with open(fd, "wb") as fh:
+            os.fchmod(fd, 0o600)  # exactly 0600 whatever the umask: the owner must read it back
+            fh.writelines(views)
+    except BaseException:
+        _unlink(path)  # e.g. /dev/shm is full: leave no partial file behind
+        raise
     return Packed(data, [], path, tuple(v.nbytes for v in views))
 
 
@@ -118,8 +145,38 @@ def _unlink(path: str) -> None:
 
 
 def remove_files_of(owner: str) -> None:
-    """Remove shared-memory files left by ``owner`` (e.g. a worker that died mid-write)."""
-    prefix = f"{FILE_PREFIX}{owner}-"
+    """Remove the shared-memory files of ``owner`` (e.g. of a worker killed while writing one)."""
+    _remove_prefixed(f"{FILE_PREFIX}{owner}-")
+
+
+def remove_files_of_driver(pid: int) -> None:
+    """Remove the shared-memory files of every backend of driver ``pid`` (one of our pid namespace)."""
+    _remove_prefixed(f"{FILE_PREFIX}{pid}-{_PID_NAMESPACE}-")
+
+
+def _remove_prefixed(prefix: str) -> None:
     for name in os.listdir(_SHM_DIR):
         if name.startswith(prefix):
             _unlink(os.path.join(_SHM_DIR, name))
+
+
+def remove_orphaned_files() -> None:
+    """Remove the shared-memory files of the drivers of our pid namespace that no longer exist."""
+    for name in os.listdir(_SHM_DIR):
+        parts = name.split("-", 3)  # "maze", pid, namespace, the rest
+        if len(parts) == 4 and f"{parts[0]}-" == FILE_PREFIX and parts[2] == _PID_NAMESPACE \
+                and parts[1].isdigit() and not _exists(int(parts[1])):
+            try:
+                os.unlink(os.path.join(_SHM_DIR, name))
+            except OSError:
+                pass  # gone already, or another user's (the sticky /dev/shm keeps those)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True

@@ -1,15 +1,28 @@
 """The worker process of the local backend.
 
-Started by :mod:`maze.backends.local` as ``python -c ...`` with one end of a
-socket pair; speaks length-prefixed frames (``multiprocessing.connection``)
-over it. One task at a time, so capturing ``print()`` process-wide is safe.
+Started by :mod:`maze.backends.local` as ``python -c ...``, in a session of its
+own, with one end of a socket pair; speaks length-prefixed frames
+(``multiprocessing.connection``) over it. One task at a time, so capturing
+``print()`` process-wide is safe.
 
-From the driver: a call header (function, constants, the descriptors of the
-upstream values), then the small frames of those values.
+From the driver: a call header (the content key of the task's code, the names
+and descriptors of its inputs, constants included), the code itself when this
+worker has not loaded that key yet, then the small frames of the inputs. An
+empty frame says goodbye: the worker exits.
 To the driver, in order: ``started``, any number of ``log``, then ``done``
-with the descriptors of the output values, then their small frames. Because
-everything shares one ordered socket, the driver sees a task's start and its
-prints before its result. Values are packed as :mod:`._packing` describes.
+with the descriptors of the output values and the code keys this worker no
+longer holds, then the outputs' small frames. Because everything shares one
+ordered socket, the driver sees a task's start and its prints before its
+result. Values are packed as :mod:`._packing` describes.
+
+Loaded code is kept by content key (least recently used dropped first, within
+a count and a size), so a task whose code did not change is not sent again,
+and one whose globals, closure or defaults changed arrives as new code.
+
+The worker leads its process group, so stopping it (the driver kills the
+group) stops whatever its task started. If the driver disappears without a
+goodbye (killed), the worker removes the driver's shared-memory files and
+kills its own group: nothing of a dead driver is left running or allocated.
 """
 
 from __future__ import annotations
@@ -25,42 +38,89 @@ from collections import OrderedDict
 from multiprocessing.connection import Connection
 from typing import Any
 
-import cloudpickle
-
 from maze.backends import _packing
 from maze.core.execute import captured_output, error_of, gather_params, run_body
 from maze.core.protocol import TaskError
+from maze.core.shipping import ShippedCode
+from maze.core.task import TaskBody
 
-_FUNCTION_CACHE_SIZE = 256
+_CODE_CACHE_COUNT = 256
+_CODE_CACHE_BYTES = 256 << 20   # code pickled by value carries the globals it reads, maybe large ones
+
+
+class _CodeCache:
+    """Task functions loaded in this worker, by content key."""
+
+    def __init__(self) -> None:
+        self._loaded: OrderedDict[str, tuple[TaskBody, int]] = OrderedDict()
+        self._bytes = 0
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._loaded
+
+    def get(self, key: str, data: bytes | None) -> TaskBody:
+        """The function of ``key``, loaded from ``data`` when sent (the driver sends it when we lack it)."""
+        if data is None:
+            self._loaded.move_to_end(key)
+            return self._loaded[key][0]
+        func = ShippedCode(key, data).load()
+        self._loaded[key] = (func, len(data))
+        self._bytes += len(data)
+        return func
+
+    def trim(self) -> list[str]:
+        """Drop the least recently used beyond the bounds (never the last one used); their keys."""
+        dropped = []
+        while len(self._loaded) > 1 and (len(self._loaded) > _CODE_CACHE_COUNT or self._bytes > _CODE_CACHE_BYTES):
+            key, (_, size) = self._loaded.popitem(last=False)
+            self._bytes -= size
+            dropped.append(key)
+        return dropped
+
+
+def main(fd: int, parent: int, owner: str) -> None:
+    # Tasks' children must not hold the driver's connection open after we die
+    # (the driver learns of our death by its end of the socket).
+    os.set_inheritable(fd, False)
+    try:
+        _serve(fd, parent, owner)
+    except (EOFError, OSError):
+        # The connection ended without a goodbye. Clean up only when the driver
+        # is really gone: it may be alive and have closed us some other way.
+        deadline = time.monotonic() + 2.0
+        while os.getppid() == parent and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if os.getppid() != parent:
+            _orphaned(parent)
 
 
 def _watch_parent(parent: int) -> None:
-    # If the driver dies without closing us (SIGKILL), don't outlive it.
-    while True:
+    # A busy worker does not read its socket, so it learns of a killed driver here.
+    while os.getppid() == parent:
         time.sleep(0.5)
-        if os.getppid() != parent:
-            os._exit(1)
+    _orphaned(parent)
 
 
-def main(fd: int, parent: int) -> None:
-    try:
-        _serve(fd, parent)
-    except (EOFError, OSError):
-        pass  # the driver went away (closed, or exited before we were ready): nothing to report to
+def _orphaned(parent: int) -> None:
+    """The driver died without closing us: free its shared memory, and end our process group."""
+    _packing.remove_files_of_driver(parent)
+    if os.getpgrp() == os.getpid():  # we lead our group (always, when started by the driver)
+        os.killpg(os.getpid(), signal.SIGKILL)
+    os._exit(1)
 
 
-def _serve(fd: int, parent: int) -> None:
-    # Ctrl-C in a terminal signals the whole process group; the driver decides
-    # what an interrupt means (it cancels the run and stops us).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _serve(fd: int, parent: int, owner: str) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     conn = Connection(fd)
     host, pid = socket.gethostname(), os.getpid()
-    functions: OrderedDict[str, Any] = OrderedDict()
+    code = _CodeCache()
     conn.send_bytes(pickle.dumps(("ready", pid, host)))
     while True:
         header = conn.recv_bytes()
-        call_id, task_id, fn_key, fn_bytes, constants, input_keys, descriptors, outputs = pickle.loads(header)
+        if not header:
+            return  # goodbye
+        call_id, task_id, code_key, shipped, names, descriptors, outputs = pickle.loads(header)
+        code_bytes = conn.recv_bytes() if shipped else None
         packs = _packing.receive(conn.recv_bytes, descriptors)
         conn.send_bytes(pickle.dumps(("started", call_id, time.time())))
 
@@ -71,28 +131,30 @@ def _serve(fd: int, parent: int) -> None:
         result: dict[str, Any] | None = None
         error: TaskError | None = None
         try:
-            func = functions.get(fn_key)
-            if func is None:
-                func = cloudpickle.loads(fn_bytes)
-                functions[fn_key] = func
-                if len(functions) > _FUNCTION_CACHE_SIZE:
-                    functions.popitem(last=False)
-            inputs = {k: _packing.unpack(p) for k, p in zip(input_keys, packs)}
+            func = code.get(code_key, code_bytes)
+            values = [_packing.unpack(p) for p in packs]
         except BaseException as exc:  # noqa: BLE001 - e.g. a module the worker cannot import
             error = _wrapped(exc, f"task {task_id!r} could not be loaded in the worker")
         else:
+            constant_names, input_names = names
+            n = len(constant_names)
+            params = gather_params(dict(zip(constant_names, values[:n])), dict(zip(input_names, values[n:])))
+            del values
             with captured_output(emit):
-                result, error = run_body(func, gather_params(constants, inputs), outputs, task_id)
-            del inputs
+                result, error = run_body(func, params, outputs, task_id)
+            del params
         out: list[_packing.Packed] = []
         if result is not None:
             try:
-                out = [_packing.pack(v, str(parent)) for v in result.values()]
+                out = [_packing.pack(v, owner) for v in result.values()]
             except BaseException as exc:  # noqa: BLE001
                 result, error = None, _wrapped(exc, f"the result of task {task_id!r} could not be pickled")
         keys = list(result) if result is not None else []
+        dropped = code.trim()
+        if code_key not in code:  # it failed to load: the driver must send it again next time
+            dropped.append(code_key)
         conn.send_bytes(pickle.dumps(
-            ("done", call_id, keys, error, started, time.time(), [p.descriptor() for p in out])
+            ("done", call_id, keys, error, started, time.time(), [p.descriptor() for p in out], dropped)
         ))
         _packing.send(conn.send_bytes, out)
         # Drop references now, so an idle worker does not hold the last task's data.
@@ -105,4 +167,4 @@ def _wrapped(exc: BaseException, context: str) -> TaskError:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]))
+    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])

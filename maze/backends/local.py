@@ -10,22 +10,32 @@ for "started" and ``print()`` events ahead of the result. This pool is small:
   never re-imported and needs no ``if __name__ == "__main__"`` guard) joined to
   the driver by one socket pair, over which everything about a task travels in
   order (see :mod:`maze.backends._worker`);
-* functions and values are pickled with cloudpickle, so tasks defined in a
-  notebook or ``__main__`` work; a function is sent to each worker once;
+* a task's code is what the scheduler pickled at ``run()`` time
+  (:attr:`TaskCall.code`), keyed by its content: a worker is sent the bytes
+  only when it has not loaded that key, so unchanged code travels once per
+  worker and code whose globals, closure or defaults changed is always fresh;
 * an output is pickled once, in the worker that made it, and the driver hands
   the same bytes to every dependent task without unpickling and re-pickling;
-  large buffers (numpy arrays) go through shared memory (see ``_packing``);
+  constant inputs are pickled the same way, by the driver, a large one once
+  per run however many tasks take it; large buffers (numpy arrays) go through
+  shared memory (see ``_packing``), never through the socket;
 * one I/O thread waits on all worker sockets and resolves futures; their
   callbacks (the scheduler) submit the next tasks straight from that thread;
 * a worker serves one device set: GPU tasks run in workers started with
   ``CUDA_VISIBLE_DEVICES`` naming the granted devices, set before any CUDA
   library could read it;
-* stopping a task (cancel, timeout) kills its worker; a worker that dies fails
-  only its task, and the pool starts another when one is needed.
+* each worker leads a process group (a session) of its own, and stopping a
+  task (cancel, timeout) kills that group: the worker and every process its
+  task started. A worker that dies fails only its task, and the pool starts
+  another when one is needed. (A Ctrl-C in a terminal therefore reaches the
+  driver only; the driver cancels the run.)
 
-Workers are reused across runs and workflows, and are gone after
-:meth:`LocalBackend.close` or interpreter exit (an ``atexit`` hook, and each
-worker exits by itself when the driver disappears).
+Workers are reused across runs and workflows. :meth:`LocalBackend.close` (also
+run at interpreter exit) lets idle workers exit, then kills every worker's
+group, so no process a task started outlives the backend. If the driver is
+killed, each worker notices, removes the driver's shared-memory files and kills
+its own group; a backend that starts removes the files of drivers that no
+longer exist.
 """
 
 from __future__ import annotations
@@ -42,16 +52,12 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 import weakref
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
-
-import cloudpickle
 
 from maze.backends import _packing
 from maze.core.errors import BackendError
@@ -61,9 +67,26 @@ from maze.core.resources import Capacity, detect_capacity
 DeviceKey = tuple[int, ...] | None
 
 _BOOT = (
-    "import sys, json; sys.path[:0] = [p for p in json.loads(sys.argv[3]) if p not in sys.path]; "
-    "from maze.backends._worker import main; main(int(sys.argv[1]), int(sys.argv[2]))"
+    "import sys, json; sys.path[:0] = [p for p in json.loads(sys.argv[4]) if p not in sys.path]; "
+    "from maze.backends._worker import main; main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])"
 )
+
+
+# A constant whose pickle is at least this large is packed once per run, not
+# once per call; below it, the bookkeeping would cost more than packing again.
+_CACHED_CONSTANT_BYTES = 64 << 10
+
+
+@dataclass(eq=False)
+class _Constant:
+    """A constant input, packed.
+
+    Holding ``value`` keeps its ``id`` (part of the cache key) from being reused
+    while a cache entry for it exists.
+    """
+
+    value: Any
+    packed: _packing.Packed
 
 
 @dataclass(eq=False)
@@ -71,6 +94,7 @@ class _Job:
     call: TaskCall
     report: Reporter
     future: Future[TaskOutcome]
+    constants: list[_Constant]             # packed ``call.constants``, in order; alive as long as the job
     deadline: float | None = None          # monotonic time at which the attempt is stopped
     stop_reason: TaskError | None = None   # set when we kill the worker on purpose
 
@@ -81,9 +105,9 @@ class _Worker:
     conn: Connection
     devices: DeviceKey
     host: str = ""
-    known: set[str] = field(default_factory=set)   # function keys this worker has unpickled
+    known: set[str] = field(default_factory=set)   # content keys of the code this worker holds
     job: _Job | None = None
-    retiring: bool = False                          # closed on purpose; not an error when it ends
+    retiring: bool = False                          # told to exit; not an error when it ends
 
 
 class LocalBackend:
@@ -96,11 +120,14 @@ class LocalBackend:
         cpus = max(1, math.ceil(self._capacity.cpu))
         self.max_workers = max_workers or max(4, 2 * cpus)
         self._lock = threading.Lock()
-        self._workers: list[_Worker] = []
+        self._workers: list[_Worker] = []          # every worker process not yet reaped, retiring ones too
         self._queue: deque[_Job] = deque()
         self._jobs: dict[str, _Job] = {}           # call id -> job, queued or running
-        self._fn_cache: weakref.WeakKeyDictionary[Any, tuple[str, bytes]] = weakref.WeakKeyDictionary()
+        # (run id, id(value)) -> a large constant, packed; an entry lives while a job holds it.
+        self._constants: weakref.WeakValueDictionary[tuple[str, int], _Constant] = weakref.WeakValueDictionary()
+        self._owner = _packing.new_owner()   # names the shared-memory files of this backend's values
         self._closed = False
+        _packing.remove_orphaned_files()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._selector = selectors.DefaultSelector()   # used by the I/O thread only
@@ -120,8 +147,18 @@ class LocalBackend:
         return self._capacity
 
     def submit(self, call: TaskCall, report: Reporter) -> Future[TaskOutcome]:
-        job = _Job(call, report, Future())
-        job.future.set_running_or_notify_cancel()
+        future: Future[TaskOutcome] = Future()
+        future.set_running_or_notify_cancel()
+        constants = []
+        for key, value in call.constants.items():
+            try:
+                constants.append(self._constant(call.run_id, value))
+            except Exception as exc:  # noqa: BLE001 - an unpicklable constant input
+                future.set_result(TaskOutcome(error=TaskError.simple(
+                    type(exc).__name__, f"the input {key!r} of task {call.task_id!r} could not be pickled: {exc}"
+                )))
+                return future
+        job = _Job(call, report, future, constants)
         with self._lock:
             if self._closed:
                 raise BackendError("the local backend is closed; create a new MaClient")
@@ -129,9 +166,9 @@ class LocalBackend:
             worker = self._idle_worker(call.gpu_ids or None)
             if worker is None:
                 self._queue.append(job)
-                return job.future
-            self._send(worker, job)
-        return job.future
+            else:
+                self._send(worker, job)
+        return future
 
     def stop(self, call_id: str) -> None:
         with self._lock:
@@ -153,30 +190,29 @@ class LocalBackend:
             if self._closed:
                 return
             self._closed = True
-            workers, self._workers = self._workers, []
             pending = list(self._jobs.values())
             self._jobs.clear()
             self._queue.clear()
-        for w in workers:
-            w.retiring = True
-            _hang_up(w.conn)  # an idle worker sees EOF and exits
-        deadline = time.monotonic() + 2.0
-        for w in workers:
-            try:
-                w.proc.wait(timeout=max(0.0, deadline - time.monotonic()) if w.job is None else 0.0)
-            except subprocess.TimeoutExpired:
-                w.proc.kill()
-                w.proc.wait()
+            for w in self._workers:
+                if w.job is not None:
+                    w.job.stop_reason = _CLOSED
+                    self._kill(w)
+                elif not w.retiring:
+                    self._retire(w)
         self._wake()
-        self._io.join(timeout=5)
-        for w in workers:
-            w.conn.close()
+        # The I/O thread ends once it has reaped every worker (and killed its group).
+        self._io.join(timeout=2.0)
+        if self._io.is_alive():  # an idle worker did not exit in time (e.g. a task left a thread running)
+            with self._lock:
+                for w in self._workers:
+                    self._kill(w)
+            self._io.join(timeout=5.0)
         for job in pending:
             if not job.future.done():
-                job.future.set_result(TaskOutcome(error=TaskError.simple("TaskCancelled", "the backend was closed")))
+                job.future.set_result(TaskOutcome(error=_CLOSED))
         self._wake_r.close()
         self._wake_w.close()
-        _packing.remove_files_of(str(os.getpid()))
+        _packing.remove_files_of(self._owner)  # e.g. of a worker killed while writing one
         _live.discard(self)
 
     def __enter__(self) -> LocalBackend:
@@ -184,6 +220,20 @@ class LocalBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- constants ----------------------------------------------------------------------
+
+    def _constant(self, run_id: str, value: Any) -> _Constant:
+        """``value`` packed; a large one once per run, so a fan-out that passes one big array packs it once."""
+        key = (run_id, id(value))
+        held = self._constants.get(key)
+        if held is None:
+            packed = _packing.pack(value, self._owner)
+            packed.own_file()
+            held = _Constant(value, packed)
+            if packed.nbytes >= _CACHED_CONSTANT_BYTES:
+                self._constants[key] = held
+        return held
 
     # -- workers --------------------------------------------------------------------
 
@@ -194,9 +244,9 @@ class LocalBackend:
             env = dict(os.environ, CUDA_DEVICE_ORDER="PCI_BUS_ID", CUDA_VISIBLE_DEVICES=",".join(map(str, devices)))
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-c", _BOOT, str(theirs.fileno()), str(os.getpid()), json.dumps(sys.path)],
+                [sys.executable, "-c", _BOOT, str(theirs.fileno()), str(os.getpid()), self._owner, json.dumps(sys.path)],
                 pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
-                start_new_session=False,
+                start_new_session=True,  # its own process group, so that killing the group stops its task's children
             )
         finally:
             theirs.close()
@@ -211,64 +261,59 @@ class LocalBackend:
         for w in self._workers:
             if w.job is None and w.devices == devices and not w.retiring:
                 return w
-        if len(self._workers) >= self.max_workers:
-            spare = next((w for w in self._workers if w.job is None and not w.retiring), None)
+        active = [w for w in self._workers if not w.retiring]
+        if len(active) >= self.max_workers:
+            spare = next((w for w in active if w.job is None), None)
             if spare is None:
                 return None
             self._retire(spare)
         return self._spawn(devices)
 
     def _retire(self, worker: _Worker) -> None:
+        """Tell an idle worker to exit; the I/O thread reaps it when it has (lock held)."""
         worker.retiring = True
-        self._workers.remove(worker)
-        _hang_up(worker.conn)  # the I/O thread sees EOF, reaps the process and closes the socket
+        try:
+            worker.conn.send_bytes(b"")  # the goodbye frame
+        except OSError:
+            pass  # it died already; the I/O thread hears of it
+
+    def _kill(self, worker: _Worker) -> None:
+        """SIGKILL the worker's process group: the worker and every process its task started (lock held).
+
+        Safe from pid reuse: a worker leaves ``_workers`` (under the lock) before
+        it is reaped, so until then its pid, which names its group, is still ours.
+        """
+        try:
+            os.killpg(worker.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def _kill_running(self, job: _Job) -> None:
         for w in self._workers:
             if w.job is job:
-                try:
-                    w.proc.send_signal(signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                self._kill(w)
                 return
 
     def _send(self, worker: _Worker, job: _Job) -> None:
         """Hand a job to an idle worker (lock held)."""
         call = job.call
-        keys = list(call.inputs)
-        packs: list[_packing.Packed] = [call.inputs[k] for k in keys]
-        try:
-            fn_key, fn_bytes = self._pickled_function(call.func)
-            ship = None if fn_key in worker.known else fn_bytes
-            header = _packing.dumps((
-                call.call_id, call.task_id, fn_key, ship, dict(call.constants), keys,
-                [p.descriptor() for p in packs], call.outputs,
-            ))
-        except Exception as exc:  # noqa: BLE001 - an unpicklable function or constant input
-            del self._jobs[call.call_id]
-            job.future.set_result(TaskOutcome(error=TaskError.simple(
-                type(exc).__name__, f"the function or inputs of task {call.task_id!r} could not be pickled: {exc}"
-            )))
-            self._feed(worker)
-            return
-        worker.known.add(fn_key)
+        code = call.code
+        ship = code.key not in worker.known
+        inputs: list[_packing.Packed] = list(call.inputs.values())
+        packs = [c.packed for c in job.constants] + inputs
+        header = pickle.dumps((
+            call.call_id, call.task_id, code.key, ship, (list(call.constants), list(call.inputs)),
+            [p.descriptor() for p in packs], call.outputs,
+        ), protocol=pickle.HIGHEST_PROTOCOL)
+        worker.known.add(code.key)  # the worker reports in "done" what it did not keep
         worker.job = job
         try:
             worker.conn.send_bytes(header)
+            if ship:
+                worker.conn.send_bytes(code.data)
             _packing.send(worker.conn.send_bytes, packs)
         except OSError:
             pass  # the worker died; the I/O thread reports it and fails this job
-
-    def _pickled_function(self, func: Callable[..., Any]) -> tuple[str, bytes]:
-        try:
-            return self._fn_cache[func]
-        except (KeyError, TypeError):
-            entry = (uuid.uuid4().hex, cloudpickle.dumps(func, protocol=pickle.HIGHEST_PROTOCOL))
-            try:
-                self._fn_cache[func] = entry
-            except TypeError:
-                pass  # not weak-referenceable; pickle it again next time
-            return entry
 
     # -- the I/O thread ---------------------------------------------------------------
 
@@ -323,7 +368,7 @@ class LocalBackend:
             self._on_done(worker, job, frame)
 
     def _on_done(self, worker: _Worker, job: _Job, frame: tuple[Any, ...]) -> None:
-        _, _, keys, error, started, finished, descriptors = frame
+        _, _, keys, error, started, finished, descriptors, dropped = frame
         try:
             packs = _packing.receive(worker.conn.recv_bytes, descriptors)
         except (EOFError, OSError):
@@ -342,6 +387,7 @@ class LocalBackend:
         else:
             outcome = TaskOutcome(error=error, started_at=started, finished_at=finished)
         with self._lock:
+            worker.known.difference_update(dropped)
             worker.job = None
             self._jobs.pop(job.call.call_id, None)
             self._feed(worker)
@@ -360,24 +406,39 @@ class LocalBackend:
             self._send(self._spawn(job.call.gpu_ids or None), job)
 
     def _on_worker_exit(self, worker: _Worker) -> None:
-        """The worker's socket hit EOF: it exited, died, or was retired (I/O thread)."""
-        code = worker.proc.wait()
+        """The worker's socket hit EOF: it exited, was retired, or was killed (I/O thread).
+
+        This thread alone reaps workers, and first kills the worker's group,
+        which holds whatever its tasks started and left running. It waits for
+        the exit without reaping (``WNOWAIT``), so the pid that names the group
+        cannot be reused meanwhile.
+        """
+        pid = worker.proc.pid
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+            ours = True
+        except ChildProcessError:  # reaped behind our back (a SIGCHLD handler): the pid is no longer ours
+            ours = False
         with self._lock:
-            if worker in self._workers:
-                self._workers.remove(worker)
+            self._workers.remove(worker)
+            if ours:
+                self._kill(worker)
             self._selector.unregister(worker.conn)
             worker.conn.close()
             job, worker.job = worker.job, None
             if job is not None:
                 self._jobs.pop(job.call.call_id, None)
             if self._queue and not self._closed:
-                nxt = self._queue.popleft()
-                self._send(self._spawn(nxt.call.gpu_ids or None), nxt)
+                nxt = self._queue[0]
+                replacement = self._idle_worker(nxt.call.gpu_ids or None)
+                if replacement is not None:
+                    self._send(replacement, self._queue.popleft())
+        code = worker.proc.wait()
         if job is None or job.future.done():
             return
         error = job.stop_reason or TaskError.simple(
             "WorkerDiedError",
-            f"the worker process {worker.proc.pid} running task {job.call.task_id!r} died ({_describe_exit(code)})",
+            f"the worker process {pid} running task {job.call.task_id!r} died ({_describe_exit(code)})",
         )
         job.future.set_result(TaskOutcome(error=error))
 
@@ -389,25 +450,10 @@ class LocalBackend:
                 if job and job.deadline and job.deadline <= now and job.stop_reason is None:
                     job.stop_reason = TaskError.timed_out(job.call.task_id, job.call.timeout or 0)
                     job.deadline = None
-                    self._kill_running(job)
+                    self._kill(w)
 
 
-def _hang_up(conn: Connection) -> None:
-    """End a worker's connection so that the worker sees EOF at once.
-
-    ``shutdown``, not ``close``: the I/O thread's selector holds the socket, so
-    closing it from another thread would neither end the connection nor be
-    safe; the I/O thread closes it when it reads the EOF.
-    """
-    if conn.closed:
-        return
-    sock = socket.socket(fileno=conn.fileno())
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    finally:
-        sock.detach()
+_CLOSED = TaskError.simple("TaskCancelled", "the backend was closed")
 
 
 def _describe_exit(code: int) -> str:

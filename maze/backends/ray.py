@@ -1,21 +1,34 @@
 """The Ray backend: the same workflows on a Ray cluster.
 
 ``MaClient(backend="ray")`` starts a private local Ray (on 127.0.0.1, in its
-own temporary directory) and shuts it down on ``close()``;
+own temporary directory, which ``close()`` removes after shutting Ray down);
 ``MaClient(backend="ray", address="auto" | "ray://host:10001")`` joins an
 existing cluster and only disconnects on ``close()``. One connection per
 client, reused by every run.
 
 How a call runs:
 
-* the task function is pickled once per client (``ray.put``) and every call
-  passes that reference; the worker unpickles it once and caches it;
+* the code is the call's :class:`~maze.core.shipping.ShippedCode`, pickled at
+  ``run()`` time and keyed by a hash of its bytes. The driver ``ray.put``\\ s
+  the bytes once per key (a small LRU of references) and each call passes that
+  reference; a Ray worker unpickles a key once and keeps the last few
+  functions by key. A changed global, closure cell or default argument is new
+  bytes, hence a new key: the next run, and every worker, uses the new code;
 * each call is one Ray task with ``num_returns = 1 + len(outputs)``: a small
   *report* (status, error, timing, node, worker, GPU ids, captured output,
-  and the small output values), then one object per declared output. Dependent
-  calls receive those object references, so outputs stay in Ray's object store
-  and move between workers directly; the driver fetches a large value only when
-  someone reads it (the message ``result`` is a :class:`LazyResult`);
+  and the small output values), then one object per declared output. Those
+  object references are the outcome's ``handles``: dependent calls receive
+  them, so outputs move between workers through Ray's object store, never
+  through the driver;
+* the outcome's ``result`` is a plain ``dict`` of the task's values: small
+  ones ride in the report, the others are fetched with one ``ray.get`` when
+  the task ends (in this backend's thread, never on Ray's callback thread). A
+  numpy array comes back zero-copy from the local object store. There is no
+  lazy mode, by decision: a result must print, pickle and ``json.dumps`` as
+  what the task returned, which a lazy mapping did not;
+* an error is a :class:`~maze.core.protocol.TaskError` of strings, built in
+  the worker, so a task's exception object never has to travel (one whose
+  ``__str__`` raises, or that cannot be pickled, is reported like any other);
 * resources map to ``num_cpus``, ``memory`` (bytes) and ``num_gpus``. Ray has
   no GPU-memory resource, so a fractional task reserves
   ``max(gpu, gpu_mem / memory of one GPU)`` of a device: fractions on one GPU
@@ -26,8 +39,21 @@ How a call runs:
 * a hub actor receives "started" notes from workers as they start, so
   ``start_task`` arrives while the task runs; the report repeats it, and the
   backend always reports start before resolving the future;
-* ``stop`` (cancel, fail-fast, timeout) is ``ray.cancel(force=True)``, which
-  kills the worker process; Ray's own retries are off (maze retries).
+* ``stop`` (cancel, fail-fast, timeout) ends the task and what it started.
+  The worker makes itself the leader of a process group before running the
+  task, and its start note names its node and that group. ``ray.cancel(force=
+  True)`` ends the worker; then a tiny task pinned to that node
+  (``NodeAffinitySchedulingStrategy``, ``num_cpus=0``) kills the group, so the
+  task's subprocesses and theirs (and anything an earlier task of the same
+  worker left running) end too. That task first waits for the worker to be
+  gone: a worker that outlives the cancel had already finished the call and
+  may be running another task, whose processes are not ours to kill. Recent
+  Ray does the same itself (``RAY_process_group_cleanup_enabled``, on by
+  default in 2.60); older Ray, and clusters that turn it off, end only the
+  worker's direct children. A child that starts a session of its own
+  (``start_new_session=True``, daemons) escapes. The attempt is reported as
+  cancelled or timed out, not as a dead worker. Ray's own retries are off
+  (maze retries).
 """
 
 from __future__ import annotations
@@ -36,13 +62,14 @@ import logging
 import math
 import os
 import queue
+import shutil
+import signal
 import sys
 import tempfile
 import threading
 import time
-import uuid
-import weakref
-from collections.abc import Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,11 +77,15 @@ from typing import Any
 import cloudpickle
 
 from maze.core.errors import BackendError
+from maze.core.execute import error_of
 from maze.core.protocol import Reporter, TaskCall, TaskError, TaskLog, TaskOutcome, TaskStarted
 from maze.core.resources import Capacity, Resources
+from maze.core.shipping import ShippedCode
+from maze.core.task import TaskBody
 
 try:
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise BackendError(
         "backend='ray' needs Ray, which is not installed; install it with: pip install 'maze[ray]'"
@@ -62,42 +93,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 GPU_MEM_RESOURCE = "maze_gpu_mem_mb"
 INLINE_LIMIT = 64 * 1024  # outputs smaller than this ride along in the report
+CODE_CACHE = 64           # task functions kept, by code key, on the driver (as refs) and in each worker
 _POLL_S = 0.05
 _NOTES_S = 0.1
-
-
-class LazyResult(Mapping[str, Any]):
-    """A task's returned dict whose large values stay in Ray until read."""
-
-    def __init__(self, inline: dict[str, Any], refs: dict[str, Any]) -> None:
-        self._values = dict(inline)
-        self._refs = {k: r for k, r in refs.items() if k not in inline}
-        self._order = list(dict.fromkeys([*refs, *inline]))
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self._values:
-            self._values[key] = ray.get(self._refs[key])  # KeyError for unknown keys
-        return self._values[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._order)
-
-    def __len__(self) -> int:
-        return len(self._order)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Mapping) and dict(self.items()) == dict(other.items())
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Pickled (e.g. into the run history) as a plain dict of what was fetched;
-        # values still in Ray are described, not fetched.
-        return (dict, ({k: self._values.get(k, "<in Ray, not fetched>") for k in self._order},))
-
-    def __repr__(self) -> str:
-        parts = [f"{k!r}: {self._values[k]!r}" if k in self._values else f"{k!r}: <in Ray>" for k in self._order]
-        return "{" + ", ".join(parts) + "}"
+_KILL_WAIT_S = 10.0       # how long a group kill waits for the stopped worker to be gone
 
 
 @ray.remote(num_cpus=0)
@@ -115,32 +114,30 @@ class _Hub:
         return notes
 
 
-_functions: dict[str, Any] = {}  # per Ray worker process: unpickled task functions by key
+_functions: OrderedDict[str, TaskBody] = OrderedDict()  # per Ray worker process: unpickled task functions by code key
 
 
-def _run(session: tuple[Any, list[str]], fn_bytes: bytes, call: tuple[Any, ...], *inputs: Any) -> Any:
+def _run(session: tuple[Any, list[str]], code: bytes, call: tuple[Any, ...], *inputs: Any) -> Any:
     """The body of every maze task on Ray (runs in a Ray worker).
 
     Few arguments on purpose: Ray serializes each one separately on submit.
     """
     hub, sys_path = session  # put in the object store once per client, not pickled per call
-    fn_key, call_id, task_id, constants, input_keys, outputs = call
-    from maze.core.execute import captured_output, error_of, gather_params, run_body
+    code_key, call_id, task_id, constants, input_keys, outputs = call
+    from maze.core.execute import captured_output, gather_params, run_body
 
     ctx = ray.get_runtime_context()
     node, worker = ctx.get_node_id(), ctx.get_worker_id()
     host = ray.util.get_node_ip_address()
     gpu_ids = tuple(int(g) for g in ray.get_gpu_ids())
+    group = _lead_process_group()
     started = time.time()
-    hub.started.remote(call_id, host, node, worker, gpu_ids, started)
+    hub.started.remote(call_id, host, node, worker, gpu_ids, started, group)
     logs: list[tuple[str, str, float]] = []
     result: dict[str, Any] | None = None
     error = None
     try:
-        func = _functions.get(fn_key)
-        if func is None:
-            sys.path.extend(p for p in sys_path if p not in sys.path)  # where the driver found its modules
-            func = _functions[fn_key] = cloudpickle.loads(fn_bytes)
+        func = _load(code_key, code, sys_path)
         params = gather_params(constants, dict(zip(input_keys, inputs)))
     except BaseException as exc:  # noqa: BLE001
         error = error_of(exc)
@@ -157,7 +154,8 @@ def _run(session: tuple[Any, list[str]], fn_bytes: bytes, call: tuple[Any, ...],
                 cloudpickle.dumps(v, protocol=5, buffer_callback=lambda _: None)
         except Exception as exc:  # noqa: BLE001
             err = error_of(exc)
-            result, error = None, type(err)(err.error_type, f"the result of task {task_id!r} could not be pickled: {err.error}", err.traceback)
+            message = f"the result of task {task_id!r} could not be pickled: {err.error}"
+            result, error = None, TaskError(err.error_type, message, err.traceback)
     if result is not None:
         values = [result[k] for k in outputs]
         inline = {k: v for k, v in result.items() if k not in outputs or _small(v)}
@@ -165,6 +163,72 @@ def _run(session: tuple[Any, list[str]], fn_bytes: bytes, call: tuple[Any, ...],
               "host": host, "node": node, "worker": worker, "gpu_ids": gpu_ids, "logs": logs,
               "started": started, "finished": time.time()}
     return (report, *values) if outputs else report
+
+
+def _load(key: str, code: bytes, sys_path: list[str]) -> TaskBody:
+    """The task function for a code key: unpickled once per worker, the last few kept."""
+    func = _functions.get(key)
+    if func is None:
+        sys.path.extend(p for p in sys_path if p not in sys.path)  # where the driver found its modules
+        func = _functions[key] = cloudpickle.loads(code)
+        if len(_functions) > CODE_CACHE:
+            _functions.popitem(last=False)
+    else:
+        _functions.move_to_end(key)
+    return func
+
+
+def _lead_process_group() -> int | None:
+    """Make this worker the leader of a process group of its own, so that a stop can kill what the task starts.
+
+    Returns the group's id, or None where there is none to kill safely: no
+    process groups (Windows), or a group this worker does not lead (without
+    Ray's own per-worker groups a worker starts in the raylet's group, or the
+    driver's, which a kill must never reach).
+    """
+    if not hasattr(os, "setpgid"):
+        return None
+    try:
+        os.setpgid(0, 0)  # a no-op where Ray, or an earlier call on this reused worker, did it already
+    except OSError:
+        pass  # a session leader leads its group already
+    pid = os.getpid()
+    return pid if os.getpgid(0) == pid else None
+
+
+def _kill_group(pgid: int) -> None:
+    """Kill a stopped task's process group once its leader, the Ray worker, is gone (runs on the worker's node).
+
+    Waiting for the leader first keeps the kill to that task's processes: a
+    leader still alive when the wait ends had finished the task before the
+    cancel reached it, and may be running another one. While any member of the
+    group lives, no new process can take the group's id.
+    """
+    deadline = time.monotonic() + _KILL_WAIT_S
+    while _running(pgid):
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.02)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # the task started nothing that outlived it
+
+
+def _running(pid: int) -> bool:
+    """Whether a process runs; a zombie (dead, not yet reaped) does not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]
+    except OSError:  # no /proc (macOS), or gone meanwhile: ask again on the next turn
+        return True
+    return state != b"Z"
 
 
 def _small(value: Any) -> bool:
@@ -187,10 +251,15 @@ class _Job:
     refs: list[Any]
     started: bool = False
     deadline: float | None = None
-    stop_reason: TaskError | None = None
     # Held while reporting the start: the notes thread and the result thread may
     # both try, and the start must be reported, once, before the future resolves.
     start_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Set together under ``lock``: the stop and the start note (which names the
+    # group) race, and exactly one of them must kill the group. ``lock`` is taken
+    # last and nothing is taken under it (stop() runs under the scheduler's lock).
+    stop_reason: TaskError | None = None
+    group: tuple[str, int] | None = None  # (node id, process group id) of the worker running it
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class RayBackend:
@@ -209,12 +278,15 @@ class RayBackend:
         else:
             ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, **init_options)
         self._remote = ray.remote(max_retries=0)(_run)
+        self._killer = ray.remote(num_cpus=0, max_retries=0)(_kill_group)
         self._hub = _Hub.remote()  # type: ignore[attr-defined]
         self._session = ray.put((self._hub, list(sys.path)))
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._by_ref: dict[Any, _Job] = {}
-        self._functions: weakref.WeakKeyDictionary[Any, tuple[str, Any]] = weakref.WeakKeyDictionary()
+        self._code: OrderedDict[str, Any] = OrderedDict()  # code key -> ObjectRef of its bytes
+        self._kills: set[Any] = set()                      # group kills still running
+        self._notes_lock = threading.Lock()                # one drain of the hub at a time, delivered whole
         self._gpu_mem_per_node = self._read_gpu_memory()
         self._shapes: dict[tuple[Resources, int], Any] = {}
         self._ready: queue.SimpleQueue[Any] = queue.SimpleQueue()   # report refs that are done
@@ -235,12 +307,16 @@ class RayBackend:
             custom[GPU_MEM_RESOURCE] = per_gpu if math.isfinite(per_gpu) else 0
         self._temp_dir = tempfile.mkdtemp(prefix="maze-ray-")
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keeps a local Ray on 127.0.0.1
-        ray.init(
-            address="local", num_cpus=int(math.ceil(cap.cpu)), num_gpus=cap.gpu, resources=custom or None,
-            include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-            _temp_dir=self._temp_dir, _memory=int(cap.cpu_mem * 2**20) if math.isfinite(cap.cpu_mem) else None,
-            **options,
-        )
+        try:
+            ray.init(
+                address="local", num_cpus=int(math.ceil(cap.cpu)), num_gpus=cap.gpu, resources=custom or None,
+                include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                _temp_dir=self._temp_dir, _memory=int(cap.cpu_mem * 2**20) if math.isfinite(cap.cpu_mem) else None,
+                **options,
+            )
+        except BaseException:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            raise
         self._owns_ray = True
 
     def _read_gpu_memory(self) -> dict[str, float]:
@@ -265,17 +341,16 @@ class RayBackend:
             raise BackendError("the Ray backend is closed; create a new MaClient")
         keys = list(call.inputs)
         try:
-            fn_key, fn_ref = self._function(call.func)
             refs = self._remote_for(call.resources, len(call.outputs)).remote(
-                self._session, fn_ref,
-                (fn_key, call.call_id, call.task_id, dict(call.constants), keys, call.outputs),
+                self._session, self._code_ref(call.code),
+                (call.code.key, call.call_id, call.task_id, dict(call.constants), keys, call.outputs),
                 *[call.inputs[k] for k in keys],
             )
         except Exception as exc:  # noqa: BLE001 - e.g. an input Ray cannot serialize
             failed: Future[TaskOutcome] = Future()
-            root = _root_cause(exc)
+            root = error_of(_root_cause(exc))
             failed.set_result(TaskOutcome(error=TaskError.simple(
-                type(root).__name__, f"task {call.task_id!r} could not be sent to Ray: {root}"
+                root.error_type, f"task {call.task_id!r} could not be sent to Ray: {root.error}"
             )))
             return failed
         refs = refs if isinstance(refs, list) else [refs]
@@ -291,11 +366,8 @@ class RayBackend:
     def stop(self, call_id: str) -> None:
         with self._lock:
             job = self._jobs.get(call_id)
-        if job is None:
-            return
-        if job.stop_reason is None:
-            job.stop_reason = TaskError.cancelled(job.call.task_id)
-        ray.cancel(job.refs[0], force=True)
+        if job is not None:
+            self._stop(job, TaskError.cancelled(job.call.task_id))
 
     def close(self) -> None:
         if self._closed:
@@ -307,8 +379,14 @@ class RayBackend:
             self.stop(job.call.call_id)
         self._thread.join(timeout=10)
         self._notes_thread.join(timeout=10)
+        with self._lock:
+            kills = list(self._kills)
+        if kills:  # let them finish: the tasks of a driver that leaves are ended by Ray, groups are not
+            ray.wait(kills, num_returns=len(kills), timeout=_KILL_WAIT_S + 5)
         if self._owns_ray:
             ray.shutdown()
+        if self._temp_dir is not None:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)  # Ray leaves its session directories behind
 
     def __enter__(self) -> RayBackend:
         return self
@@ -318,13 +396,17 @@ class RayBackend:
 
     # -- helpers --------------------------------------------------------------------
 
-    def _function(self, func: Any) -> tuple[str, Any]:
-        try:
-            return self._functions[func]
-        except KeyError:
-            entry = (uuid.uuid4().hex, ray.put(cloudpickle.dumps(func)))
-            self._functions[func] = entry
-            return entry
+    def _code_ref(self, code: ShippedCode) -> Any:
+        """The object-store copy of a call's code: put once per code key, the last few kept."""
+        with self._lock:
+            ref = self._code.get(code.key)
+            if ref is None:
+                ref = self._code[code.key] = ray.put(code.data)
+                if len(self._code) > CODE_CACHE:
+                    self._code.popitem(last=False)  # calls in flight hold their own reference
+            else:
+                self._code.move_to_end(code.key)
+            return ref
 
     def _remote_for(self, need: Resources, n_outputs: int) -> Any:
         """The remote function with the Ray options for this resource shape (cached: options() is slow)."""
@@ -347,19 +429,57 @@ class RayBackend:
             return min(1.0, max(gpu, gpu_mem / min(per_gpu)))
         return gpu
 
+    def _stop(self, job: _Job, reason: TaskError) -> None:
+        with job.lock:
+            if job.stop_reason is not None:
+                return  # stopping already
+            job.stop_reason = reason
+            group = job.group
+        ray.cancel(job.refs[0], force=True)
+        if group is not None:
+            self._kill_group(*group)
+        # else: not started, or its start note is not here yet; _started kills the group when it comes
+
+    def _kill_group(self, node: str, pgid: int) -> None:
+        pinned = self._killer.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+        ref = pinned.remote(pgid)
+        with self._lock:
+            self._kills.add(ref)
+        ref.future().add_done_callback(lambda _: self._forget_kill(ref))
+
+    def _forget_kill(self, ref: Any) -> None:
+        with self._lock:
+            self._kills.discard(ref)
+
     def _watch(self) -> None:
         """Deliver finished reports (in this thread, not Ray's) and enforce timeouts."""
         while True:
             with self._lock:
                 if self._closed and not self._by_ref:
                     return
-            try:
-                ref, done = self._ready.get(timeout=_POLL_S)
-            except queue.Empty:
-                pass
-            else:
-                self._finish(ref, done)
+            done = self._take_ready()
+            with self._lock:
+                jobs = [(self._by_ref.get(ref), future) for ref, future in done]
+            if any(job is not None and job.stop_reason is not None and not job.started for job, _ in jobs):
+                # Stopped right after it started: its start note, which names the
+                # process group to kill, may still wait at the hub.
+                self._deliver_notes()
+            for job, future in jobs:
+                if job is not None:
+                    self._finish(job, future)
             self._enforce_timeouts()
+
+    def _take_ready(self) -> list[tuple[Any, Future[Any]]]:
+        """The reports done now: waits up to a poll interval for the first."""
+        try:
+            done = [self._ready.get(timeout=_POLL_S)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                done.append(self._ready.get_nowait())
+            except queue.Empty:
+                return done
 
     def _watch_notes(self) -> None:
         """Turn workers' "started" notes into ``start_task`` while tasks run (off the result path)."""
@@ -368,56 +488,71 @@ class RayBackend:
             time.sleep(_NOTES_S)
 
     def _deliver_notes(self) -> None:
-        try:
-            notes = ray.get(self._hub.drain.remote(), timeout=10)
-        except Exception:  # noqa: BLE001 - the hub is gone (shutdown); reports still carry the start
-            return
-        for call_id, host, node, worker, gpu_ids, at in notes:
-            with self._lock:
-                job = self._jobs.get(call_id)
-            if job is not None:
-                self._started(job, host, node, worker, gpu_ids, at)
+        with self._notes_lock:
+            try:
+                notes = ray.get(self._hub.drain.remote(), timeout=10)
+            except Exception:  # noqa: BLE001 - the hub is gone (shutdown); reports still carry the start
+                return
+            for call_id, host, node, worker, gpu_ids, at, group in notes:
+                with self._lock:
+                    job = self._jobs.get(call_id)
+                if job is not None:
+                    self._started(job, host, node, worker, gpu_ids, at, group)
 
-    def _started(self, job: _Job, host: str, node: str, worker: str, gpu_ids: tuple[int, ...], at: float) -> None:
+    def _started(self, job: _Job, host: str, node: str, worker: str, gpu_ids: tuple[int, ...], at: float,
+                 group: int | None) -> None:
+        """Report the start, once. ``group`` comes with the note only: a report means the task is over."""
         with job.start_lock:
             if job.started:
                 return
             job.started = True
-            if job.call.timeout:
+            with job.lock:
+                job.group = (node, group) if group is not None else None
+                stopped = job.stop_reason is not None
+            if job.call.timeout and not stopped:
                 job.deadline = time.monotonic() + job.call.timeout
             job.report(TaskStarted(job.call.call_id, host, worker, tuple(gpu_ids), at, node_id=node))
+        if stopped and group is not None:
+            self._kill_group(node, group)  # the stop came first and could not name the group
 
-    def _finish(self, ref: Any, done: Future[Any]) -> None:
+    def _finish(self, job: _Job, done: Future[Any]) -> None:
         with self._lock:
-            job = self._by_ref.pop(ref, None)
-            if job is not None:
-                self._jobs.pop(job.call.call_id, None)
-        if job is None:
-            return
+            self._by_ref.pop(job.refs[0], None)
+            self._jobs.pop(job.call.call_id, None)
+        try:
+            outcome = self._outcome(job, done)
+        except Exception as exc:  # noqa: BLE001 - one bad report must not stop the thread that delivers all
+            outcome = TaskOutcome(error=error_of(exc))
+        job.future.set_result(outcome)
+
+    def _outcome(self, job: _Job, done: Future[Any]) -> TaskOutcome:
         try:
             report = done.result()  # Ray fetched the (small) report already
         except Exception as exc:  # noqa: BLE001 - cancelled, worker or node died
-            job.future.set_result(TaskOutcome(error=job.stop_reason or _ray_error(job.call, exc)))
-            return
-        self._started(job, report["host"], report["node"], report["worker"], report["gpu_ids"], report["started"])
+            return TaskOutcome(error=job.stop_reason or _ray_error(job.call, exc))
+        self._started(job, report["host"], report["node"], report["worker"], report["gpu_ids"], report["started"], None)
         for stream, text, at in report["logs"]:
             job.report(TaskLog(job.call.call_id, stream, text, at))
+        started, finished = report["started"], report["finished"]
         if not report["ok"]:
-            outcome = TaskOutcome(error=report["error"], started_at=report["started"], finished_at=report["finished"])
-        else:
-            out_refs = dict(zip(job.call.outputs, job.refs[1:]))
-            outcome = TaskOutcome(LazyResult(report["inline"], out_refs), out_refs, None,
-                                  report["started"], report["finished"])
-        job.future.set_result(outcome)
+            return TaskOutcome(error=report["error"], started_at=started, finished_at=finished)
+        handles = dict(zip(job.call.outputs, job.refs[1:]))
+        inline = report["inline"]
+        missing = [k for k in report["keys"] if k not in inline]
+        try:
+            fetched = dict(zip(missing, ray.get([handles[k] for k in missing]))) if missing else {}
+        except Exception as exc:  # noqa: BLE001 - e.g. the node holding it died, or a class the driver cannot import
+            return TaskOutcome(error=job.stop_reason or _ray_error(job.call, exc), started_at=started, finished_at=finished)
+        result = {k: inline[k] if k in inline else fetched[k] for k in report["keys"]}
+        return TaskOutcome(result, handles, None, started, finished)
 
     def _enforce_timeouts(self) -> None:
         now = time.monotonic()
         with self._lock:
-            late = [j for j in self._jobs.values() if j.deadline and j.deadline <= now and j.stop_reason is None]
+            late = [j for j in self._jobs.values() if j.deadline and j.deadline <= now]
         for job in late:
-            job.stop_reason = TaskError.timed_out(job.call.task_id, job.call.timeout or 0)
             job.deadline = None
-            ray.cancel(job.refs[0], force=True)
+            self._stop(job, TaskError.timed_out(job.call.task_id, job.call.timeout or 0))
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -430,11 +565,10 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 
 def _ray_error(call: TaskCall, exc: BaseException) -> TaskError:
-    kind = type(exc).__name__
     if isinstance(exc, (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
                         ray.exceptions.LocalRayletDiedError)):
-        return TaskError.simple("WorkerDiedError", f"the Ray worker running task {call.task_id!r} died ({kind}: {exc})")
+        return TaskError.simple("WorkerDiedError",
+                                f"the Ray worker running task {call.task_id!r} died ({error_of(exc).text})")
     if isinstance(exc, ray.exceptions.TaskCancelledError):
         return TaskError.simple("TaskCancelled", f"task {call.task_id!r} was cancelled")
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return TaskError(kind, first, str(exc))
+    return error_of(exc)

@@ -81,9 +81,7 @@ class MessageLog:
                     batch = self._records[index:]
                     done = self._ended.is_set()
             except KeyboardInterrupt:
-                # A reader interrupted while waiting means "stop this run", as in wait().
-                if self._on_interrupt is not None:
-                    self._on_interrupt()
+                self._interrupted()
                 raise
             yield from batch
             index += len(batch)
@@ -91,8 +89,17 @@ class MessageLog:
                 return
 
     def _complete(self) -> list[Message]:
-        self._ended.wait()
+        try:
+            self._ended.wait()
+        except KeyboardInterrupt:
+            self._interrupted()
+            raise
         return self._records
+
+    def _interrupted(self) -> None:
+        # A reader interrupted while waiting means "stop this run", as in wait().
+        if self._on_interrupt is not None:
+            self._on_interrupt()
 
     def __len__(self) -> int:
         return len(self._complete())

@@ -131,7 +131,7 @@ def _check_callable_with_params(body: Callable[..., Any], owner: str) -> None:
         signature.bind({})
     except TypeError as exc:
         raise TaskDefinitionError(
-            f"{owner}: {getattr(body, '__qualname__', body)}{signature} cannot be called with one "
+            f"{owner}: {getattr(body, '__name__', body)}{signature} cannot be called with one "
             f"argument, the params dict ({exc}); define it as def {getattr(body, '__name__', 'f')}(params): ..."
         ) from None
 
