@@ -103,7 +103,7 @@ def test_large_outputs_do_not_pass_through_the_driver(ray_client):
     assert summary["task_results"][t1.task_id] == {"total": float(n)}
     assert summary["task_results"][t2.task_id] == {"total": float(n)}
     assert peak - before < 30 * 2**20, f"driver grew by {(peak - before) / 2**20:.0f} MB"
-    # Reading the result fetches it, on demand.
+    # The driver fetched the output when the task ended: the result is the array itself.
     assert wf.get_task_result(run_id, a.task_id)["result"]["array"].shape == (n,)
 
 
