@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import weakref
@@ -111,6 +112,7 @@ class MaClient:
         self._workflows: weakref.WeakSet[MaWorkflow] = weakref.WeakSet()
         self._viewer = NotebookViewer()
         self._closed = False
+        _at_exit.add(self)
 
     @property
     def backend(self) -> Backend:
@@ -201,3 +203,29 @@ class MaClient:
 
     def __repr__(self) -> str:
         return f"<MaClient backend={getattr(self._backend, 'name', type(self._backend).__name__)!r} capacity={self._engine.capacity.describe()}>"
+
+
+class _ExitHook:
+    """Closes the clients still open when the interpreter exits.
+
+    So a script that ends without ``close()`` still records its runs' last
+    messages and ends the runs still going as ``cancelled`` (not, later,
+    ``interrupted``). Exit hooks run last-in first-out, and a backend's module
+    (Ray's too) registers its own when it is imported: registering again with
+    each new client, after its backend exists, makes clients close first.
+    """
+
+    def __init__(self) -> None:
+        self._clients: weakref.WeakSet[MaClient] = weakref.WeakSet()
+
+    def add(self, client: MaClient) -> None:
+        self._clients.add(client)
+        atexit.unregister(self._close_all)
+        atexit.register(self._close_all)
+
+    def _close_all(self) -> None:
+        for client in list(self._clients):
+            client.close()
+
+
+_at_exit = _ExitHook()

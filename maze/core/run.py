@@ -24,7 +24,7 @@ from .fold import RunFold, TaskView
 from .messages import Message, MessageLog, MessageType, make, task_message
 from .plan import Plan
 from .protocol import TaskCall, TaskError
-from .shipping import ShippedCode
+from .snapshot import Snapshot
 
 
 class TaskState(str, enum.Enum):
@@ -118,7 +118,7 @@ class RunState:
         for t in plan.tasks.values():
             for up in {ref.task_id for ref in t.refs.values()}:
                 self.consumers[up] += 1
-        self.code: dict[str, ShippedCode | TaskError] = {}  # each task's pickled function (run() time)
+        self.snapshot: Snapshot | None = None        # code and constants as they were at run()
         self.fingerprints: dict[str, Fingerprint] = {}   # set by the scheduler at start
         self.reusable: dict[str, tuple[Mapping[str, Any], str]] = {}  # task -> (result, where it came from)
         self.reasons: dict[str, str] = {}           # why each task ran, or was reused (resume, cache)

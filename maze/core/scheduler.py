@@ -36,7 +36,6 @@ from typing import Any, Protocol
 
 from .admission import Grant, ResourcePool
 from .errors import BackendError, UnsatisfiableError
-from .fingerprint import fingerprints
 from .fold import CANCELLED_ERROR
 from .history import Dropped, HistoryReader, HistoryWriter, Stored
 from .messages import ERROR_LINE_LIMIT, TRACEBACK_LIMIT, MessageType, clip
@@ -44,7 +43,8 @@ from .plan import Plan
 from .protocol import Backend, TaskCall, TaskError, TaskOutcome, TaskStarted, WorkerEvent
 from .resources import Capacity, Resources
 from .run import RunState, TaskState
-from .shipping import ShippedCode, ship
+from .shipping import ShippedCode
+from .snapshot import Snapshot
 
 _log = logging.getLogger("maze")
 
@@ -105,16 +105,16 @@ class Engine:
         """Start a run and return at once.
 
         Only what must see the caller's world as it is now happens here: the
-        capacity check (an error the caller must get) and pickling the task
-        functions (a run uses the code and globals as they are at ``run()``).
-        Fingerprinting the inputs (a 200 MB array takes a while), deciding what
-        an earlier run already did, and submitting happen in a thread.
+        capacity check (an error the caller must get) and the run's
+        :class:`~maze.core.snapshot.Snapshot` (its code and a copy of its
+        constant inputs). Hashing the inputs (a 200 MB array takes a while),
+        deciding what an earlier run already did, and submitting happen in a thread.
         """
         if self._closed:
             raise BackendError("this MaClient is closed; create a new MaClient to run workflows")
         self.check(plan)
         run = RunState(run_id, plan, self._lock, fail_fast=fail_fast, recorder=self.history)
-        run.code = self._ship_code(plan)
+        run.snapshot = Snapshot.take(plan)
         run.on_interrupt = partial(self.cancel, run, "interrupted while waiting")
         with self._lock:
             self._live[run_id] = run
@@ -126,7 +126,7 @@ class Engine:
     def _begin(self, run: RunState, resume_from: RunState | None) -> None:
         with self._guard(run):
             try:
-                run.fingerprints = fingerprints(run.plan)
+                run.fingerprints = run.snapshot.fingerprints(run.plan)
                 if resume_from is not None:
                     resume_from.prepared.wait()  # its fingerprints, when it is itself just starting
                     self._plan_reuse(run, resume_from)
@@ -167,23 +167,6 @@ class Engine:
     def _end(self, run: RunState) -> None:
         run.end()
         self._live.pop(run.run_id, None)
-
-    @staticmethod
-    def _ship_code(plan: Plan) -> dict[str, ShippedCode | TaskError]:
-        """Each task's function pickled now, as ``run()`` is called: once per distinct function."""
-        by_function: dict[int, ShippedCode | TaskError] = {}
-        out: dict[str, ShippedCode | TaskError] = {}
-        for tid, t in plan.tasks.items():
-            key = id(t.function)  # the plan holds every function, so ids are stable here
-            if key not in by_function:
-                try:
-                    by_function[key] = ship(t.function)
-                except Exception as exc:  # noqa: BLE001 - e.g. a function that refers to a lock
-                    by_function[key] = TaskError.simple(
-                        type(exc).__name__, f"the function of task {tid!r} could not be pickled: {exc}"
-                    )
-            out[tid] = by_function[key]
-        return out
 
     # -- the loop -----------------------------------------------------------------
 
@@ -283,7 +266,7 @@ class Engine:
             run.calls[tid] = call
             run.grants[tid] = grant
             run.states[tid] = TaskState.RUNNING
-            code = run.code[tid]
+            code = run.snapshot.code[tid]
             if isinstance(code, TaskError):  # nothing a worker could run: fail like an attempt would
                 future: Future[TaskOutcome] = Future()
                 future.set_result(TaskOutcome(error=code))
@@ -293,11 +276,12 @@ class Engine:
 
     def _first_call(self, run: RunState, tid: str, grant: Grant) -> TaskCall:
         t = run.plan.tasks[tid]
-        code = run.code[tid]
+        code = run.snapshot.code[tid]
         if isinstance(code, TaskError):
             code = _NO_CODE
-        # Outputs of reused tasks are plain values (no backend holds them): pass them as constants.
-        constants = dict(t.constants) | {
+        # Constants as they were at run(); outputs of reused tasks are plain values
+        # (no backend holds them), passed as constants too.
+        constants = {key: frozen.value for key, frozen in run.snapshot.constants[tid].items()} | {
             key: run.results[ref.task_id][ref.key] for key, ref in t.refs.items() if ref.task_id in run.reused
         }
         inputs = {key: run.handles[ref.task_id][ref.key] for key, ref in t.refs.items() if ref.task_id not in run.reused}

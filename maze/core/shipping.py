@@ -1,5 +1,10 @@
-"""Task code as it travels to workers: pickled once per run, keyed by content.
+"""What a run takes from the caller's world at ``run()``: its code and its constant inputs.
 
+A run must compute with the code and the values as they are when ``run()`` is
+called, whatever the caller does next (edit a global, fill an array with
+zeros, re-run a cell), and whenever each task happens to start.
+
+Code. 
 ``run()`` pickles each distinct task function of the plan (cloudpickle, so a
 function defined in a notebook travels *by value*, with the globals, closure
 cells and defaults it refers to as they are at that moment). The key is a hash
@@ -13,13 +18,21 @@ of those bytes, so:
 Backends must key their worker-side caches by :attr:`ShippedCode.key`, never
 by the identity of the function object: the same object may hold different
 globals from one run to the next.
+
+Constant inputs. :func:`freeze` takes a private copy of each value by one
+pickle round trip (protocol 5: array buffers are copied once, with no pickle
+framing), so a later in-place change of the caller's object reaches neither
+the run nor its fingerprint; the value's digest hashes those same bytes, so a
+cached result is always filed under the inputs it was computed from. A value
+that cannot be pickled is passed as it is, and is never reused from a cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import cloudpickle
 
@@ -46,3 +59,37 @@ def ship(func: TaskBody) -> ShippedCode:
     """Pickle ``func`` now. Raises what cloudpickle raises for code that cannot travel."""
     data = cloudpickle.dumps(func, protocol=pickle.HIGHEST_PROTOCOL)
     return ShippedCode(hashlib.blake2b(data, digest_size=16).hexdigest(), data)
+
+
+@dataclass(frozen=True, slots=True)
+class FrozenValue:
+    """A constant input as it was at ``run()``: a private copy, and the bytes it was copied through."""
+
+    value: Any                                  # the copy (the original, when it cannot be pickled)
+    data: bytes | None                          # its pickle; None when it cannot be pickled
+    buffers: tuple[bytearray, ...] = field(default=(), repr=False)   # its out-of-band buffers
+
+    def digest(self) -> str:
+        """A hash of the value's bytes; ``""`` when it cannot be pickled (it is never reused)."""
+        if self.data is None:
+            return ""
+        h = hashlib.sha256(self.data)
+        for b in self.buffers:
+            h.update(b)
+        return h.hexdigest()[:32]
+
+
+def freeze(value: Any) -> FrozenValue:
+    """A private copy of ``value``, taken now (see the module docstring)."""
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    except Exception:  # noqa: BLE001 - lambdas, local classes: cloudpickle, which unpickles with pickle
+        buffers = []
+        try:
+            data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        except Exception:  # noqa: BLE001 - a lock, an open file: passed as it is
+            return FrozenValue(value, None)
+    copies = tuple(bytearray(b.raw()) for b in buffers)   # writable, like the caller's array was
+    return FrozenValue(pickle.loads(data, buffers=copies), data, copies)
+

@@ -121,6 +121,13 @@ def _import_task(module: str, qualname: str) -> TaskFunction:
     return found
 
 
+def _name_of(body: Callable[..., Any]) -> str:
+    """A task's default name: the function's, also through ``functools.partial``."""
+    while isinstance(body, functools.partial):
+        body = body.func
+    return getattr(body, "__name__", None) or type(body).__name__
+
+
 def _check_callable_with_params(body: Callable[..., Any], owner: str) -> None:
     """Refuse now a function that could never be called with the one ``params`` dict."""
     try:
@@ -205,7 +212,7 @@ def task(
             raise TypeError(f"@task was applied twice to {body.spec.name!r}; apply it once")
         if not callable(body):
             raise TypeError(f"@task expects a function, got {type(body).__name__} {body!r}")
-        name = getattr(body, "__name__", type(body).__name__)
+        name = _name_of(body)
         owner = f"@task {name!r}"
         _check_callable_with_params(body, owner)
         spec = TaskSpec(

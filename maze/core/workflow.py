@@ -92,16 +92,20 @@ class TaskOutputs(Mapping[str, TaskOutput]):
         return f"TaskOutputs({self._task_id!r}, {list(self._refs)})"
 
 
-def _holds_output(value: Any) -> bool:
-    """Whether a constant input is a list, tuple, set or dict with a task output in it (one level)."""
+def _holds_output(value: Any, depth: int = 3) -> bool:
+    """Whether a constant input has a task output inside it (lists, tuples, sets, dicts; a few levels)."""
+    if isinstance(value, (TaskOutput, TaskOutputs, MaTask)):
+        return True
+    if depth == 0:
+        return False
     if isinstance(value, dict):
-        items: Iterable[Any] = [*value.keys(), *value.values()]
+        items: Iterable[Any] = [*islice(value.keys(), 1000), *islice(value.values(), 1000)]
     elif isinstance(value, (list, tuple, set, frozenset)):
-        items = value
+        # The first items only: a long list of numbers must not make add_task slow.
+        items = islice(value, 1000)
     else:
         return False
-    # Look at the first items only: a long list of numbers must not make add_task slow.
-    return any(isinstance(v, (TaskOutput, TaskOutputs, MaTask)) for v in islice(items, 1000))
+    return any(_holds_output(v, depth - 1) for v in items)
 
 
 class MaTask:
@@ -211,7 +215,7 @@ class MaWorkflow:
                     f"{owner}: input {key!r} is all the outputs of task {value.task_id!r} at once; "
                     f"wire one of them: {picks or '(it declares no outputs)'}"
                 )
-            if _holds_output(value):
+            if not isinstance(value, (TaskOutput, MaTask)) and _holds_output(value):
                 raise WorkflowError(
                     f"{owner}: input {key!r} is a {type(value).__name__} holding task outputs; a task "
                     "output is wired as an input's whole value: give each output its own input"
@@ -354,6 +358,8 @@ class MaWorkflow:
     def wait(self, run_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Block until the run ends (printing what its tasks print); return the summary dict."""
         run = self._run(run_id)
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
+            raise ValueError(f"wait: timeout={timeout!r} is not accepted; expected seconds, 0 or more, or None")
         if timeout is None:
             for message in self._watch(run, run.follow_logs):
                 report.echo_log(message)
