@@ -85,10 +85,10 @@ class RunFold:
         if kind == MessageType.FINISH_WORKFLOW:
             self.status, self.duration, self.ended = d["status"], d.get("duration"), True
             if d["status"] == "interrupted":
-                for tid, state in self.states.items():
+                for task_id, state in self.states.items():
                     if not state.terminal:
-                        self.states[tid] = TaskView.INTERRUPTED
-                        self.changed.add(tid)
+                        self.states[task_id] = TaskView.INTERRUPTED
+                        self.changed.add(task_id)
             return
         tid = d.get("task_id")
         if tid not in self.states:

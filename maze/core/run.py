@@ -118,7 +118,7 @@ class RunState:
         for t in plan.tasks.values():
             for up in {ref.task_id for ref in t.refs.values()}:
                 self.consumers[up] += 1
-        self.snapshot: Snapshot | None = None        # code and constants as they were at run()
+        self.snapshot = Snapshot({}, {}, {})          # code and constants as they were at run() (set by the scheduler)
         self.fingerprints: dict[str, Fingerprint] = {}   # set by the scheduler at start
         self.reusable: dict[str, tuple[Mapping[str, Any], str]] = {}  # task -> (result, where it came from)
         self.reasons: dict[str, str] = {}           # why each task ran, or was reused (resume, cache)

@@ -4,9 +4,8 @@ A run must compute with the code and the values as they are when ``run()`` is
 called, whatever the caller does next (edit a global, fill an array with
 zeros, re-run a cell), and whenever each task happens to start.
 
-Code. 
-``run()`` pickles each distinct task function of the plan (cloudpickle, so a
-function defined in a notebook travels *by value*, with the globals, closure
+Code. ``run()`` pickles each distinct task function of the plan (cloudpickle,
+so a function defined in a notebook travels *by value*, with the globals, closure
 cells and defaults it refers to as they are at that moment). The key is a hash
 of those bytes, so:
 
