@@ -5,6 +5,8 @@ from __future__ import annotations
 import comm
 import pytest
 
+from maze import task
+from maze.notebook.states import LOG_LINES
 from tasks_misc import boom, inc, sleeper
 
 
@@ -48,11 +50,16 @@ def dag_comm(made: list[RecordingComm]) -> RecordingComm:
     return next(c for c in made if c.opened["data"]["state"].get("_model_name") == "AnyModel")
 
 
-def state_updates(recorded: RecordingComm) -> list[dict]:
-    return [m["state"]["states"] for m in recorded.messages if m and m.get("method") == "update" and "states" in m["state"]]
+def updates(recorded: RecordingComm, trait: str) -> list:
+    return [m["state"][trait] for m in recorded.messages
+            if m and m.get("method") == "update" and trait in m.get("state", {})]
 
 
-def test_live_widget_follows_a_run_with_few_updates(local_client, comms):
+def customs(recorded: RecordingComm) -> list[dict]:
+    return [m["content"] for m in recorded.messages if m and m.get("method") == "custom"]
+
+
+def test_live_widget_sends_diffs_of_changed_tasks_only(local_client, comms):
     wf = local_client.create_workflow("chain")
     prev = wf.add_task(sleeper, inputs={"seconds": 0.3})
     for _ in range(60):
@@ -61,16 +68,65 @@ def test_live_widget_follows_a_run_with_few_updates(local_client, comms):
     run_id = wf.run()
     widget = wf.show_graph(run_id)
     widget.wait(30)
-    opened = dag_comm(comms).opened["data"]["state"]
-    assert opened["nodes"]["sleeper"] == "task-t0"
-    svgs = [m["state"]["svg"] for m in dag_comm(comms).messages if m and "svg" in m.get("state", {})]
+    recorded = dag_comm(comms)
+    opened = recorded.opened["data"]["state"]
+    [nodes] = updates(recorded, "nodes")                         # sent once, with the layout
+    assert nodes["sleeper"] == "task-t0" and widget.groups == {}   # a chain: no groups
+    svgs = updates(recorded, "svg")
     assert len(svgs) == 1 and svgs[0].startswith("<svg")      # laid out once, in the background
-    updates = [opened["states"], *state_updates(dag_comm(comms))]   # the first frame, then each update
-    assert updates[-1] == {t["id"]: "finished" for t in wf.get_tasks()}
-    assert any(u.get("sleeper") == "running" for u in updates)         # seen running, live
-    assert len(updates) < len(wf.get_results(run_id)) / 4               # throttled: not one per message
-    statuses = [m["state"]["status"] for m in dag_comm(comms).messages if m and "status" in m.get("state", {})]
-    assert statuses[-1] == "completed"
+    diffs = updates(recorded, "diff")
+    seen = dict(opened["states"])
+    for d in diffs:
+        assert d["states"] and all(seen.get(t) != s for t, s in d["states"].items())   # only what changed
+        assert set(d["tooltips"]) == set(d["states"])
+        seen.update(d["states"])
+    assert seen == {t["id"]: "finished" for t in wf.get_tasks()}
+    frames = [opened["states"]] + [d["states"] for d in diffs]
+    assert any(f.get("sleeper") == "running" for f in frames)            # seen running, live
+    assert [d["seq"] for d in diffs] == list(range(1, len(diffs) + 1))
+    assert len(diffs) < len(wf.get_results(run_id)) / 4                  # throttled: not one per message
+    assert updates(recorded, "states")[-1] == seen                       # the full map, at the end
+    assert updates(recorded, "status")[-1] == "completed"
+
+
+@task(inputs=["i"], outputs=["y"])
+def work(params):
+    if params["i"] % 100 == 7:
+        print(f"item {params['i']} is bad")
+        raise ValueError(f"bad item {params['i']}\nsecond line")
+    print(f"item {params['i']} ok")
+    return {"y": params["i"]}
+
+
+def test_a_fan_out_is_one_group_with_its_own_progress_failures_and_log(local_client, comms):
+    wf = local_client.create_workflow("fan")
+    src = wf.add_task(inc, inputs={"x": 0})
+    for i in range(300):
+        wf.add_task(work, inputs={"i": i})
+        wf.add_edge(src, wf.get_tasks()[-1]["id"])
+    run_id = wf.run()
+    widget = wf.show_graph(run_id)
+    widget.wait(60)
+    recorded = dag_comm(comms)
+    [nodes], [groups] = updates(recorded, "nodes"), updates(recorded, "groups")
+    assert groups == {"group-g1": {"label": "work × 300", "size": 300}}
+    assert nodes["inc"] == "task-t0" and {nodes[t["id"]] for t in wf.get_tasks()[1:]} == {"group-g1"}
+    [svg] = updates(recorded, "svg")
+    assert svg.count('class="node') == 2 and "work × 300" in svg     # two boxes, not 301
+    assert widget.failed == 3 and [f["task"] for f in widget.failures] == ["work-8", "work-108", "work-208"]
+    assert widget.failures[0]["error"] == "ValueError: bad item 7"    # the first line, in the widget itself
+    assert widget.log_lines == 300 and len(widget.log.splitlines()) == LOG_LINES   # the pane is bounded
+    assert all(line.startswith("[work-") and " item " in line for line in widget.log.splitlines())
+    assert "3 ✘" in widget.static_svg() and "297 ✔" in widget.static_svg()
+
+    widget._on_front_end_msg(widget, {"type": "task", "task": "work-8"}, [])   # the user clicks a failure
+    detail = customs(recorded)[-1]
+    assert detail["type"] == "detail" and detail["state"] == "failed"
+    assert "second line" in detail["error"] and "Traceback" in detail["error"]
+    assert detail["output"] == "item 7 is bad"
+    widget._on_front_end_msg(widget, {"type": "group", "group": "group-g1"}, [])  # ... and the group
+    listing = customs(recorded)[-1]
+    assert listing["counts"] == "297 ✔  3 ✘" and listing["tasks"][0] == ["work-8", "failed"]
 
 
 def test_replay_of_a_finished_run(local_client, comms):

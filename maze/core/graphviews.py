@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import RendererError
+from .grouping import Grouping, group_plan
 from .plan import Plan
 
 FORMATS = ("svg", "png", "pdf")
@@ -99,17 +100,22 @@ def dot_quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def _attrs(attrs: Mapping[str, str]) -> str:
-    return ", ".join(f"{k}={dot_quote(v)}" for k, v in attrs.items())
-
-
 def to_dot(
     plan: Plan,
     node_attrs: Mapping[str, Mapping[str, str]] | None = None,
     graph_attrs: Mapping[str, str] | None = None,
+    *,
+    grouping: Grouping | None = None,
 ) -> str:
-    """Graphviz DOT source. ``node_attrs`` adds or overrides attributes per task id."""
+    """Graphviz DOT source, by groups for a large plan (see :mod:`.grouping`).
+
+    ``node_attrs`` adds or overrides attributes per node: keyed by task id for
+    a task drawn alone, by group id ("g3") for a group. A task drawn alone has
+    the DOM id ``task-t<i>`` (``i`` its position in the plan), a group
+    ``group-g<j>``.
+    """
     ids = _ids(plan)
+    grouping = grouping or group_plan(plan)
     graph = {"rankdir": "TB", "fontname": "Helvetica", "bgcolor": "transparent", **(graph_attrs or {})}
     lines = [
         f"digraph {dot_quote(plan.name)} {{",
@@ -118,15 +124,31 @@ def to_dot(
         'fontname="Helvetica", fontsize="11"];',
         '  edge [color="#777777", fontname="Helvetica", fontsize="9"];',
     ]
-    for tid, t in plan.tasks.items():
-        attrs = {"label": tid if tid == t.name else f"{tid}\n({t.name})", "id": f"task-{ids[tid]}", "tooltip": tid}
-        attrs.update((node_attrs or {}).get(tid, {}))
-        lines.append(f"  {ids[tid]} [{_attrs(attrs)}];")
-    for e in plan.edges:
-        style = {"style": "dashed"} if not e.keys else {}
-        lines.append(f"  {ids[e.source]} -> {ids[e.target]}" + (f" [{_attrs(style)}]" if style else "") + ";")
+    names: dict[str, str] = {}   # group id -> DOT node name
+    for g in grouping.groups:
+        if len(g.task_ids) == 1:
+            tid = g.task_ids[0]
+            t = plan.tasks[tid]
+            names[g.group_id] = ids[tid]
+            attrs = {"label": tid if tid == t.name else f"{tid}\n({t.name})", "id": f"task-{ids[tid]}", "tooltip": tid}
+            attrs.update((node_attrs or {}).get(tid, {}))
+        else:
+            names[g.group_id] = g.group_id
+            attrs = {"label": g.label, "id": f"group-{g.group_id}", "tooltip": f"{g.label}: {len(g.task_ids):,} tasks",
+                     "peripheries": "2"}
+            attrs.update((node_attrs or {}).get(g.group_id, {}))
+        lines.append(f"  {names[g.group_id]} [{_attrs(attrs)}];")
+    for source, target, data in grouping.edges:
+        style = "" if data else f" [{_attrs({'style': 'dashed'})}]"
+        lines.append(f"  {names[source]} -> {names[target]}{style};")
     lines.append("}")
     return "\n".join(lines)
+
+
+def _attrs(attrs: Mapping[str, str]) -> str:
+    # An HTML-like label (``<...>``) is DOT syntax of its own: not quoted.
+    return ", ".join(f"{k}={v if k == 'label' and v.startswith('<') and v.endswith('>') else dot_quote(v)}"
+                     for k, v in attrs.items())
 
 
 def find_dot() -> str | None:

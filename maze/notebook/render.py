@@ -9,12 +9,15 @@ name and a border style.
 
 from __future__ import annotations
 
+import html
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from maze.core.errors import RendererError
 from maze.core.graphviews import render
 from maze.core.graphviews import to_dot as plan_to_dot
+from maze.core.grouping import Group, Grouping, group_plan
 from maze.core.plan import Plan
 
 
@@ -68,12 +71,74 @@ def to_dot(
     plan: Plan,
     states: Mapping[str, str] | None = None,
     tooltips: Mapping[str, str] | None = None,
+    *,
+    grouping: Grouping | None = None,
 ) -> str:
-    """DOT for ``plan`` with each task drawn in its state (``pending`` when absent)."""
+    """DOT for ``plan`` with each task drawn in its state (``pending`` when absent).
+
+    A large plan is drawn by groups (:mod:`maze.core.grouping`); a group shows
+    its own progress: a count per state and a stacked bar, its colour the
+    state that matters most (failed, then running, then pending, then done).
+    """
     states = states or {}
     tooltips = tooltips or {}
-    attrs = {tid: node_attrs(states.get(tid, "pending"), tid, tooltips.get(tid)) for tid in plan.tasks}
-    return plan_to_dot(plan, node_attrs=attrs, graph_attrs={"pad": "0.2", "nodesep": "0.35", "ranksep": "0.45"})
+    grouping = grouping or group_plan(plan)
+    attrs: dict[str, dict[str, str]] = {}
+    for g in grouping.groups:
+        if len(g.task_ids) == 1:
+            tid = g.task_ids[0]
+            attrs[tid] = node_attrs(states.get(tid, "pending"), tid, tooltips.get(tid))
+        else:
+            counts = Counter(states.get(tid, "pending") for tid in g.task_ids)
+            attrs[g.group_id] = group_attrs(g, counts)
+    return plan_to_dot(plan, node_attrs=attrs, grouping=grouping,
+                       graph_attrs={"pad": "0.2", "nodesep": "0.35", "ranksep": "0.45"})
+
+
+#: Which state colours a group: the first of these that any of its tasks is in.
+GROUP_PRECEDENCE = ("failed", "running", "retrying", "interrupted", "cancelled", "pending",
+                    "skipped", "cached", "finished")
+BAR_WIDTH = 140     # points: the stacked bar of a group node
+
+
+def group_state(counts: Mapping[str, int]) -> str:
+    """The state a group is drawn in (dag.js has the same rule): a failure shows first; a group
+    partly done and partly pending is running."""
+    present = [s for s in GROUP_PRECEDENCE if counts.get(s)]
+    if not present:
+        return "pending"
+    if present[0] == "pending" and any(s in present for s in ("finished", "cached", "skipped")):
+        return "running"
+    return present[0]
+
+
+def counts_text(counts: Mapping[str, int]) -> str:
+    """``412 ✔  3 ✘  585 ○``: the count of each state present, with its icon."""
+    return "  ".join(f"{counts[s]:,} {LOOKS[s].icon}" for s in STATES if counts.get(s))
+
+
+def group_attrs(group: Group, counts: Mapping[str, int]) -> dict[str, str]:
+    """A group node: its name and size, a count per state, and a stacked bar (an HTML-like label)."""
+    look = LOOKS[group_state(counts)]
+    total = sum(counts.values()) or 1
+    cells = []
+    for s in STATES:   # widths in whole points that add up to the bar's width
+        if counts.get(s):
+            cells.append((s, counts[s]))
+    widths = [max(1, round(BAR_WIDTH * n / total)) for _, n in cells]
+    widths[-1] += BAR_WIDTH - sum(widths)
+    bar = "".join(f'<TD WIDTH="{w}" HEIGHT="8" FIXEDSIZE="TRUE" BGCOLOR="{LOOKS[s].fill if LOOKS[s].fill != "#FFFFFF" else "#DDDDDD"}"></TD>'
+                  for (s, _), w in zip(cells, widths))
+    label = (
+        f'<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">'
+        f'<TR><TD COLSPAN="{len(cells)}"><B>{html.escape(group.label)}</B></TD></TR>'
+        f'<TR><TD COLSPAN="{len(cells)}">{html.escape(counts_text(counts))}</TD></TR>'
+        f"<TR>{bar}</TR></TABLE>>"
+    )
+    return {
+        "label": label, "fillcolor": look.fill, "fontcolor": look.font, "color": look.border,
+        "style": look.style, "penwidth": look.width, "class": f"maze-group maze-{group_state(counts)}",
+    }
 
 
 def to_svg(dot: str, *, background: bool = False) -> str | None:

@@ -10,23 +10,67 @@ same states a replayed summary reports.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
 from typing import Any
 
-from maze.core.fold import RunFold
+from maze.core.fold import RunFold, TaskView
 from maze.core.plan import Plan
 
 
+#: Lines of printed output a board keeps: per task (for its details), and for the run's log pane.
+TASK_OUTPUT_LINES = 50
+LOG_LINES = 200
+
+
 class Board:
-    """The states of one run's tasks, for drawing."""
+    """The states of one run's tasks, for drawing, with the bounded output a viewer shows."""
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self._fold = RunFold(tuple(plan.tasks))
+        self.output: dict[str, deque[str]] = {}          # task id -> its last printed lines
+        self.log: deque[str] = deque(maxlen=LOG_LINES)     # the run's last printed lines, marked with the task
+        self.log_lines = 0                                 # how many lines were printed in all
+        self.log_changed = False
 
     def apply(self, messages: Iterable[dict[str, Any]]) -> None:
-        self._fold.apply(messages)
+        fold_these = []
+        for m in messages:
+            if m["type"] == "task_log":
+                self._printed(m["data"])
+            else:
+                fold_these.append(m)
+        self._fold.apply(fold_these)
+
+    def _printed(self, d: dict[str, Any]) -> None:
+        tid = d.get("task_id", "")
+        lines = d.get("text", "").splitlines() or [""]
+        self.output.setdefault(tid, deque(maxlen=TASK_OUTPUT_LINES)).extend(lines)
+        self.log.extend(f"[{tid}] {line}" for line in lines)
+        self.log_lines += len(lines)
+        self.log_changed = True
+
+    def failures(self, limit: int = 50) -> list[dict[str, str]]:
+        """The first ``limit`` failed tasks, with the first line of their error."""
+        out = []
+        for tid in self._fold.in_state(TaskView.FAILED)[:limit]:
+            why = self.why(tid) or ""
+            out.append({"task": tid, "error": why.splitlines()[0] if why else ""})
+        return out
+
+    def failed_count(self) -> int:
+        return len(self._fold.in_state(TaskView.FAILED))
+
+    def detail(self, tid: str) -> dict[str, str]:
+        """What a viewer shows when a task is picked: its state, its whole error and its output."""
+        err = self._fold.errors.get(tid)
+        return {
+            "task": tid,
+            "state": self._fold.states[tid].value,
+            "error": err.traceback if err is not None else (self._fold.skip_reasons.get(tid) or ""),
+            "output": "\n".join(self.output.get(tid, ())),
+        }
 
     @property
     def states(self) -> dict[str, str]:

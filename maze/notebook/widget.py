@@ -1,11 +1,19 @@
 """The live DAG widget.
 
-The graph is laid out once, by Graphviz, into an SVG that never changes
-afterwards; the widget then only syncs each task's state and hover text, and
-its front end (a few lines of JavaScript, served through anywidget) recolours
-the nodes in place. A watcher thread reads the run's message stream, at most
-a few times a second, so a run of thousands of tasks sends a handful of small
-updates instead of one per message, and the run itself never waits for it.
+The graph is laid out once, by Graphviz, in a background thread at low
+priority, into an SVG that never changes afterwards; a large plan is laid out
+by groups (:mod:`maze.core.grouping`), so a thousand-task fan-out is three
+readable boxes, each group showing its own progress. The front end (dag.js,
+served through anywidget) indexes the SVG's nodes once and then does constant
+work per changed task: recolour one node, or move one count of its group.
+
+A watcher thread folds the run's messages into a :class:`~.states.Board` at
+most :data:`UPDATES_PER_S` times a second and sends only what changed (the
+``diff`` trait: the states and hover texts of the tasks that changed since
+the last update). The full ``states`` map, which a view opened later starts
+from, is re-sent only every :data:`SNAPSHOT_S` seconds and at the end. The
+front end asks for a task's whole error and output when the user picks it
+(a custom message), so they never travel unasked.
 
 Where no widget front end exists (nbconvert, nbval, GitHub's viewer) the
 display falls back to a static SVG of the current states, and
@@ -16,19 +24,26 @@ from __future__ import annotations
 
 import html
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import anywidget
 import traitlets
 
+from maze.core.grouping import Grouping, group_plan
 from maze.core.plan import Plan
 from maze.core.run import RunState
 
-from .render import LOOKS, NO_RENDERER_HINT, to_dot, to_svg
+from .render import LOOKS, NO_RENDERER_HINT, counts_text, to_dot, to_svg
 from .states import Board
 
 _HERE = Path(__file__).parent
+
+#: At most this many updates a second reach the front end during a run.
+UPDATES_PER_S = 10
+#: The full map of states is re-sent this often (for views opened later); diffs in between.
+SNAPSHOT_S = 2.0
 
 
 class DagWidget(anywidget.AnyWidget):
@@ -39,41 +54,54 @@ class DagWidget(anywidget.AnyWidget):
 
     svg = traitlets.Unicode("", help="The laid-out graph; set once.").tag(sync=True)
     dot = traitlets.Unicode("", help="DOT source, shown when Graphviz is missing.").tag(sync=True)
-    nodes = traitlets.Dict({}, help="Task id -> the id of its SVG element.").tag(sync=True)
-    states = traitlets.Dict({}, help="Task id -> state name.").tag(sync=True)
-    tooltips = traitlets.Dict({}, help="Task id -> text shown on hover.").tag(sync=True)
+    nodes = traitlets.Dict({}, help="Task id -> the id of the SVG element that draws it (its own or its group's).").tag(sync=True)
+    groups = traitlets.Dict({}, help="Group element id -> {label, size} for nodes that draw several tasks.").tag(sync=True)
+    states = traitlets.Dict({}, help="Task id -> state name: the full map, re-sent now and then.").tag(sync=True)
+    diff = traitlets.Dict({}, help="{seq, states, tooltips}: what changed since the last update.").tag(sync=True)
+    tooltips = traitlets.Dict({}, help="Task id -> hover text, as of the last full map.").tag(sync=True)
     looks = traitlets.Dict({}, help="State name -> colours, icon and border of that state.").tag(sync=True)
+    failures = traitlets.List([], help="The first failed tasks: [{task, error}] (error's first line).").tag(sync=True)
+    failed = traitlets.Int(0, help="How many tasks failed in all.").tag(sync=True)
+    log = traitlets.Unicode("", help="The run's last printed lines, marked with their task.").tag(sync=True)
+    log_lines = traitlets.Int(0, help="How many lines the run's tasks printed in all.").tag(sync=True)
     status = traitlets.Unicode("pending", help="The run's status.").tag(sync=True)
     title = traitlets.Unicode("", help="Workflow name and run id.").tag(sync=True)
     hint = traitlets.Unicode("", help="Why there is no picture, if there is none.").tag(sync=True)
 
-    def __init__(self, plan: Plan, run: RunState | None = None, *, interval: float = 0.25, **kwargs: Any) -> None:
+    def __init__(self, plan: Plan, run: RunState | None = None, *, interval: float = 1 / UPDATES_PER_S,
+                 **kwargs: Any) -> None:
         self._plan = plan
         self._run = run
         self._board = Board(plan)
         self._interval = interval
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._grouping: Grouping | None = None
+        self._seq = 0
+        self._snapshot_at = time.monotonic()
         seen = 0
         if run is not None:  # replay what happened so far, so the first frame is already right
             with run.changed:
                 recorded = list(run.messages)
             self._board.apply(recorded)
             seen = len(recorded)
-        self._tips = self._board.tooltips()
         self._board.take_changed()
         super().__init__(
-            nodes={tid: f"task-t{i}" for i, tid in enumerate(plan.tasks)},
             looks={name: {"fill": lk.fill, "font": lk.font, "border": lk.border, "icon": lk.icon,
                           "dash": _dash(lk.style), "width": lk.width} for name, lk in LOOKS.items()},
             title=plan.name + (f" · {run.run_id}" if run else ""),
-            states=dict(self._board.states),
-            tooltips=self._tips,
+            states=self._board.states,
+            tooltips=self._board.tooltips(),
             status=self._board.status,
+            failures=self._board.failures(),
+            failed=self._board.failed_count(),
+            log="\n".join(self._board.log),
+            log_lines=self._board.log_lines,
             **kwargs,
         )
-        # Laying out a large graph takes a while (0.7 s for 1,000 nodes): do it
-        # off the caller's thread, at low priority, and show it when ready.
+        self.on_msg(self._on_front_end_msg)
+        # Grouping and laying out a large graph take a while (0.7 s for 1,000 nodes
+        # ungrouped): do both off the caller's thread, at low priority.
         self._layout = threading.Thread(target=self._lay_out, name="maze-layout", daemon=True)
         self._layout.start()
         if run is not None and not (run.ended.is_set() and seen == len(run.messages)):
@@ -81,9 +109,20 @@ class DagWidget(anywidget.AnyWidget):
             self._watcher.start()
 
     def _lay_out(self) -> None:
-        layout = to_dot(self._plan)
+        grouping = self._grouping = group_plan(self._plan)
+        layout = to_dot(self._plan, grouping=grouping)
         svg = to_svg(layout, background=True)
+        nodes, groups = {}, {}
+        positions = {tid: i for i, tid in enumerate(self._plan.tasks)}
+        for g in grouping.groups:
+            if len(g.task_ids) == 1:
+                nodes[g.task_ids[0]] = f"task-t{positions[g.task_ids[0]]}"
+            else:
+                element = f"group-{g.group_id}"
+                groups[element] = {"label": g.label, "size": len(g.task_ids)}
+                nodes.update(dict.fromkeys(g.task_ids, element))
         with self.hold_sync():
+            self.nodes, self.groups = nodes, groups
             if svg:
                 self.svg = svg
             else:
@@ -93,12 +132,12 @@ class DagWidget(anywidget.AnyWidget):
     def board(self) -> Board:
         return self._board
 
-    def _catch_up(self, run: RunState, seen: int) -> int:
+    def _catch_up(self, run: RunState, seen: int, *, last: bool = False) -> int:
         with run.changed:
             batch = run.messages[seen:]
-        if batch:
+        if batch or last:
             self._board.apply(batch)
-            self._publish()
+            self._publish(full=last)
         return seen + len(batch)
 
     def _watch(self, run: RunState, seen: int) -> None:
@@ -106,7 +145,7 @@ class DagWidget(anywidget.AnyWidget):
         # front end, and a burst of messages becomes one update.
         while not self._stop.is_set():
             ended = run.ended.wait(self._interval)
-            seen = self._catch_up(run, seen)
+            seen = self._catch_up(run, seen, last=ended)
             if ended:
                 return
 
@@ -116,16 +155,48 @@ class DagWidget(anywidget.AnyWidget):
         if self._watcher is not None:
             self._watcher.join(timeout)
 
-    def _publish(self) -> None:
+    def _publish(self, *, full: bool = False) -> None:
+        """Send what changed: a diff of the changed tasks; now and then (and at the end) the full map."""
         b = self._board
-        tips = dict(self._tips)
-        for tid in b.take_changed():  # hover texts change only with their task
-            tips[tid] = b.tooltip(tid)
-        self._tips = tips
+        changed = b.take_changed()
+        states = b.states
+        full = full or time.monotonic() - self._snapshot_at >= SNAPSHOT_S
         with self.hold_sync():
-            self.states = dict(b.states)
-            self.tooltips = tips
+            if changed:
+                self._seq += 1
+                self.diff = {"seq": self._seq, "states": {tid: states[tid] for tid in changed},
+                             "tooltips": {tid: b.tooltip(tid) for tid in changed}}
+                if b.failed_count() != self.failed:
+                    self.failures, self.failed = b.failures(), b.failed_count()
+            if b.log_changed:
+                b.log_changed = False
+                self.log, self.log_lines = "\n".join(b.log), b.log_lines
+            if full:
+                self._snapshot_at = time.monotonic()
+                self.states, self.tooltips = states, b.tooltips()
             self.status = b.status
+
+    def _on_front_end_msg(self, widget: Any, content: Any, buffers: Any) -> None:
+        """The front end asks for the details of a task or a group the user picked."""
+        if not isinstance(content, dict):
+            return
+        if content.get("type") == "task" and content.get("task") in self._plan.tasks:
+            self.send({"type": "detail", **self._board.detail(content["task"])})
+        elif content.get("type") == "group" and self._grouping is not None:
+            group = next((g for g in self._grouping.groups if f"group-{g.group_id}" == content.get("group")), None)
+            if group is not None:
+                self.send({"type": "group", "group": content["group"], **self._group_detail(group.task_ids)})
+
+    def _group_detail(self, task_ids: tuple[str, ...], limit: int = 200) -> dict[str, Any]:
+        states = self._board.states
+        order = {s: i for i, s in enumerate(("failed", "running", "retrying", "cancelled", "interrupted",
+                                              "skipped", "pending", "cached", "finished"))}
+        ranked = sorted(task_ids, key=lambda t: order.get(states[t], 99))
+        counts: dict[str, int] = {}
+        for t in task_ids:
+            counts[states[t]] = counts.get(states[t], 0) + 1
+        return {"counts": counts_text(counts), "tasks": [[t, states[t]] for t in ranked[:limit]],
+                "more": max(0, len(task_ids) - limit)}
 
     def close(self) -> None:
         self._stop.set()
