@@ -166,11 +166,16 @@ class MaClient:
         """The messages of any run, live or recorded (replayed after a restart)."""
         return list(self.run_state(run_id).log())
 
-    def show_results(self, run_id: str, *, file: TextIO | None = None) -> dict[str, Any]:
-        """Print a run's progress (live, or replayed from the history); return its summary."""
+    def show_results(self, run_id: str, *, file: TextIO | None = None, verbose: bool | None = None) -> dict[str, Any]:
+        """Show a run's progress (live, or replayed from the history); return its summary.
+
+        As :meth:`MaWorkflow.show_results`: in a notebook the live DAG and one
+        summary line; a line per event in a terminal or with ``verbose=True``.
+        """
         run = self.run_state(run_id)
-        self._viewer.watch(run)
-        return print_progress(run, iter(run.log()), file or sys.stdout)
+        shown = self._viewer.watch(run)
+        per_message = verbose if verbose is not None else not shown
+        return print_progress(run, iter(run.log()), file or sys.stdout, per_message=per_message)
 
     def show_graph(self, run_id: str) -> Any:
         """The DAG widget of any run, live or replayed."""
@@ -179,7 +184,10 @@ class MaClient:
 
     def delete_runs(self, *, before: float | None = None, keep_last: int | None = None,
                     run_ids: list[str] | None = None) -> int:
-        """Remove runs from the history: started before ``before`` (epoch s), all but the newest ``keep_last``, or by id."""
+        """Remove runs from the history: started before ``before`` (epoch s), all but the newest ``keep_last``, or by id.
+
+        A run still going (in any live process) is never removed; returns how many were.
+        """
         return self._reader().delete(before=before, keep_last=keep_last, run_ids=run_ids)
 
     def close(self) -> None:

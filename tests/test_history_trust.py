@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import pickle
 import re
@@ -97,6 +98,24 @@ def test_messages_are_json_and_result_values_come_back_only_when_asked(tmp_path)
     shown = reader.messages(RUN, values=False)[1]["data"]["result"]
     assert isinstance(shown["array"], Stored) and shown["array"] == "<ndarray, stored in the history>"
     assert isinstance(shown["big"], Dropped) and shown["n"] == 3
+
+
+class Unprintable:
+    """A dict key JSON cannot hold whose ``str`` fails."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+    def __repr__(self) -> str:
+        return "<unprintable>"
+
+
+def test_a_key_without_str_is_written_as_its_repr(tmp_path, caplog):
+    path = tmp_path / "h.sqlite3"
+    with caplog.at_level(logging.WARNING, logger="maze"):
+        record(path, [msg(MessageType.START_TASK, "t", where={Unprintable(): 1, (2, 3): 4})])
+    assert HistoryReader(path).messages(RUN)[0]["data"]["where"] == {"<unprintable>": 1, "(2, 3)": 4}
+    assert caplog.records == []
 
 
 def test_a_planted_pickle_is_loaded_only_from_a_private_file(tmp_path):
@@ -388,3 +407,129 @@ def test_output_bounds_are_per_task_and_held_back_lines_reach_the_file(tmp_path)
         ("t", marker.format(3)), ("u", marker.format(2)), ("t", "t4\n"), ("u", "u4\n"),
         ("u", "task_skipped"), (None, "finish_workflow")]
     assert [m["data"]["text"] for m in reader.messages("run-2")] == ["x0\n", "x1\n", "x2\n"]
+
+
+# -- 5. deleting, failing, closing while runs are recorded --------------------------------------------
+
+def test_a_run_still_going_is_never_deleted_and_its_recording_goes_on(tmp_path):
+    path = tmp_path / "h.sqlite3"
+    subprocess.run([sys.executable, "-c", ORPHAN, str(path)], check=True, timeout=60)  # its owner has ended
+    writer = HistoryWriter(path)
+    writer.run_started("run-done", plan("t"))
+    writer.message("run-done", 1, make(MessageType.FINISH_WORKFLOW, WF, "run-done", status="completed"))
+    writer.run_started(RUN, plan("t"))
+    writer.message(RUN, 1, msg(MessageType.START_TASK, "t"))
+    writer.flush()
+    reader = HistoryReader(path)
+    try:
+        assert reader.delete(run_ids=[RUN, "run-unknown"]) == 0
+        assert reader.delete(before=time.time() + 60) == 2  # the orphan (interrupted by now) and run-done
+        assert reader.delete(keep_last=0) == 0
+        assert [(r["run_id"], r["status"]) for r in reader.runs()] == [(RUN, "running")]
+
+        writer.message(RUN, 2, msg(MessageType.FINISH_TASK, "t", result={"y": 1}, duration=0.1))
+        writer.message(RUN, 3, make(MessageType.FINISH_WORKFLOW, WF, RUN, status="completed"))
+        writer.flush()
+        assert [m["type"] for m in reader.messages(RUN)] == ["start_task", "finish_task", "finish_workflow"]
+        assert reader.delete(run_ids=[RUN]) == 1 and reader.runs() == []
+    finally:
+        writer.close()
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_the_writer_outlives_a_failed_commit_and_says_so_once(tmp_path, caplog):
+    path = tmp_path / "h.sqlite3"
+    writer = HistoryWriter(path)
+    writer.run_started(RUN, plan("t"))
+    writer.flush()
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        with caplog.at_level(logging.WARNING, logger="maze"):
+            db.execute("ALTER TABLE messages RENAME TO gone")  # from now on every commit fails
+            for seq in (1, 2):  # two batches, each lost
+                writer.message(RUN, seq, msg(MessageType.START_TASK, "t"))
+                writer.flush()
+            db.execute("ALTER TABLE gone RENAME TO messages")
+            writer.message(RUN, 3, msg(MessageType.FINISH_TASK, "t", result={"y": (1, 2)}, duration=0.1))
+            writer.flush()
+            assert [m["data"]["result"] for m in HistoryReader(path).messages(RUN)] == [{"y": (1, 2)}]
+
+            db.executescript("DELETE FROM vals; DELETE FROM messages; DELETE FROM runs")  # the run goes, by hand
+            writer.message(RUN, 4, make(MessageType.FINISH_WORKFLOW, WF, RUN, status="completed"))
+            writer.run_started("run-2", plan("t"))
+            writer.message("run-2", 1, msg(MessageType.START_TASK, "t"))
+            writer.flush()  # the deleted run's rows are dropped; the batch with them commits the rest
+        assert [r["run_id"] for r in HistoryReader(path).runs()] == ["run-2"]
+        assert db.execute("SELECT run_id, seq FROM messages").fetchall() == [("run-2", 1)]
+        [warning] = caplog.records
+        assert warning.levelno == logging.WARNING and warning.exc_info is None
+        assert str(path) in warning.getMessage() and "no such table: messages" in warning.getMessage()
+    finally:
+        db.close()
+        writer.close()
+
+
+def test_flush_and_close_after_close_return_at_once(tmp_path):
+    writer = HistoryWriter(tmp_path / "h.sqlite3")
+    writer.run_started(RUN, plan("t"))
+    writer.close()
+    start = time.monotonic()
+    writer.close()
+    writer.flush()
+    assert time.monotonic() - start < 1
+    assert [r["run_id"] for r in HistoryReader(tmp_path / "h.sqlite3").runs()] == [RUN]
+
+
+# -- 6. arguments -------------------------------------------------------------------------------------
+
+def test_a_history_path_must_name_a_file(tmp_path):
+    for path, why in ((tmp_path, "is a directory"), ("", "is empty")):
+        for open_it in (HistoryWriter, HistoryReader):
+            with pytest.raises(ValueError, match=re.escape(f"run history path {str(path)!r} {why}")
+                               + ".*path of a file"):
+                open_it(path)
+    (tmp_path / "sub" / "dir").mkdir(parents=True)
+    writer = HistoryWriter(str(tmp_path / "sub" / "more" / "h.sqlite3"))  # a str will do; folders are made
+    writer.close()
+    assert writer.path == tmp_path / "sub" / "more" / "h.sqlite3" and writer.path.is_file()
+
+
+@pytest.mark.parametrize("name", ["log_head", "log_tail"])
+@pytest.mark.parametrize("value", [-1, 1.0, True, "3", None])
+def test_log_bounds_must_be_whole_numbers(tmp_path, name, value):
+    with pytest.raises(ValueError, match=re.escape(f"{name}={value!r}") + ".*whole number >= 0"):
+        HistoryWriter(tmp_path / "h.sqlite3", **{name: value})
+    assert not (tmp_path / "h.sqlite3").exists()
+
+
+# -- 7. a process that exits without closing ----------------------------------------------------------
+
+AT_EXIT = textwrap.dedent('''
+    import atexit, sys
+    from pathlib import Path
+    from maze.core.history import HistoryWriter, plan_of
+    from maze.core.messages import MessageType, make, task_message
+
+    writer = HistoryWriter(Path(sys.argv[1]), log_head=1, log_tail=2)
+    atexit.register(writer.close)  # what MaClient does
+    for run in ("run-ended", "run-going"):
+        writer.run_started(run, plan_of({"name": "x", "tasks": [], "edges": []}, "wf"))
+        for i in range(5):
+            writer.message(run, i + 1, task_message(MessageType.TASK_LOG, "wf", run, "t", "t", stream="stdout",
+                                                    text=f"{run} {i}\\n"))
+    writer.message("run-ended", 6, make(MessageType.FINISH_WORKFLOW, "wf", "run-ended", status="completed"))
+    # the end of the script: nothing closes the writer, nothing waits for it
+''')
+
+
+def test_what_a_process_handed_over_is_written_when_it_exits(tmp_path):
+    path = tmp_path / "h.sqlite3"
+    proc = subprocess.run([sys.executable, "-c", AT_EXIT, str(path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+    reader = HistoryReader(path)
+    assert {r["run_id"]: r["status"] for r in reader.runs()} == {"run-ended": "completed", "run-going": "interrupted"}
+    for run in ("run-ended", "run-going"):
+        assert [m["data"].get("text", m["type"]) for m in reader.messages(run)] == [
+            f"{run} 0\n", "[maze: 2 lines of output not kept in the history]\n", f"{run} 3\n", f"{run} 4\n",
+            "finish_workflow"]

@@ -3,9 +3,19 @@
 Writing. Messages are written as they happen, by one background thread per
 client that commits in small batches, so recording never slows the scheduler.
 The database is in WAL mode with a busy timeout, so several processes (two
-notebooks, a script and a notebook) can write to it at once.
+notebooks, a script and a notebook) can write to it at once. Recording never
+stops a run: a batch that cannot be committed is left out, with one warning
+per writer on the ``maze`` logger, and the next one is written.
+``HistoryWriter.close()`` commits everything handed over, held-back output
+included; a second call does nothing, so it can also be an ``atexit`` hook,
+and a process that ends without closing its client loses nothing.
 
-Safe to open. Unpickling runs whatever code the pickle names, so the history
+Deleting. ``HistoryReader.delete`` never deletes a run still going, whose
+process would go on recording it; one deleted by other means (by hand) has its
+later messages dropped by the writer.
+
+Safe to open (:mod:`maze.core.history_values` does the encoding and the
+check). Unpickling runs whatever code the pickle names, so the history
 is JSON text: the DAG, and each message's data, where what JSON cannot hold
 becomes its short ``repr`` text. The one exception is a ``finish_task``
 result, whose values must come back as themselves for ``resume_from``: a value
@@ -33,8 +43,8 @@ same mode. Existing files and directories the user chose keep their modes.
 Interrupted runs. Each run row names its owner: host, pid and, on Linux, the
 process's start time, so that a reused pid is not taken for the owner. A run
 still ``running`` whose owner on this host has ended is marked ``interrupted``
-by the next reader that lists or reads runs and by the next writer that opens
-the file: its ``ended_at`` becomes the time of its last message and a
+by the next reader that lists, reads or deletes runs and by the next writer
+that opens the file: its ``ended_at`` becomes the time of its last message and a
 ``finish_workflow`` is appended, so a replay ends. Both happen in one
 transaction that re-checks the status, so two processes never both do it.
 
@@ -51,8 +61,9 @@ Default location: ``$MAZE_HISTORY`` if set, else
 from __future__ import annotations
 
 import json
+import logging
+import numbers
 import os
-import pickle
 import queue
 import socket
 import sqlite3
@@ -63,11 +74,15 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UnsafeHistoryError
+from .history_values import VALUE_LIMIT, Dropped, Stored, check_private, encode, json_text, load_value
 from .messages import Message
 from .plan import OutputRef, Plan, PlannedTask
 from .resources import Resources
 from .run import RunState
 from .task import TaskFunction, TaskOptions, TaskSpec
+
+__all__ = ["FORMAT", "VALUE_LIMIT", "Dropped", "HistoryReader", "HistoryWriter", "Stored", "connect", "dag_json",
+           "default_path", "plan_of"]
 
 FORMAT = 2
 _SCHEMA = f"""
@@ -105,6 +120,7 @@ COMMIT;
 """
 _DEFAULT_NAME = "runs.sqlite3"  # the first format's default was history.sqlite3: never opened now
 _BATCH_S = 0.05
+_log = logging.getLogger("maze")
 _TASK_ENDS = frozenset({"finish_task", "task_exception", "task_skipped"})
 _RUN_KEYS = ("run_id", "workflow_id", "workflow", "started_at", "ended_at", "status", "tasks", "host", "pid")
 _RUN_COLUMNS = "run_id, workflow_id, workflow_name, started_at, ended_at, status, tasks, host, pid"
@@ -172,153 +188,6 @@ def dag_json(plan: Plan) -> str:
     })
 
 
-# -- values ------------------------------------------------------------------------------------------
-
-#: Result values whose pickle (buffers counted), or whose JSON, is larger than this are only described.
-VALUE_LIMIT = 1 << 20
-
-
-class Dropped(str):
-    """Stands, in the history, for a result value that was not kept (it reads as a short description)."""
-
-    __slots__ = ()
-
-
-class Stored(str):
-    """Stands for a result value kept in the history but not loaded (``messages(values=False)``)."""
-
-    __slots__ = ()
-
-
-def _short_repr(value: Any, limit: int = 200) -> str:
-    try:
-        text = repr(value)
-    except Exception:  # noqa: BLE001
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_short_repr)
-_SCALARS = frozenset({str, int, float, bool, type(None)})
-
-
-def _json(value: Any, depth: int = 0) -> str:
-    """JSON text of ``value``; what JSON cannot hold becomes its short repr text."""
-    try:
-        return _ENCODER.encode(value)
-    except (TypeError, ValueError, RecursionError):
-        # keys JSON cannot hold, a reference cycle, deep nesting: only the part that has it becomes text
-        if type(value) is dict and depth < 4:
-            return "{" + ",".join(f"{_ENCODER.encode(str(k))}:{_json(v, depth + 1)}" for k, v in value.items()) + "}"
-        return _ENCODER.encode(_short_repr(value))
-
-
-def _is_json(value: Any) -> bool:
-    """Whether ``value`` is exactly JSON (exact types: a tuple or a str subclass is not)."""
-    kind = type(value)
-    if kind in _SCALARS:
-        return True
-    if kind is list:
-        return all(map(_is_json, value))
-    if kind is dict:
-        return all(type(k) is str and _is_json(v) for k, v in value.items())
-    return False
-
-
-def _pickled(value: Any) -> tuple[str, bytes | None]:
-    """A result value that is not JSON: its descriptor, and its pickle (``None`` when not kept)."""
-    name = type(value).__name__
-    buffers: list[pickle.PickleBuffer] = []
-    try:
-        # protocol 5 hands big buffers (arrays) out of band: sized without copying them
-        blob = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-    except Exception as exc:  # noqa: BLE001 - a lock, a generator...
-        return Dropped(f"<{name}, not kept in the history: {_short_repr(exc)}>"), None
-    size = len(blob) + sum(memoryview(b).nbytes for b in buffers)
-    if size > VALUE_LIMIT:
-        return _too_large(name, size), None
-    if buffers:
-        blob = pickle.dumps(value, protocol=5)  # in band this time: small enough to copy
-    return Stored(f"<{name}, stored in the history>"), blob
-
-
-def _too_large(name: str, size: int) -> Dropped:
-    return Dropped(f"<{name} of {size / 2**20:.1f} MB, not kept in the history>")
-
-
-def _encode(kind: str, data: dict[str, Any]) -> tuple[str, list[tuple[str, bytes | None]]]:
-    """A message's data as JSON, and the ``(key, pickle or None)`` of the result values it describes."""
-    described: list[tuple[str, bytes | None]] = []
-    if kind == "finish_task" and type(data.get("result")) is dict:
-        result = data["result"]
-        odd = [k for k, v in result.items() if not _plain(v)]
-        if odd:
-            result = dict(result)
-            for key in odd:
-                result[key], blob = _pickled(result[key])
-                described.append((key, blob))
-            data = {**data, "result": result}
-    text = _json(data)
-    if len(text) > VALUE_LIMIT:  # rare: some field is huge; describe each field (result value) that is
-        data = _shrunk(kind, data, described)
-        text = _json(data)
-    return text, described
-
-
-def _plain(value: Any) -> bool:
-    try:
-        return _is_json(value)
-    except RecursionError:
-        return False  # nested too deep to check: it goes through pickle, which has its own limit
-
-
-def _shrunk(kind: str, data: dict[str, Any], described: list[tuple[str, bytes | None]]) -> dict[str, Any]:
-    """``data`` with each field (each result value) whose JSON is over :data:`VALUE_LIMIT` described instead."""
-    out = dict(data)
-    for field, value in data.items():
-        if kind == "finish_task" and field == "result" and type(value) is dict:
-            result = out["result"] = dict(value)
-            for key, v in value.items():
-                if len(text := _json(v)) > VALUE_LIMIT:
-                    result[key] = _too_large(type(v).__name__, len(text))
-                    described.append((key, None))
-        elif len(text := _json(value)) > VALUE_LIMIT:
-            out[field] = _too_large(type(value).__name__, len(text))
-    return out
-
-
-def _check_private(path: Path) -> None:
-    """Raise :class:`UnsafeHistoryError` unless only this user can have written the database."""
-    if not hasattr(os, "getuid"):  # Windows: no owner and mode bits to check
-        return
-    for file in (path, path.with_name(path.name + "-wal")):
-        try:
-            st = file.stat()
-        except FileNotFoundError:
-            continue  # no -wal: everything is in the database file
-        if st.st_uid != os.getuid():
-            problem, fix = f"owned by another user (uid {st.st_uid})", f"chown {os.getuid()} {file}; chmod 600 {file}"
-        elif st.st_mode & 0o022:
-            problem, fix = "writable by group or others", f"chmod 600 {file}"
-        else:
-            continue
-        raise UnsafeHistoryError(
-            f"the run history {file} is {problem}, so maze will not load the result values stored in it: loading "
-            f"one runs code, which whoever can write the file chooses. If you trust its contents: {fix}"
-        )
-
-
-def _value(descriptor: str, kept: bool, blob: bytes | None) -> Any:
-    if not kept:
-        return Dropped(descriptor)
-    if blob is None:
-        return Stored(descriptor)
-    try:
-        return pickle.loads(blob)
-    except Exception as exc:  # noqa: BLE001 - e.g. a class that no longer exists
-        return Dropped(f"{descriptor[:-1]}, but unreadable: {_short_repr(exc)}>")
-
-
 # -- owners ------------------------------------------------------------------------------------------
 
 def _start_time(pid: int) -> int | None:
@@ -378,13 +247,32 @@ def _interrupt(db: sqlite3.Connection, run_id: str) -> None:
             "duration": ended_at - started_at,
             "interrupted": f"the process {pid} on {host} that drove the run ended before the run did"}
     db.execute("INSERT INTO messages VALUES (?, ?, 'finish_workflow', NULL, ?)",
-               (run_id, (last_seq or 0) + 1, _json(data)))
+               (run_id, (last_seq or 0) + 1, json_text(data)))
     db.execute("UPDATE runs SET status = 'interrupted', ended_at = ? WHERE run_id = ?", (ended_at, run_id))
 
 
 # -- writing -----------------------------------------------------------------------------------------
 
 _Row = tuple[str, int, str, dict[str, Any]]  # run_id, seq, type, data
+_Item = tuple[str, tuple[Any, ...]]  # what the writer thread is handed: "run", "msg", "end", "flush" or "close"
+
+
+def _history_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a history file's :class:`Path`; a :class:`ValueError` saying what is accepted if it cannot be one."""
+    text = os.fspath(path)
+    if text and not os.path.isdir(text):
+        return Path(text)
+    why, example = ("is a directory", os.path.join(text, _DEFAULT_NAME)) if text else ("is empty", _DEFAULT_NAME)
+    raise ValueError(f"the run history path {text!r} {why}: give the path of a file, such as {example!r} (the "
+                     f"file and its folder are created if missing)")
+
+
+def _line_count(name: str, value: object) -> int:
+    """The value of the argument ``name``, a number of ``task_log`` messages; a :class:`ValueError` if it is not one."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0:
+        return int(value)
+    raise ValueError(f"{name}={value!r} is not accepted: give a whole number >= 0 (how many task_log messages of "
+                     f"each task to keep)")
 
 
 class _Output:
@@ -402,71 +290,100 @@ class _Output:
 class HistoryWriter:
     """Appends runs and messages from one process; a daemon thread does the writing.
 
-    Per run and task, the first ``log_head`` and the last ``log_tail`` ``task_log``
-    messages are kept (see the module docstring).
+    ``path`` is the database file; it and its folder are created if missing.
+    Per run and task, the first ``log_head`` and the last ``log_tail``
+    ``task_log`` messages are kept (see the module docstring).
+
+    Recording never stops a run: a batch that cannot be committed is left out,
+    with one warning per writer on the ``maze`` logger, and the next batch is
+    written; what comes for a run no longer in the file is dropped.
     """
 
-    def __init__(self, path: Path, *, log_head: int = 1000, log_tail: int = 1000) -> None:
-        self.path = path
-        self._log_head = log_head
-        self._log_tail = log_tail
-        self._db = connect(path)
-        _settle_orphans(self._db, path)
+    def __init__(self, path: str | os.PathLike[str], *, log_head: int = 1000, log_tail: int = 1000) -> None:
+        self.path = _history_file(path)
+        self._log_head = _line_count("log_head", log_head)
+        self._log_tail = _line_count("log_tail", log_tail)
+        # Opened here, so that a file maze will not write raises to the caller; from now on the thread's alone.
+        self._db = connect(self.path)
+        _settle_orphans(self._db, self.path)
         self._owner = (socket.gethostname(), os.getpid(), _start_time(os.getpid()))
         self._outputs: dict[str, dict[str | None, _Output]] = {}  # run -> task -> output (writer thread only)
-        self._queue: queue.SimpleQueue[tuple[str, tuple[Any, ...]] | None] = queue.SimpleQueue()
-        self._idle = threading.Event()
-        self._idle.set()
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._warned = False  # writer thread only
+        self._closed = False
         self._thread = threading.Thread(target=self._write_loop, name="maze-history", daemon=True)
         self._thread.start()
 
     def run_started(self, run_id: str, plan: Plan) -> None:
-        self._put("run", (run_id, plan.workflow_id, plan.name, time.time(), len(plan.tasks), *self._owner,
-                          dag_json(plan)))
+        self._queue.put(("run", (run_id, plan.workflow_id, plan.name, time.time(), len(plan.tasks), *self._owner,
+                                 dag_json(plan))))
 
     def message(self, run_id: str, seq: int, message: Message) -> None:
         # Encoding waits for the writer thread: here is the scheduler's time.
-        self._put("msg", (run_id, seq, message["type"], message["data"]))
+        self._queue.put(("msg", (run_id, seq, message["type"], message["data"])))
         if message["type"] == "finish_workflow":
-            self._put("end", (message["data"]["status"], time.time(), run_id))
-
-    def _put(self, kind: str, row: tuple[Any, ...]) -> None:
-        self._idle.clear()
-        self._queue.put((kind, row))
+            self._queue.put(("end", (message["data"]["status"], time.time(), run_id)))
 
     def flush(self, timeout: float = 10) -> None:
-        """Wait until everything handed over so far is committed (held-back output excepted)."""
-        self._put("flush", ())
-        self._idle.wait(timeout)
+        """Wait, at most ``timeout`` s, until everything handed over so far is committed (held-back output excepted).
 
-    def close(self) -> None:
-        """Write the output held back for runs still going, then stop."""
-        self._put("drain", ())
-        self.flush()
-        self._queue.put(None)
-        self._thread.join(timeout=10)
-        self._db.close()
+        Once the writer is closed there is nothing to wait for: it returns at once.
+        """
+        done = threading.Event()
+        self._queue.put(("flush", (done,)))
+        deadline = time.monotonic() + timeout
+        # Short waits, each after a look at the thread: one closed meanwhile (by another thread) never answers.
+        while self._thread.is_alive() and not done.is_set() and time.monotonic() < deadline:
+            done.wait(_BATCH_S)
+
+    def close(self, timeout: float = 10) -> None:
+        """Commit everything handed over, the output held back for runs still going included, then stop.
+
+        A second call does nothing, so a process can both close the writer and
+        leave that to an :mod:`atexit` hook (the writer thread still runs while
+        the hooks do). Waits at most ``timeout`` s for the writing to end.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(("close", ()))
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            _log.warning("maze: the run history %s was still being written %s s after the writer was closed; what "
+                         "is left of it may be lost", self.path, timeout)
 
     def _write_loop(self) -> None:
         # Wake once per batch, not once per message: waking this thread on every
         # message would take the interpreter lock from the scheduler each time.
-        while True:
-            item = self._queue.get()
-            time.sleep(_BATCH_S)
-            batch = [item]
-            while True:
+        closing = False
+        try:
+            while not closing:
+                batch = [self._queue.get()]
+                time.sleep(_BATCH_S)
+                while True:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
                 try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stop = None in batch
-            self._commit([b for b in batch if b is not None])
-            if self._queue.empty():
-                self._idle.set()
-            if stop:
-                return
+                    self._commit(batch)
+                except Exception as exc:  # noqa: BLE001 - the batch is lost, the thread and the later batches not
+                    self._warn(exc)
+                for kind, args in batch:
+                    if kind == "flush":
+                        args[0].set()
+                    closing |= kind == "close"
+        finally:
+            self._db.close()
 
-    def _commit(self, batch: list[tuple[str, tuple[Any, ...]]]) -> None:
+    def _warn(self, error: Exception) -> None:
+        if not self._warned:  # once: a full disk would otherwise say so every 50 ms
+            self._warned = True
+            _log.warning("maze could not write to the run history %s (%s: %s), so messages of this process's runs "
+                         "are missing from it; it goes on writing and will not say so again", self.path,
+                         type(error).__name__, error)
+
+    def _commit(self, batch: list[_Item]) -> None:
         # Rows keep their order: a run's row before its messages, its end after them.
         with self._db:
             rows: list[_Row] = []
@@ -482,18 +399,21 @@ class HistoryWriter:
                         " host, pid, pid_started, dag) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)", item)
                 elif kind == "end":
                     self._db.execute("UPDATE runs SET status = ?, ended_at = ? WHERE run_id = ?", item)
-                elif kind == "drain":
+                elif kind == "close":
                     rows = [r for run_id in list(self._outputs) for r in self._release_run(run_id)]
             self._insert(rows)
 
     def _insert(self, rows: list[_Row]) -> None:
         messages, vals = [], []
         for run_id, seq, kind, data in rows:
-            text, described = _encode(kind, data)
-            messages.append((run_id, seq, kind, data.get("task_id"), text))
-            vals += [(run_id, seq, key, blob) for key, blob in described]
-        self._db.executemany("INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?)", messages)
-        self._db.executemany("INSERT OR REPLACE INTO vals VALUES (?, ?, ?, ?)", vals)
+            text, described = encode(kind, data)
+            messages.append((run_id, seq, kind, data.get("task_id"), text, run_id))
+            vals += [(run_id, seq, key, blob, run_id) for key, blob in described]
+        # Only rows of runs still in the file: delete() spares runs still going, but rows of one deleted by other
+        # means would fail their foreign key, and with it every batch they are in.
+        exists = "WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = ?)"
+        self._db.executemany(f"INSERT OR REPLACE INTO messages SELECT ?, ?, ?, ?, ? {exists}", messages)
+        self._db.executemany(f"INSERT OR REPLACE INTO vals SELECT ?, ?, ?, ? {exists}", vals)
 
     def _admit(self, run_id: str, seq: int, kind: str, data: dict[str, Any]) -> list[_Row]:
         """The rows to write now for this message: bounded output, and held-back output it releases."""
@@ -565,12 +485,13 @@ def _replayed(params: dict[str, Any]) -> dict[str, Any]:
 class HistoryReader:
     """Reads the database: past runs, their messages and DAGs. Any process, any time.
 
-    Listing or reading runs first marks those whose process has ended as
-    ``interrupted`` (see the module docstring).
+    ``path`` is the database file, as for :class:`HistoryWriter`. Listing or
+    reading runs first marks those whose process has ended as ``interrupted``
+    (see the module docstring).
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = _history_file(path)
 
     def _db(self) -> sqlite3.Connection:
         return connect(self.path)
@@ -631,7 +552,7 @@ class HistoryReader:
         finally:
             db.close()
         if values and any(kept for _, _, kept, _ in described):
-            _check_private(self.path)
+            check_private(self.path)
         by_seq: dict[int, list[tuple[str, bool, bytes | None]]] = {}
         for seq, key, kept, data in described:
             by_seq.setdefault(seq, []).append((key, bool(kept), data))
@@ -639,7 +560,7 @@ class HistoryReader:
         for seq, kind, text in rows:
             data = json.loads(text)
             for key, kept, blob in by_seq.get(seq, ()):
-                data["result"][key] = _value(data["result"][key], kept, blob)
+                data["result"][key] = load_value(data["result"][key], kept, blob)
             out.append({"type": kind, "data": data})
         return out
 
@@ -658,18 +579,25 @@ class HistoryReader:
         return json.loads(row[0])
 
     def delete(self, *, before: float | None = None, keep_last: int | None = None, run_ids: list[str] | None = None) -> int:
-        """Delete runs started before ``before`` (epoch s), beyond the newest ``keep_last``, or by id."""
-        db = self._db()
+        """Delete runs started before ``before`` (epoch s), beyond the newest ``keep_last``, or by id; return how many.
+
+        A run still going is never deleted, however it is named: its process
+        goes on recording it. Runs whose process has ended are first marked
+        ``interrupted`` (see the module docstring), so they can be deleted; a
+        ``running`` run of another host, whose process cannot be checked from
+        here, is kept.
+        """
+        named = set(run_ids or ())
+        db = self._settled_db()
         try:
-            doomed: set[str] = set(run_ids or ())
-            if before is not None:
-                doomed |= {r for (r,) in db.execute("SELECT run_id FROM runs WHERE started_at < ?", (before,))}
-            if keep_last is not None:
-                doomed |= {r for (r,) in db.execute(
-                    "SELECT run_id FROM runs ORDER BY started_at DESC LIMIT -1 OFFSET ?", (keep_last,))}
             with db:
+                db.execute("BEGIN IMMEDIATE")  # no run begins or ends between choosing runs and deleting them
+                runs = db.execute("SELECT run_id, started_at, status FROM runs ORDER BY started_at DESC").fetchall()
+                doomed = [(run_id,) for newer, (run_id, started_at, status) in enumerate(runs) if status != "running"
+                          and (run_id in named or (before is not None and started_at < before)
+                               or (keep_last is not None and newer >= keep_last))]
                 for table in ("vals", "messages", "runs"):
-                    db.executemany(f"DELETE FROM {table} WHERE run_id = ?", [(r,) for r in doomed])
+                    db.executemany(f"DELETE FROM {table} WHERE run_id = ?", doomed)
             return len(doomed)
         finally:
             db.close()

@@ -35,14 +35,17 @@ class Viewer(Protocol):
     def graph(self, plan: Plan, run: RunState | None = None) -> Any:
         """A displayable DAG, coloured by ``run``'s task states when given."""
 
-    def watch(self, run: RunState) -> None:
-        """Show ``run`` live where a notebook front end is listening; else do nothing."""
+    def watch(self, run: RunState) -> bool:
+        """Show ``run`` live where a notebook front end is listening; say whether it did."""
 
 
-def print_progress(run: RunState, messages: Iterable[dict[str, Any]], out: TextIO) -> dict[str, Any]:
-    """Print a line per message as it comes, then the outcome line; return the summary."""
+def print_progress(
+    run: RunState, messages: Iterable[dict[str, Any]], out: TextIO, *, per_message: bool = True,
+) -> dict[str, Any]:
+    """Print a line per message as it comes (unless ``per_message=False``), then the outcome line;
+    return the summary."""
     for message in messages:
-        line = report.format_message(message)
+        line = report.format_message(message) if per_message else None
         if line is not None:
             print(line, file=out, flush=True)
     summary = run.summary()
@@ -348,12 +351,18 @@ class MaWorkflow:
                 print(message, flush=True)
         return log
 
-    def show_results(self, run_id: str, *, file: TextIO | None = None) -> dict[str, Any]:
-        """Print the run's progress as it happens; return the summary dict."""
+    def show_results(self, run_id: str, *, file: TextIO | None = None, verbose: bool | None = None) -> dict[str, Any]:
+        """Show the run's progress as it happens; return the summary dict.
+
+        In a notebook the live DAG shows the progress (its log pane holds what
+        tasks print), and the cell gets one summary line at the end; in a
+        terminal, or with ``verbose=True``, a line per event is printed too.
+        """
         run = self._run(run_id)
-        if self._viewer is not None:
-            self._viewer.watch(run)
-        return print_progress(run, self._watch(run, lambda: iter(run.log())), file or sys.stdout)
+        shown = self._viewer is not None and self._viewer.watch(run)
+        per_message = verbose if verbose is not None else not shown
+        return print_progress(run, self._watch(run, lambda: iter(run.log())), file or sys.stdout,
+                              per_message=per_message)
 
     def wait(self, run_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Block until the run ends (printing what its tasks print); return the summary dict."""

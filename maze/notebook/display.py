@@ -39,19 +39,21 @@ class NotebookViewer:
             ) from exc
         return DagWidget(plan, run)
 
-    def watch(self, run: RunState) -> None:
-        """Display the live DAG of ``run`` in the current cell, if in a notebook."""
+    def watch(self, run: RunState) -> bool:
+        """Display the live DAG of ``run`` in the current cell, if in a notebook; say whether it did."""
         if not in_notebook():
-            return
+            return False
         try:
             widget = self.graph(run.plan, run)
         except ImportError:
-            return  # no widget libraries: show_results still prints
+            return False  # no widget libraries: show_results prints every event instead
         from IPython.display import display
 
         handle = display(widget, display_id=True)
-        if handle is None or run.ended.is_set():
-            return
+        if handle is None:
+            return False
+        if run.ended.is_set():
+            return True
 
         def refresh_at_end() -> None:
             # Re-send the output once the run ends, so viewers without a widget
@@ -60,3 +62,4 @@ class NotebookViewer:
             handle.update(widget)
 
         threading.Thread(target=refresh_at_end, name="maze-widget-final", daemon=True).start()
+        return True
