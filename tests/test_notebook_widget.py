@@ -170,3 +170,26 @@ def test_workflow_rich_display(local_client):
     data = wf._repr_mimebundle_()
     assert data["text/plain"].startswith("Workflow 'shown'")
     assert data["image/svg+xml"].lstrip().startswith(("<?xml", "<svg", "<!--"))
+
+
+class ShownViewer:
+    """A viewer that reports the live DAG as shown, as the notebook's does in a Jupyter cell."""
+
+    def graph(self, plan, run=None):
+        return None
+
+    def watch(self, run):
+        return True
+
+
+def test_show_results_in_a_notebook_prints_one_summary_line(local_client, capsys):
+    wf = local_client.create_workflow()
+    wf._viewer = ShownViewer()
+    for i in range(50):
+        wf.add_task(inc, inputs={"x": i})
+    summary = wf.show_results(wf.run())
+    lines = capsys.readouterr().out.splitlines()
+    assert summary["status"] == "completed" and len(lines) == 1
+    assert lines[0].startswith("■ workflow completed in ") and "50 finished" in lines[0]
+    wf.show_results(wf.run(), verbose=True)          # every event on request
+    assert len(capsys.readouterr().out.splitlines()) == 101
