@@ -78,7 +78,7 @@ def test_live_widget_sends_diffs_of_changed_tasks_only(local_client, comms):
     seen = dict(opened["states"])
     for d in diffs:
         assert d["states"] and all(seen.get(t) != s for t, s in d["states"].items())   # only what changed
-        assert set(d["tooltips"]) == set(d["states"])
+        assert set(d["tooltips"]) <= set(d["states"])                    # hover texts of changed tasks only
         seen.update(d["states"])
     assert seen == {t["id"]: "finished" for t in wf.get_tasks()}
     frames = [opened["states"]] + [d["states"] for d in diffs]
@@ -137,6 +137,7 @@ def test_replay_of_a_finished_run(local_client, comms):
     run_id = wf.run()
     wf.wait(run_id)
     widget = wf.show_graph(run_id)
+    widget.wait(30)
     assert widget.states == {a.task_id: "finished", b.task_id: "failed", c.task_id: "skipped"}
     assert widget.status == "failed"
     assert "ValueError: bad value 2" in widget.tooltips[b.task_id]

@@ -29,10 +29,12 @@ class Board:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self._fold = RunFold(tuple(plan.tasks))
+        self._names = {tid: state.value for tid, state in self._fold.states.items()}
         self.output: dict[str, deque[str]] = {}          # task id -> its last printed lines
         self.log: deque[str] = deque(maxlen=LOG_LINES)     # the run's last printed lines, marked with the task
         self.log_lines = 0                                 # how many lines were printed in all
         self.log_changed = False
+        self._resources: dict[str, str] = {}
 
     def apply(self, messages: Iterable[dict[str, Any]]) -> None:
         fold_these = []
@@ -42,6 +44,15 @@ class Board:
             else:
                 fold_these.append(m)
         self._fold.apply(fold_these)
+        # Keep the names of the states up to date for the tasks these messages touched
+        # only: a run of 10,000 tasks must not rebuild a 10,000-entry map per update.
+        states = self._fold.states
+        touched = {m["data"].get("task_id") for m in fold_these}
+        if any(m["type"] == "finish_workflow" for m in fold_these):
+            touched = set(states)   # an interrupted run's end touches every unfinished task
+        for tid in touched:
+            if tid in states:
+                self._names[tid] = states[tid].value
 
     def _printed(self, d: dict[str, Any]) -> None:
         tid = d.get("task_id", "")
@@ -74,8 +85,8 @@ class Board:
 
     @property
     def states(self) -> dict[str, str]:
-        """Task id -> state name (pending, running, retrying, finished, cached, failed, ...)."""
-        return {tid: state.value for tid, state in self._fold.states.items()}
+        """Task id -> state name (pending, running, retrying, finished, cached, failed, ...): a copy."""
+        return dict(self._names)
 
     @property
     def status(self) -> str:
@@ -99,8 +110,10 @@ class Board:
         return self._fold.skip_reasons.get(tid)
 
     def tooltip(self, tid: str) -> str:
-        t = self.plan.tasks[tid]
-        res = ", ".join(f"{k}={v}" for k, v in t.spec.resources.as_dict().items() if v)
+        res = self._resources.get(tid)
+        if res is None:   # the same for every update of a task: made once
+            t = self.plan.tasks[tid]
+            res = self._resources[tid] = ", ".join(f"{k}={v}" for k, v in t.spec.resources.as_dict().items() if v)
         lines = [f"{tid}  ({self._fold.states[tid].value})"]
         if tid in self._fold.durations:
             lines.append(f"duration: {self._fold.durations[tid]:.3f} s")
@@ -110,5 +123,5 @@ class Board:
             lines.append(why.splitlines()[0] if why else "")
         return "\n".join(lines)
 
-    def tooltips(self) -> dict[str, str]:
-        return {tid: self.tooltip(tid) for tid in self.plan.tasks}
+    def tooltips(self, tasks: Iterable[str] | None = None) -> dict[str, str]:
+        return {tid: self.tooltip(tid) for tid in (self.plan.tasks if tasks is None else tasks)}

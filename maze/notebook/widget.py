@@ -77,6 +77,7 @@ class DagWidget(anywidget.AnyWidget):
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._grouping: Grouping | None = None
+        self._alone: frozenset[str] = frozenset()   # tasks drawn as their own node (known after layout)
         self._seq = 0
         self._snapshot_at = time.monotonic()
         seen = 0
@@ -91,7 +92,7 @@ class DagWidget(anywidget.AnyWidget):
                           "dash": _dash(lk.style), "width": lk.width} for name, lk in LOOKS.items()},
             title=plan.name + (f" · {run.run_id}" if run else ""),
             states=self._board.states,
-            tooltips=self._board.tooltips(),
+            tooltips={},   # with the layout: only tasks drawn alone have hover texts
             status=self._board.status,
             failures=self._board.failures(),
             failed=self._board.failed_count(),
@@ -121,8 +122,10 @@ class DagWidget(anywidget.AnyWidget):
                 element = f"group-{g.group_id}"
                 groups[element] = {"label": g.label, "size": len(g.task_ids)}
                 nodes.update(dict.fromkeys(g.task_ids, element))
+        self._alone = frozenset(t for g in grouping.groups if len(g.task_ids) == 1 for t in g.task_ids)
         with self.hold_sync():
             self.nodes, self.groups = nodes, groups
+            self.tooltips = self._board.tooltips(self._alone)
             if svg:
                 self.svg = svg
             else:
@@ -165,7 +168,7 @@ class DagWidget(anywidget.AnyWidget):
             if changed:
                 self._seq += 1
                 self.diff = {"seq": self._seq, "states": {tid: states[tid] for tid in changed},
-                             "tooltips": {tid: b.tooltip(tid) for tid in changed}}
+                             "tooltips": b.tooltips(t for t in changed if t in self._alone)}
                 if b.failed_count() != self.failed:
                     self.failures, self.failed = b.failures(), b.failed_count()
             if b.log_changed:
@@ -173,7 +176,7 @@ class DagWidget(anywidget.AnyWidget):
                 self.log, self.log_lines = "\n".join(b.log), b.log_lines
             if full:
                 self._snapshot_at = time.monotonic()
-                self.states, self.tooltips = states, b.tooltips()
+                self.states, self.tooltips = states, b.tooltips(self._alone)
             self.status = b.status
 
     def _on_front_end_msg(self, widget: Any, content: Any, buffers: Any) -> None:
