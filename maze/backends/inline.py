@@ -77,7 +77,7 @@ class InlineBackend:
         while (item := self._calls.get()) is not None:
             call, report, future = item
             if call.call_id in self._dropped:
-                future.set_result(TaskOutcome(error=TaskError.simple("TaskCancelled", "the run was cancelled")))
+                future.set_result(TaskOutcome(error=TaskError.cancelled(call.task_id)))
                 continue
             future.set_result(self._run(call, report))
 
@@ -102,7 +102,7 @@ class InlineBackend:
             sys.stdout, sys.stderr = saved
         finished = time.time()
         if error is None and call.timeout is not None and finished - started > call.timeout:
-            error = TaskError.simple("TimeoutError", f"task {call.task_id!r} ran longer than its timeout of {call.timeout:g} s")
+            error = TaskError.timed_out(call.task_id, call.timeout, stopped=False)
         if error is not None:
             return TaskOutcome(error=error, started_at=started, finished_at=finished)
         return TaskOutcome(result, result or {}, None, started, finished)

@@ -195,7 +195,7 @@ class LocalBackend:
             self._queue.clear()
             for w in self._workers:
                 if w.job is not None:
-                    w.job.stop_reason = _CLOSED
+                    w.job.stop_reason = TaskError.cancelled(w.job.call.task_id, _CLOSED)
                     self._kill(w)
                 elif not w.retiring:
                     self._retire(w)
@@ -209,7 +209,7 @@ class LocalBackend:
             self._io.join(timeout=5.0)
         for job in pending:
             if not job.future.done():
-                job.future.set_result(TaskOutcome(error=_CLOSED))
+                job.future.set_result(TaskOutcome(error=TaskError.cancelled(job.call.task_id, _CLOSED)))
         self._wake_r.close()
         self._wake_w.close()
         _packing.remove_files_of(self._owner)  # e.g. of a worker killed while writing one
@@ -436,10 +436,7 @@ class LocalBackend:
         code = worker.proc.wait()
         if job is None or job.future.done():
             return
-        error = job.stop_reason or TaskError.simple(
-            "WorkerDiedError",
-            f"the worker process {pid} running task {job.call.task_id!r} died ({_describe_exit(code)})",
-        )
+        error = job.stop_reason or TaskError.worker_died(job.call.task_id, f"pid {pid}, {_describe_exit(code)}")
         job.future.set_result(TaskOutcome(error=error))
 
     def _enforce_timeouts(self) -> None:
@@ -453,7 +450,7 @@ class LocalBackend:
                     self._kill(w)
 
 
-_CLOSED = TaskError.simple("TaskCancelled", "the backend was closed")
+_CLOSED = "its backend was closed"
 
 
 def _describe_exit(code: int) -> str:

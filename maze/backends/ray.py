@@ -567,8 +567,7 @@ def _root_cause(exc: BaseException) -> BaseException:
 def _ray_error(call: TaskCall, exc: BaseException) -> TaskError:
     if isinstance(exc, (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
                         ray.exceptions.LocalRayletDiedError)):
-        return TaskError.simple("WorkerDiedError",
-                                f"the Ray worker running task {call.task_id!r} died ({error_of(exc).text})")
+        return TaskError.worker_died(call.task_id, f"a Ray worker: {error_of(exc).text}")
     if isinstance(exc, ray.exceptions.TaskCancelledError):
-        return TaskError.simple("TaskCancelled", f"task {call.task_id!r} was cancelled")
+        return TaskError.cancelled(call.task_id, "Ray cancelled it")
     return error_of(exc)

@@ -21,11 +21,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import TaskCancelled
 from .messages import Message, MessageType
-from .protocol import TaskError
+from .protocol import Failure, TaskError
 
-#: The ``error_type`` of an attempt stopped because its run was cancelled.
-CANCELLED_ERROR = "TaskCancelled"
+#: The ``error_type`` of an attempt stopped because its run was cancelled (the one place that names it).
+CANCELLED_ERROR = TaskCancelled.__name__
 
 
 class TaskView(str, enum.Enum):
@@ -109,7 +110,8 @@ class RunFold:
         elif kind == MessageType.TASK_EXCEPTION:
             cancelled = d.get("error_type") == CANCELLED_ERROR
             self.states[tid] = TaskView.CANCELLED if cancelled else TaskView.FAILED
-            self.errors[tid] = TaskError(d.get("error_type", ""), d.get("error", ""), d.get("result", ""))
+            self.errors[tid] = TaskError(d.get("error_type", ""), d.get("error", ""), d.get("result", ""),
+                                         Failure.CANCELLED if cancelled else Failure.RAISED)
             if tid in self.started:
                 self.durations[tid] = d["time"] - self.started[tid]
         elif kind == MessageType.TASK_SKIPPED:

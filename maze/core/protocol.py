@@ -26,11 +26,13 @@ scheduler hands them back unchanged in the ``inputs`` of dependent calls.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from .errors import TaskCancelled, WorkerDiedError
 from .resources import Capacity, Resources
 from .shipping import ShippedCode
 from .task import TaskBody
@@ -55,6 +57,15 @@ class TaskCall:
     timeout: float | None = None
 
 
+class Failure(str, enum.Enum):
+    """What kind of failure an attempt had: the scheduler acts on this, never on a type name."""
+
+    RAISED = "raised"              # the task raised, or returned something other than its outputs
+    CANCELLED = "cancelled"        # stopped because its run was cancelled (or its backend closed)
+    TIMED_OUT = "timed_out"        # stopped because it ran past its timeout
+    WORKER_DIED = "worker_died"    # the process running it ended first
+
+
 @dataclass(frozen=True, slots=True)
 class TaskError:
     """Why an attempt failed, in the words of the ``task_exception`` message."""
@@ -62,6 +73,7 @@ class TaskError:
     error_type: str     # the exception's class name, e.g. "ValueError"
     error: str          # one line
     traceback: str      # the full text, for the message's ``result``
+    kind: Failure = Failure.RAISED
 
     @property
     def text(self) -> str:
@@ -69,17 +81,27 @@ class TaskError:
         return f"{self.error_type}: {self.error}" if self.error else self.error_type
 
     @classmethod
-    def simple(cls, error_type: str, error: str) -> TaskError:
-        return cls(error_type, error, f"{error_type}: {error}")
+    def simple(cls, error_type: str, error: str, kind: Failure = Failure.RAISED) -> TaskError:
+        return cls(error_type, error, f"{error_type}: {error}", kind)
+
+    # The type names on the wire (``error_type``) are those of maze's own errors,
+    # so ``except maze.core.errors.TaskCancelled`` and the message agree.
 
     @classmethod
-    def cancelled(cls, task_id: str) -> TaskError:
+    def cancelled(cls, task_id: str, why: str = "its run was cancelled") -> TaskError:
         """What a backend reports for an attempt it stopped because the run was cancelled."""
-        return cls.simple("TaskCancelled", f"task {task_id!r} was stopped: its run was cancelled")
+        return cls.simple(TaskCancelled.__name__, f"task {task_id!r} was stopped: {why}", Failure.CANCELLED)
 
     @classmethod
-    def timed_out(cls, task_id: str, timeout: float) -> TaskError:
-        return cls.simple("TimeoutError", f"task {task_id!r} ran longer than its timeout of {timeout:g} s and was stopped")
+    def timed_out(cls, task_id: str, timeout: float, *, stopped: bool = True) -> TaskError:
+        what = "and was stopped" if stopped else "(it could not be stopped; reported when it returned)"
+        return cls.simple(TimeoutError.__name__, f"task {task_id!r} ran longer than its timeout of {timeout:g} s {what}",
+                          Failure.TIMED_OUT)
+
+    @classmethod
+    def worker_died(cls, task_id: str, how: str) -> TaskError:
+        return cls.simple(WorkerDiedError.__name__, f"the worker process running task {task_id!r} died ({how})",
+                          Failure.WORKER_DIED)
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,11 +36,10 @@ from typing import Any, Protocol
 
 from .admission import Grant, ResourcePool
 from .errors import BackendError, UnsatisfiableError
-from .fold import CANCELLED_ERROR
 from .history import Dropped, HistoryReader, HistoryWriter, Stored
 from .messages import ERROR_LINE_LIMIT, TRACEBACK_LIMIT, MessageType, clip
 from .plan import Plan
-from .protocol import Backend, TaskCall, TaskError, TaskOutcome, TaskStarted, WorkerEvent
+from .protocol import Backend, Failure, TaskCall, TaskError, TaskOutcome, TaskStarted, WorkerEvent
 from .resources import Capacity, Resources
 from .run import RunState, TaskState
 from .shipping import ShippedCode
@@ -320,7 +319,7 @@ class Engine:
                 return
             if outcome.ok:
                 self._succeed(run, tid, outcome)
-            elif outcome.error is not None and outcome.error.error_type == CANCELLED_ERROR:
+            elif outcome.error is not None and outcome.error.kind is Failure.CANCELLED:
                 self._settle_cancelled(run, tid, outcome.error)
             elif run.attempts[tid] <= run.plan.tasks[tid].spec.options.retries and not run.cancelling:
                 self._retry(run, tid, outcome.error)
