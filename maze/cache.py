@@ -37,7 +37,8 @@ class JoblibStore:
         if not self._backend.contains_item(self._item(key)):
             return None
         try:
-            return self._backend.load_item(self._item(key), verbose=0)
+            found: dict[str, Any] = self._backend.load_item(self._item(key), verbose=0)
+            return found
         except Exception:  # noqa: BLE001 - a damaged or foreign entry: recompute
             return None
 

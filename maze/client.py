@@ -16,8 +16,8 @@ from maze.core.errors import UnknownBackendError, UnknownRunError
 from maze.core.history import HistoryReader, HistoryWriter, default_path
 from maze.core.protocol import Backend
 from maze.core.resources import RESOURCE_KEYS, Capacity
-from maze.core.scheduler import Engine
 from maze.core.run import RunState
+from maze.core.scheduler import Engine
 from maze.core.workflow import MaWorkflow, print_progress
 from maze.notebook.display import NotebookViewer
 

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import pytest
-
 from guide_tasks import calculate, clean_data, load_data
+
 from maze import (
-    CycleError, MaClient, TaskDefinitionError, UnknownBackendError, UnknownOutputError,
-    UnknownRunError, UnknownTaskError, WorkflowError, task,
+    CycleError,
+    MaClient,
+    TaskDefinitionError,
+    UnknownBackendError,
+    UnknownOutputError,
+    UnknownRunError,
+    UnknownTaskError,
+    WorkflowError,
+    task,
 )
 
 

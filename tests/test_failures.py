@@ -6,9 +6,9 @@ import os
 import time
 
 import pytest
+from tasks_misc import boom, inc, missing_output, not_a_dict, sleeper
 
 from maze import task
-from tasks_misc import boom, inc, missing_output, not_a_dict, sleeper
 
 
 def types(workflow, run_id):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from guide_tasks import merge_results, prepare_data, process_method_a, process_method_b
+
 from maze import MaClient
 
 

@@ -5,9 +5,26 @@ from __future__ import annotations
 import json
 
 from guide_tasks import (
-    analyze_data, calculate, clean_data, debug_task, export_csv, export_data, export_json,
-    fetch_data, final_process, initial_process, load_data, merge_results, my_task, prepare_data,
-    process_a, process_b, process_method_a, process_method_b, use_product, use_sum,
+    analyze_data,
+    calculate,
+    clean_data,
+    debug_task,
+    export_csv,
+    export_data,
+    export_json,
+    fetch_data,
+    final_process,
+    initial_process,
+    load_data,
+    merge_results,
+    my_task,
+    prepare_data,
+    process_a,
+    process_b,
+    process_method_a,
+    process_method_b,
+    use_product,
+    use_sum,
 )
 
 

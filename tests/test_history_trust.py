@@ -22,7 +22,14 @@ import pytest
 
 from maze.core.errors import UnsafeHistoryError
 from maze.core.history import (
-    FORMAT, VALUE_LIMIT, Dropped, HistoryReader, HistoryWriter, Stored, default_path, plan_of,
+    FORMAT,
+    VALUE_LIMIT,
+    Dropped,
+    HistoryReader,
+    HistoryWriter,
+    Stored,
+    default_path,
+    plan_of,
 )
 from maze.core.messages import Message, MessageType, make, task_message
 from maze.core.plan import Plan

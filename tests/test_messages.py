@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
 import time
+from collections.abc import Mapping
 
 from guide_tasks import merge_results, prepare_data, process_method_a, process_method_b
 from tasks_misc import sleeper

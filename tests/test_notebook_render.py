@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from guide_tasks import clean_data, load_data
+from tasks_misc import boom, inc
 
-from guide_tasks import load_data, clean_data
 from maze import MaClient
 from maze.notebook.render import LOOKS, to_dot, to_svg
 from maze.notebook.states import Board
-from tasks_misc import boom, inc
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import comm
 import pytest
+from tasks_misc import boom, inc, sleeper
 
 from maze import task
 from maze.notebook.states import LOG_LINES
-from tasks_misc import boom, inc, sleeper
 
 
 class RecordingComm:

@@ -9,9 +9,9 @@ import time
 
 import psutil
 import pytest
+from tasks_misc import sleeper
 
 from maze import MaClient
-from tasks_misc import sleeper
 
 
 def children() -> set[int]:
@@ -56,7 +56,7 @@ def test_a_script_without_main_guard_runs_and_leaves_no_worker(tmp_path):
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "[double] doubling 21" in proc.stdout
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))
     assert line.split()[1] == "42"
     worker, driver = int(line.split()[3]), int(line.split()[5])
     assert worker != driver
@@ -97,7 +97,7 @@ def test_ctrl_c_while_waiting_cancels_the_run(tmp_path, backend):
     script.write_text(INTERRUPT)
     proc = subprocess.run([sys.executable, str(script), backend], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = dict(l.split(" ", 1) for l in proc.stdout.splitlines() if l.split(" ", 1)[0] in {"WORKER", "STATUS"})
+    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if line.split(" ", 1)[0] in {"WORKER", "STATUS"})
     assert lines["STATUS"] == "cancelled"
     worker = int(lines["WORKER"])
     deadline = time.time() + 10

@@ -10,9 +10,9 @@ import time
 
 import numpy as np
 import psutil
+from tasks_misc import boom, inc
 
 from maze import task
-from tasks_misc import boom, inc
 
 
 def test_missing_ray_says_how_to_install():
@@ -187,7 +187,7 @@ def test_two_nodes_placement_and_a_lost_node(tmp_path):
     script = tmp_path / "multinode.py"
     script.write_text(MULTINODE)
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
-    lines = {l.split()[0]: l.split()[1:] for l in proc.stdout.splitlines() if l.split() and l.split()[0] in {"PLACED", "NEVER", "LOST"}}
+    lines = {line.split()[0]: line.split()[1:] for line in proc.stdout.splitlines() if line.split() and line.split()[0] in {"PLACED", "NEVER", "LOST"}}
     assert lines.get("PLACED") == ["True", "True"], proc.stdout + proc.stderr[-3000:]
     assert lines.get("NEVER") == ["True"], proc.stdout
     assert lines.get("LOST") == ["failed", "on_gpu_node", "WorkerDiedError", "True"], proc.stdout + proc.stderr[-3000:]
@@ -209,7 +209,7 @@ def test_a_private_ray_leaves_no_process_behind():
     ''')
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = dict(l.split(" ", 1) for l in proc.stdout.splitlines() if " " in l)
+    out = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
     pids = [int(p) for p in out["CHILDREN"].split()] + [int(out["WORKER"])]
     deadline = time.time() + 20
     alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]

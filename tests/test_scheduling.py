@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from tasks_misc import echo, half_gpu, one_gpu, sleeper, token, two_gpus
 
 from maze import MaClient, UnsatisfiableError, task
-from tasks_misc import echo, half_gpu, one_gpu, sleeper, token, two_gpus
 
 
 def test_independent_tasks_run_in_parallel(local_client):

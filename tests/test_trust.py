@@ -13,13 +13,13 @@ import time
 
 import numpy as np
 import pytest
+from tasks_misc import boom, inc, sleeper
 
 from maze import MaClient, task
 from maze.core.errors import BackendError, TaskDefinitionError, WorkflowError
 from maze.core.messages import ERROR_LINE_LIMIT, TRACEBACK_LIMIT
 from maze.core.run import RunState
 from maze.notebook.states import Board
-from tasks_misc import boom, inc, sleeper
 
 
 def notebook(source: str, ns: dict | None = None) -> dict:

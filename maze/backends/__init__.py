@@ -53,4 +53,5 @@ def create_backend(name: str, **options: Any) -> Backend:
         )
     module, _, attr = target.partition(":")
     factory = getattr(importlib.import_module(module), attr)
-    return factory(**options)
+    backend: Backend = factory(**options)
+    return backend

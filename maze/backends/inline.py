@@ -90,8 +90,8 @@ class InlineBackend:
 
         self._local.out, self._local.err = LineWriter("stdout", emit), LineWriter("stderr", emit)
         saved = sys.stdout, sys.stderr
-        sys.stdout = _ThreadRoutedStream(saved[0], self._local, "out")  # type: ignore[assignment]
-        sys.stderr = _ThreadRoutedStream(saved[1], self._local, "err")  # type: ignore[assignment]
+        sys.stdout = _ThreadRoutedStream(saved[0], self._local, "out")
+        sys.stderr = _ThreadRoutedStream(saved[1], self._local, "err")
         try:
             params = gather_params(call.constants, call.inputs)
             result, error = run_body(call.func, params, call.outputs, call.task_id)

@@ -269,7 +269,7 @@ def _history_file(path: str | os.PathLike[str]) -> Path:
 
 def _line_count(name: str, value: object) -> int:
     """The value of the argument ``name``, a number of ``task_log`` messages; a :class:`ValueError` if it is not one."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 0:
         return int(value)
     raise ValueError(f"{name}={value!r} is not accepted: give a whole number >= 0 (how many task_log messages of "
                      f"each task to keep)")
@@ -546,19 +546,19 @@ class HistoryReader:
             rows = db.execute("SELECT seq, type, data FROM messages WHERE run_id = ? ORDER BY seq",
                               (run_id,)).fetchall()
             # Read after the messages: values commit with their message, so each message read has its values.
-            blob = "data" if values else "NULL"
-            described = db.execute(f"SELECT seq, key, data IS NOT NULL, {blob} FROM vals WHERE run_id = ?",
+            column = "data" if values else "NULL"
+            described = db.execute(f"SELECT seq, key, data IS NOT NULL, {column} FROM vals WHERE run_id = ?",
                                    (run_id,)).fetchall()
         finally:
             db.close()
         if values and any(kept for _, _, kept, _ in described):
             check_private(self.path)
         by_seq: dict[int, list[tuple[str, bool, bytes | None]]] = {}
-        for seq, key, kept, data in described:
-            by_seq.setdefault(seq, []).append((key, bool(kept), data))
+        for seq, key, kept, pickled in described:
+            by_seq.setdefault(seq, []).append((key, bool(kept), pickled))
         out: list[Message] = []
-        for seq, kind, text in rows:
-            data = json.loads(text)
+        for seq, kind, encoded in rows:
+            data = json.loads(encoded)
             for key, kept, blob in by_seq.get(seq, ()):
                 data["result"][key] = load_value(data["result"][key], kept, blob)
             out.append({"type": kind, "data": data})
@@ -576,7 +576,8 @@ class HistoryReader:
             row = db.execute("SELECT dag FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         finally:
             db.close()
-        return json.loads(row[0])
+        dag: dict[str, Any] = json.loads(row[0])
+        return dag
 
     def delete(self, *, before: float | None = None, keep_last: int | None = None, run_ids: list[str] | None = None) -> int:
         """Delete runs started before ``before`` (epoch s), beyond the newest ``keep_last``, or by id; return how many.

@@ -12,8 +12,8 @@ from __future__ import annotations
 import enum
 import threading
 import time
-from functools import partial
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from graphlib import TopologicalSorter
 from typing import Any, Protocol
 

@@ -102,7 +102,7 @@ class TaskFunction:
         module = getattr(self.spec.func, "__module__", None)
         qualname = getattr(self.spec.func, "__qualname__", "")
         if module and module != "__main__" and "<locals>" not in qualname:
-            found = sys.modules.get(module)
+            found: Any = sys.modules.get(module)
             for part in qualname.split("."):
                 found = getattr(found, part, None)
             if found is self:
@@ -118,6 +118,8 @@ def _import_task(module: str, qualname: str) -> TaskFunction:
     found: Any = importlib.import_module(module)
     for part in qualname.split("."):
         found = getattr(found, part)
+    if not isinstance(found, TaskFunction):
+        raise TypeError(f"{module}.{qualname} is no longer a @task function")
     return found
 
 

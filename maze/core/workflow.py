@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from itertools import islice
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from graphlib import CycleError as _GraphlibCycle
 from graphlib import TopologicalSorter
+from itertools import islice
 from types import MappingProxyType
 from typing import Any, Protocol, TextIO
 
@@ -28,6 +28,7 @@ from .plan import OutputRef, Plan, PlannedTask
 from .run import RunState
 from .scheduler import Engine
 from .task import TaskFunction
+
 
 class Viewer(Protocol):
     """Pictures of a workflow and its runs (provided by the client; see ``maze.notebook``)."""

@@ -17,7 +17,6 @@ from typing import Any
 from maze.core.fold import RunFold, TaskView
 from maze.core.plan import Plan
 
-
 #: Lines of printed output a board keeps: per task (for its details), and for the run's log pane.
 TASK_OUTPUT_LINES = 50
 LOG_LINES = 200

@@ -60,7 +60,7 @@ class DagWidget(anywidget.AnyWidget):
     diff = traitlets.Dict({}, help="{seq, states, tooltips}: what changed since the last update.").tag(sync=True)
     tooltips = traitlets.Dict({}, help="Task id -> hover text, as of the last full map.").tag(sync=True)
     looks = traitlets.Dict({}, help="State name -> colours, icon and border of that state.").tag(sync=True)
-    failures = traitlets.List([], help="The first failed tasks: [{task, error}] (error's first line).").tag(sync=True)
+    failures: traitlets.List[dict[str, str]] = traitlets.List([], help="The first failed tasks: [{task, error}] (error's first line).").tag(sync=True)
     failed = traitlets.Int(0, help="How many tasks failed in all.").tag(sync=True)
     log = traitlets.Unicode("", help="The run's last printed lines, marked with their task.").tag(sync=True)
     log_lines = traitlets.Int(0, help="How many lines the run's tasks printed in all.").tag(sync=True)
