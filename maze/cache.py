@@ -21,13 +21,23 @@ def default_location() -> Path:
 
 
 class JoblibStore:
-    """A :class:`maze.core.scheduler.ResultStore` on joblib's file-system store."""
+    """A :class:`maze.core.protocol.ResultStore` on joblib's file-system store.
+
+    The store is opened on first use: most clients never cache a result, and
+    importing joblib costs a fresh interpreter a noticeable moment.
+    """
 
     def __init__(self, location: str | os.PathLike[str]) -> None:
-        from joblib import Memory  # imported only when a client caches results
-
         self.location = Path(location)
-        self._backend = Memory(self.location, verbose=0).store_backend
+        self._opened: Any = None
+
+    @property
+    def _backend(self) -> Any:
+        if self._opened is None:
+            from joblib import Memory
+
+            self._opened = Memory(self.location, verbose=0).store_backend
+        return self._opened
 
     @staticmethod
     def _item(key: str) -> list[str]:

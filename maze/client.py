@@ -11,36 +11,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from maze.backends import create_backend
-from maze.cache import default_location
+from maze.cache import JoblibStore, default_location
 from maze.core.errors import UnknownBackendError, UnknownRunError
 from maze.core.history import HistoryReader, HistoryWriter, default_path
 from maze.core.protocol import Backend
 from maze.core.resources import RESOURCE_KEYS, Capacity
 from maze.core.run import RunState
 from maze.core.scheduler import Engine
-from maze.core.workflow import MaWorkflow, print_progress
+from maze.core.workflow import MaWorkflow, show_progress
 from maze.notebook.display import NotebookViewer
-
-
-class _LazyStore:
-    """The joblib result store, created on first use (most clients never cache)."""
-
-    def __init__(self, location: Path) -> None:
-        self.location = location
-        self._store: Any = None
-
-    def _get(self) -> Any:
-        if self._store is None:
-            from maze.cache import JoblibStore
-
-            self._store = JoblibStore(self.location)
-        return self._store
-
-    def get(self, key: str) -> Any:
-        return self._get().get(key)
-
-    def put(self, key: str, result: dict[str, Any]) -> None:
-        self._get().put(key, result)
 
 
 class _Default:
@@ -108,8 +87,7 @@ class MaClient:
         self._history = (HistoryWriter(self._history_path, log_head=head, log_tail=tail)
                          if self._history_path else None)
         self._cache_dir = Path(cache_dir) if cache_dir is not None else default_location()
-        self._engine = Engine(self._backend, capacity, history=self._history, store=_LazyStore(self._cache_dir))
-        self._workflows: weakref.WeakSet[MaWorkflow] = weakref.WeakSet()
+        self._engine = Engine(self._backend, capacity, history=self._history, store=JoblibStore(self._cache_dir))
         self._viewer = NotebookViewer()
         self._closed = False
         _at_exit.add(self)
@@ -127,9 +105,7 @@ class MaClient:
         return {k: values[k] for k in RESOURCE_KEYS}
 
     def create_workflow(self, name: str | None = None) -> MaWorkflow:
-        workflow = MaWorkflow(self._engine, name, viewer=self._viewer)
-        self._workflows.add(workflow)
-        return workflow
+        return MaWorkflow(self._engine, name, viewer=self._viewer)
 
     # -- run history -------------------------------------------------------------------
 
@@ -149,18 +125,17 @@ class MaClient:
         return self._reader().runs(workflow, limit)
 
     def run_state(self, run_id: str, *, values: bool = True) -> RunState:
-        """A run of this client's workflows, or one rebuilt from the history.
-
-        ``values=False`` reads a recorded run without loading its pickled result
-        values (they read as short descriptions): enough to draw it.
-        """
-        for workflow in list(self._workflows):
-            if run_id in workflow.list_cached_runs():
-                return workflow.run_state(run_id)
-        reader = self._reader()
-        if not reader.exists(run_id):
+        """A run of this client's workflows, or one rebuilt from the history (see ``Engine.find_run``)."""
+        if self._history_path is None:
+            found = self._engine.find_run(run_id)
+            if found is None:
+                raise UnknownRunError(f"no run {run_id!r} in this client, which keeps no run history "
+                                      "(MaClient(history=None))")
+            return found
+        found = self._engine.find_run(run_id, values=values)
+        if found is None:
             raise UnknownRunError(f"no run {run_id!r} in this client or in the history at {self._history_path}")
-        return reader.replay(run_id, values=values)
+        return found
 
     def get_results(self, run_id: str) -> list[dict[str, Any]]:
         """The messages of any run, live or recorded (replayed after a restart)."""
@@ -172,10 +147,7 @@ class MaClient:
         As :meth:`MaWorkflow.show_results`: in a notebook the live DAG and one
         summary line; a line per event in a terminal or with ``verbose=True``.
         """
-        run = self.run_state(run_id)
-        shown = self._viewer.watch(run)
-        per_message = verbose if verbose is not None else not shown
-        return print_progress(run, iter(run.log()), file or sys.stdout, per_message=per_message)
+        return show_progress(self.run_state(run_id), self._viewer, file or sys.stdout, verbose)
 
     def show_graph(self, run_id: str) -> Any:
         """The DAG widget of any run, live or replayed."""

@@ -30,12 +30,17 @@ import enum
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .errors import TaskCancelled, WorkerDiedError
 from .resources import Capacity, Resources
 from .shipping import ShippedCode
 from .task import TaskBody
+
+if TYPE_CHECKING:  # for annotations only: the run and the plan import this module
+    from .messages import Message
+    from .plan import Plan
+    from .run import RunState
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,3 +157,32 @@ class Backend(Protocol):
     def stop(self, call_id: str) -> None: ...
 
     def close(self) -> None: ...
+
+
+# -- the other plug-ins of the core ------------------------------------------------------------
+# Besides a backend, the core calls three things it does not implement: where
+# results are cached, where messages are recorded, and what draws a run.
+
+
+class ResultStore(Protocol):
+    """Where ``@task(cache=True)`` results are kept across runs (see :mod:`maze.cache`)."""
+
+    def get(self, key: str) -> Mapping[str, Any] | None: ...
+
+    def put(self, key: str, result: dict[str, Any]) -> None: ...
+
+
+class Recorder(Protocol):
+    """Where a run's messages are kept beyond memory (see :mod:`maze.core.history`)."""
+
+    def message(self, run_id: str, seq: int, message: Message) -> None: ...
+
+
+class Viewer(Protocol):
+    """Pictures of a workflow and its runs (provided by the client; see ``maze.notebook``)."""
+
+    def graph(self, plan: Plan, run: RunState | None = None) -> Any:
+        """A displayable DAG, coloured by ``run``'s task states when given."""
+
+    def watch(self, run: RunState) -> bool:
+        """Show ``run`` live where a notebook front end is listening; say whether it did."""

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from graphlib import TopologicalSorter
-from typing import Any, Protocol
+from typing import Any
 
 from .admission import Grant
 from .errors import UnknownTaskError
@@ -23,7 +23,7 @@ from .fingerprint import Fingerprint
 from .fold import RunFold, TaskView
 from .messages import Message, MessageLog, MessageType, make, task_message
 from .plan import Plan
-from .protocol import TaskCall, TaskError
+from .protocol import Recorder, TaskCall, TaskError
 from .snapshot import Snapshot
 
 
@@ -69,12 +69,6 @@ _FROM_VIEW = {
 
 # Waiting for a run (``wait``) only needs waking for output to echo and for the end.
 _ATTENTION = {MessageType.TASK_LOG.value, MessageType.FINISH_WORKFLOW.value}
-
-
-class Recorder(Protocol):
-    """Where a run's messages are kept beyond memory (see :mod:`maze.core.history`)."""
-
-    def message(self, run_id: str, seq: int, message: Message) -> None: ...
 
 
 class RunStatus(str, enum.Enum):
@@ -230,11 +224,15 @@ class RunState:
         """Yield each ``task_log`` message as it arrives, until the run ends."""
         seen = 0
         while True:
-            with self.attention:
-                self.attention.wait_for(partial(self._has_news, seen))
-                batch = self.messages[seen:]
-                seen = len(self.messages)
-                done = self.ended.is_set()
+            try:
+                with self.attention:
+                    self.attention.wait_for(partial(self._has_news, seen))
+                    batch = self.messages[seen:]
+                    seen = len(self.messages)
+                    done = self.ended.is_set()
+            except KeyboardInterrupt:
+                self.interrupted()
+                raise
             yield from (m for m in batch if m["type"] == MessageType.TASK_LOG.value)
             if done:
                 return

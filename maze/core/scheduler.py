@@ -28,18 +28,17 @@ import dataclasses
 import logging
 import threading
 import time
+import weakref
 from collections import deque
-from collections.abc import Mapping
 from concurrent.futures import Future
 from functools import partial
-from typing import Any, Protocol
 
 from .admission import Grant, ResourcePool
 from .errors import BackendError, UnsatisfiableError
 from .history import Dropped, HistoryReader, HistoryWriter, Stored
 from .messages import ERROR_LINE_LIMIT, TRACEBACK_LIMIT, MessageType, clip
 from .plan import Plan
-from .protocol import Backend, Failure, TaskCall, TaskError, TaskOutcome, TaskStarted, WorkerEvent
+from .protocol import Backend, Failure, ResultStore, TaskCall, TaskError, TaskOutcome, TaskStarted, WorkerEvent
 from .resources import Capacity, Resources
 from .run import RunState, TaskState
 from .shipping import ShippedCode
@@ -48,14 +47,6 @@ from .snapshot import Snapshot
 _log = logging.getLogger("maze")
 
 _NO_CODE = ShippedCode("", b"")  # in calls whose function could not be pickled (never submitted)
-
-
-class ResultStore(Protocol):
-    """Where ``@task(cache=True)`` results are kept across runs (see :mod:`maze.cache`)."""
-
-    def get(self, key: str) -> Mapping[str, Any] | None: ...
-
-    def put(self, key: str, result: dict[str, Any]) -> None: ...
 
 
 class Engine:
@@ -77,6 +68,8 @@ class Engine:
         self._dispatching = False
         self._dispatch_again = False
         self._live: dict[str, RunState] = {}    # runs not ended yet, by id (for close())
+        # Every run started here that someone (a workflow's records) still holds.
+        self._runs: weakref.WeakValueDictionary[str, RunState] = weakref.WeakValueDictionary()
         self._closed = False
 
     # -- public -----------------------------------------------------------------
@@ -92,13 +85,19 @@ class Engine:
                     f"{self.capacity.describe()})"
                 )
 
-    def recorded_run(self, run_id: str) -> RunState | None:
-        """A run rebuilt from the history, if there is one and it holds the run."""
-        if self.history is None:
-            return None
+    def find_run(self, run_id: str, *, values: bool = True) -> RunState | None:
+        """The one way to look a run up: one this engine started (while a workflow holds it),
+        else one rebuilt from the history; ``None`` if neither has it.
+
+        ``values=False`` reads a recorded run without loading its pickled result
+        values (they read as short descriptions): enough to draw it.
+        """
+        run = self._runs.get(run_id)
+        if run is not None or self.history is None:
+            return run
         self.history.flush()
         reader = HistoryReader(self.history.path)
-        return reader.replay(run_id) if reader.exists(run_id) else None
+        return reader.replay(run_id, values=values) if reader.exists(run_id) else None
 
     def start(self, plan: Plan, run_id: str, *, fail_fast: bool = False, resume_from: RunState | None = None) -> RunState:
         """Start a run and return at once.
@@ -117,6 +116,7 @@ class Engine:
         run.on_interrupt = partial(self.cancel, run, "interrupted while waiting")
         with self._lock:
             self._live[run_id] = run
+            self._runs[run_id] = run
         if self.history is not None:
             self.history.run_started(run_id, plan)
         threading.Thread(target=self._begin, args=(run, resume_from), name=f"maze-start-{run_id}", daemon=True).start()

@@ -13,31 +13,29 @@ import dataclasses
 import sys
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from graphlib import CycleError as _GraphlibCycle
 from graphlib import TopologicalSorter
 from itertools import islice
 from types import MappingProxyType
-from typing import Any, Protocol, TextIO
+from typing import Any, TextIO
 
 from . import graphviews, report
 from .errors import CycleError, RendererError, UnknownOutputError, UnknownRunError, WorkflowError
 from .messages import MessageLog
 from .plan import OutputRef, Plan, PlannedTask
+from .protocol import Viewer
 from .run import RunState
 from .scheduler import Engine
 from .task import TaskFunction
 
 
-class Viewer(Protocol):
-    """Pictures of a workflow and its runs (provided by the client; see ``maze.notebook``)."""
-
-    def graph(self, plan: Plan, run: RunState | None = None) -> Any:
-        """A displayable DAG, coloured by ``run``'s task states when given."""
-
-    def watch(self, run: RunState) -> bool:
-        """Show ``run`` live where a notebook front end is listening; say whether it did."""
+def show_progress(run: RunState, viewer: Viewer | None, out: TextIO, verbose: bool | None) -> dict[str, Any]:
+    """``show_results``, for a workflow's run or a client's: the live DAG where a notebook shows it,
+    and a line per event where it does not (or with ``verbose=True``)."""
+    shown = viewer is not None and viewer.watch(run)
+    return print_progress(run, run.log(), out, per_message=verbose if verbose is not None else not shown)
 
 
 def print_progress(
@@ -313,7 +311,7 @@ class MaWorkflow:
         """
         previous = None
         if resume_from is not None:
-            previous = self._runs.get(resume_from) or self._engine.recorded_run(resume_from)
+            previous = self._runs.get(resume_from) or self._engine.find_run(resume_from)
             if previous is None:
                 raise UnknownRunError(
                     f"run(resume_from={resume_from!r}): no such run in workflow {self.workflow_id!r} "
@@ -343,12 +341,12 @@ class MaWorkflow:
         """The run's messages: live while it runs, recorded afterwards.
 
         With ``verbose=True``, prints each message as it arrives and returns
-        once the run has ended.
+        once the run has ended. (Ctrl-C while waiting on the run, here or in
+        the calls below, cancels it: see :meth:`RunState.interrupted`.)
         """
-        run = self._run(run_id)
-        log = run.log()
+        log = self._run(run_id).log()
         if verbose:
-            for message in self._watch(run, lambda: iter(log)):
+            for message in log:
                 print(message, flush=True)
         return log
 
@@ -359,11 +357,7 @@ class MaWorkflow:
         tasks print), and the cell gets one summary line at the end; in a
         terminal, or with ``verbose=True``, a line per event is printed too.
         """
-        run = self._run(run_id)
-        shown = self._viewer is not None and self._viewer.watch(run)
-        per_message = verbose if verbose is not None else not shown
-        return print_progress(run, self._watch(run, lambda: iter(run.log())), file or sys.stdout,
-                              per_message=per_message)
+        return show_progress(self._run(run_id), self._viewer, file or sys.stdout, verbose)
 
     def wait(self, run_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Block until the run ends (printing what its tasks print); return the summary dict."""
@@ -371,7 +365,7 @@ class MaWorkflow:
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
             raise ValueError(f"wait: timeout={timeout!r} is not accepted; expected seconds, 0 or more, or None")
         if timeout is None:
-            for message in self._watch(run, run.follow_logs):
+            for message in run.follow_logs():
                 report.echo_log(message)
         else:
             try:
@@ -382,14 +376,6 @@ class MaWorkflow:
             if not ended:
                 raise TimeoutError(f"run {run_id!r} did not end within {timeout} s")
         return run.summary()
-
-    def _watch(self, run: RunState, messages: Callable[[], Iterator[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
-        # Ctrl-C (or a notebook interrupt) while waiting cancels the run it waits on.
-        try:
-            yield from messages()
-        except KeyboardInterrupt:
-            run.interrupted()
-            raise
 
     def get_task_result(self, run_id: str, task_id: str) -> dict[str, Any]:
         """``{"task_id", "result", "status"}`` (+ ``"error"``); waits for the task if needed."""
