@@ -21,9 +21,9 @@ from .admission import Grant
 from .errors import UnknownTaskError
 from .fingerprint import Fingerprint
 from .fold import RunFold, TaskView
-from .messages import Message, MessageLog, MessageType, make, task_message
+from .messages import ERROR_LINE_LIMIT, TRACEBACK_LIMIT, Message, MessageLog, MessageType, clip, make, task_message
 from .plan import Plan
-from .protocol import Recorder, TaskCall, TaskError
+from .protocol import Recorder, TaskCall, TaskError, TaskLog, TaskStarted
 from .snapshot import Snapshot
 
 
@@ -131,9 +131,76 @@ class RunState:
         # What Ctrl-C while a reader waits on this run does (the engine sets it: cancel the run).
         self.on_interrupt: Callable[[], None] | None = None
 
-    # -- writing (scheduler only) -------------------------------------------------
+    # -- transitions (the scheduler's only way to change a task) -------------------------
+    # Each records the task's message and changes its state together, so the
+    # message stream and the states never disagree.
 
-    def record(self, message: Message) -> None:
+    def launch(self, tid: str, call: TaskCall, grant: Grant) -> None:
+        """The task's attempt was admitted and handed to the backend."""
+        self.calls[tid] = call
+        self.grants[tid] = grant
+        self.states[tid] = TaskState.RUNNING
+
+    def start(self, tid: str, event: TaskStarted, attempt: int) -> None:
+        """The attempt started on a worker."""
+        self.started.add(tid)
+        extra = {"node_id": event.node_id} if event.node_id else {}
+        self._task_msg(MessageType.START_TASK, tid, at=event.at, node=event.node, worker=event.worker,
+                       gpu_ids=list(event.gpu_ids), attempt=attempt, **extra)
+
+    def output(self, tid: str, event: TaskLog) -> None:
+        """The task printed something."""
+        self._task_msg(MessageType.TASK_LOG, tid, at=event.at, stream=event.stream, text=event.text)
+
+    def finish(self, tid: str, result: Mapping[str, Any], *, at: float | None, duration: float,
+               reused_from: str | None = None) -> None:
+        """The task returned ``result`` (or an earlier result was reused: ``reused_from`` says where)."""
+        self.results[tid] = result
+        extra: dict[str, Any] = {"cached": True, "reused_from": reused_from} if reused_from else {}
+        if reused_from:
+            self.reused.add(tid)
+        self._task_msg(MessageType.FINISH_TASK, tid, at=at, result=result, duration=duration,
+                       fingerprint=self.fingerprints[tid].as_dict(), **extra)
+        self._settle(tid, TaskState.FINISHED)
+
+    def fail(self, tid: str, error: TaskError) -> None:
+        """The task's last attempt failed."""
+        self.errors[tid] = error
+        self._exception_msg(tid, error)
+        self._settle(tid, TaskState.FAILED)
+
+    def stop(self, tid: str, error: TaskError) -> None:
+        """The task's running attempt was stopped: its run was cancelled (or the scheduler failed)."""
+        self.errors[tid] = error
+        self._exception_msg(tid, error)
+        self._settle(tid, TaskState.CANCELLED)
+
+    def retry(self, tid: str, error: TaskError | None, delay: float, timer: threading.Timer) -> None:
+        """An attempt failed; the next one starts when ``timer`` fires."""
+        self._task_msg(MessageType.TASK_RETRY, tid, attempt=self.attempts[tid],
+                       error=clip(error.text, ERROR_LINE_LIMIT) if error else "", delay=delay)
+        self.states[tid] = TaskState.RETRYING
+        self.timers[tid] = timer
+
+    def requeue(self, tid: str) -> None:
+        """A retry's delay is over: the task waits for resources again."""
+        self.states[tid] = TaskState.PENDING
+
+    def skip(self, tid: str, reason: str, upstream: str | None, *, cancelled: bool) -> None:
+        """The task will not run: a task it depends on failed, or the run was cancelled."""
+        self.skip_reasons[tid] = reason
+        self._task_msg(MessageType.TASK_SKIPPED, tid, reason=reason, upstream=upstream, cancelled=cancelled)
+        self._settle(tid, TaskState.CANCELLED if cancelled else TaskState.SKIPPED)
+
+    def _exception_msg(self, tid: str, error: TaskError) -> None:
+        # Bounded copies: a 5 MB error message would otherwise travel whole into every
+        # reader and the history; get_task_result keeps the full text (self.errors).
+        self._task_msg(
+            MessageType.TASK_EXCEPTION, tid, result=clip(error.traceback, TRACEBACK_LIMIT),
+            error_type=error.error_type, error=clip(error.error, ERROR_LINE_LIMIT), attempt=self.attempts[tid],
+        )
+
+    def _record(self, message: Message) -> None:
         self.messages.append(message)
         if self.recorder is not None:
             self.recorder.message(self.run_id, len(self.messages), message)
@@ -141,11 +208,11 @@ class RunState:
         if message["type"] in _ATTENTION:
             self.attention.notify_all()
 
-    def task_msg(self, kind: MessageType, task_id: str, at: float | None = None, **data: Any) -> None:
+    def _task_msg(self, kind: MessageType, task_id: str, at: float | None = None, **data: Any) -> None:
         name = self.plan.tasks[task_id].name
-        self.record(task_message(kind, self.plan.workflow_id, self.run_id, task_id, name, at, **data))
+        self._record(task_message(kind, self.plan.workflow_id, self.run_id, task_id, name, at, **data))
 
-    def settle(self, task_id: str, state: TaskState) -> None:
+    def _settle(self, task_id: str, state: TaskState) -> None:
         """Move a task to a terminal state."""
         assert state.terminal and not self.states[task_id].terminal, (task_id, state)
         self.states[task_id] = state
@@ -164,7 +231,7 @@ class RunState:
             self.status = RunStatus.FAILED
         else:
             self.status = RunStatus.COMPLETED
-        self.record(make(
+        self._record(make(
             MessageType.FINISH_WORKFLOW, self.plan.workflow_id, self.run_id,
             status=self.status.value, has_exception=failed, duration=self.duration,
         ))

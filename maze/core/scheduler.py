@@ -36,7 +36,6 @@ from functools import partial
 from .admission import Grant, ResourcePool
 from .errors import BackendError, UnsatisfiableError
 from .history import Dropped, HistoryReader, HistoryWriter, Stored
-from .messages import ERROR_LINE_LIMIT, TRACEBACK_LIMIT, MessageType, clip
 from .plan import Plan
 from .protocol import Backend, Failure, ResultStore, TaskCall, TaskError, TaskOutcome, TaskStarted, WorkerEvent
 from .resources import Capacity, Resources
@@ -213,13 +212,7 @@ class Engine:
             run.reasons.setdefault(tid, "ran: nothing to reuse")
             return False
         result, source = found
-        run.results[tid] = result
-        run.reused.add(tid)
-        run.task_msg(
-            MessageType.FINISH_TASK, tid, result=result, duration=0.0, cached=True, reused_from=source,
-            fingerprint=run.fingerprints[tid].as_dict(),
-        )
-        run.settle(tid, TaskState.FINISHED)
+        run.finish(tid, result, at=None, duration=0.0, reused_from=source)
         run.sorter.done(tid)
         return True
 
@@ -262,9 +255,7 @@ class Engine:
                     previous, attempt=run.attempts[tid], gpu_ids=grant.gpu_ids,
                     call_id=f"{run.run_id}:{tid}:{run.attempts[tid]}",
                 )
-            run.calls[tid] = call
-            run.grants[tid] = grant
-            run.states[tid] = TaskState.RUNNING
+            run.launch(tid, call, grant)
             code = run.snapshot.code[tid]
             if isinstance(code, TaskError):  # nothing a worker could run: fail like an attempt would
                 future: Future[TaskOutcome] = Future()
@@ -301,14 +292,9 @@ class Engine:
             if call is None or call.call_id != call_id or run.ended.is_set():
                 return  # a late event from an attempt that was already settled
             if isinstance(event, TaskStarted):
-                run.started.add(tid)
-                extra = {"node_id": event.node_id} if event.node_id else {}
-                run.task_msg(
-                    MessageType.START_TASK, tid, at=event.at, node=event.node, worker=event.worker,
-                    gpu_ids=list(event.gpu_ids), attempt=call.attempt, **extra,
-                )
+                run.start(tid, event, call.attempt)
             else:
-                run.task_msg(MessageType.TASK_LOG, tid, at=event.at, stream=event.stream, text=event.text)
+                run.output(tid, event)
 
     def _on_done(self, run: RunState, tid: str, call: TaskCall, future: Future[TaskOutcome]) -> None:
         with self._lock, self._guard(run):
@@ -320,7 +306,7 @@ class Engine:
             if outcome.ok:
                 self._succeed(run, tid, outcome)
             elif outcome.error is not None and outcome.error.kind is Failure.CANCELLED:
-                self._settle_cancelled(run, tid, outcome.error)
+                run.stop(tid, outcome.error)
             elif run.attempts[tid] <= run.plan.tasks[tid].spec.options.retries and not run.cancelling:
                 self._retry(run, tid, outcome.error)
             else:
@@ -333,77 +319,53 @@ class Engine:
 
     def _succeed(self, run: RunState, tid: str, outcome: TaskOutcome) -> None:
         result = outcome.result or {}
-        run.results[tid] = result
         if run.consumers[tid]:
             run.handles[tid] = outcome.handles
         duration = (outcome.finished_at or 0.0) - (outcome.started_at or 0.0)
+        run.finish(tid, result, at=outcome.finished_at, duration=duration)
         fp = run.fingerprints[tid]
-        run.task_msg(MessageType.FINISH_TASK, tid, at=outcome.finished_at, result=result, duration=duration,
-                     fingerprint=fp.as_dict())
         if self.store is not None and run.plan.tasks[tid].spec.options.cache and fp.inputs:
             try:
                 self.store.put(fp.digest, dict(result))
             except Exception:  # noqa: BLE001 - an unpicklable result is simply not cached
                 _log.warning("maze: the result of task %r could not be cached", tid, exc_info=True)
-        run.settle(tid, TaskState.FINISHED)
         run.sorter.done(tid)
         if not run.cancelling:
             self._queue_ready(run)
 
     def _fail(self, run: RunState, tid: str, error: TaskError | None) -> None:
-        error = error or TaskError.simple("RuntimeError", "the task failed without an error")
-        run.errors[tid] = error
-        _exception_msg(run, tid, error)
-        run.settle(tid, TaskState.FAILED)
+        run.fail(tid, error or TaskError.simple("RuntimeError", "the task failed without an error"))
         for child in run.plan.descendants(tid):
             if run.states[child] is TaskState.PENDING:
-                self._skip(run, child, f"upstream task {tid!r} failed", tid, TaskState.SKIPPED)
+                run.skip(child, f"upstream task {tid!r} failed", tid, cancelled=False)
         if run.fail_fast and not run.cancelling:
             run.cancelling = True
             self._stop_everything(run, f"fail_fast: task {tid!r} failed", upstream=tid)
 
     def _retry(self, run: RunState, tid: str, error: TaskError | None) -> None:
         delay = run.plan.tasks[tid].spec.options.retry_delay
-        run.task_msg(
-            MessageType.TASK_RETRY, tid, attempt=run.attempts[tid],
-            error=clip(error.text, ERROR_LINE_LIMIT) if error else "", delay=delay,
-        )
-        run.states[tid] = TaskState.RETRYING
         timer = threading.Timer(delay, self._requeue, (run, tid))
         timer.daemon = True
-        run.timers[tid] = timer
+        run.retry(tid, error, delay, timer)
         timer.start()
 
     def _requeue(self, run: RunState, tid: str) -> None:
         with self._lock, self._guard(run):
             if run.timers.pop(tid, None) is None or run.cancelling:
                 return
-            run.states[tid] = TaskState.PENDING
+            run.requeue(tid)
             need = run.plan.tasks[tid].spec.resources
             self._waiting.setdefault(need, deque()).append((run, tid))
             self._dispatch()
-
-    def _skip(self, run: RunState, tid: str, reason: str, upstream: str | None, state: TaskState) -> None:
-        run.skip_reasons[tid] = reason
-        run.task_msg(
-            MessageType.TASK_SKIPPED, tid, reason=reason, upstream=upstream,
-            cancelled=state is TaskState.CANCELLED,
-        )
-        run.settle(tid, state)
-
-    def _settle_cancelled(self, run: RunState, tid: str, error: TaskError) -> None:
-        run.errors[tid] = error
-        _exception_msg(run, tid, error)
-        run.settle(tid, TaskState.CANCELLED)
 
     def _stop_everything(self, run: RunState, reason: str, upstream: str | None) -> None:
         for tid, timer in list(run.timers.items()):
             timer.cancel()
             del run.timers[tid]
-            self._skip(run, tid, reason, upstream, TaskState.CANCELLED)
+            run.skip(tid, reason, upstream, cancelled=True)
         for tid, state in run.states.items():
             if state is TaskState.PENDING:
-                self._skip(run, tid, reason, upstream, TaskState.CANCELLED)
+                run.skip(tid, reason, upstream, cancelled=True)
         for call in list(run.calls.values()):
             self.backend.stop(call.call_id)  # its future settles the task as cancelled
         if run.open == 0:
@@ -422,9 +384,7 @@ class Engine:
                 error = TaskError.simple(type(exc).__name__, f"internal scheduler error: {exc}")
                 for tid, state in run.states.items():
                     if not state.terminal:
-                        run.errors[tid] = error
-                        _exception_msg(run, tid, error)
-                        run.settle(tid, TaskState.CANCELLED)
+                        run.stop(tid, error)
             finally:
                 self._end(run)
 
@@ -446,15 +406,6 @@ class _Guard:
             return False
         self.engine._abort(self.run, exc)
         return isinstance(exc, Exception)  # swallow errors; let KeyboardInterrupt and friends through
-
-
-def _exception_msg(run: RunState, tid: str, error: TaskError) -> None:
-    # Bounded copies: a 5 MB error message would otherwise travel whole into every
-    # reader and the history; get_task_result keeps the full text (run.errors).
-    run.task_msg(
-        MessageType.TASK_EXCEPTION, tid, result=clip(error.traceback, TRACEBACK_LIMIT),
-        error_type=error.error_type, error=clip(error.error, ERROR_LINE_LIMIT), attempt=run.attempts[tid],
-    )
 
 
 def _demand(need: Resources) -> str:
