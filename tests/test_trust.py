@@ -328,10 +328,15 @@ def flaky_once(params):
     return {"y": 1}
 
 
-def _replay_matches_live(wf, run_id):
+def _replay_matches_live(wf, run_id, client=None):
     live = wf.wait(run_id)
     run = wf.run_state(run_id)
     replayed = RunState.replayed(run_id, run.plan, list(wf.get_results(run_id)))
+    if client is not None and client.history_path is not None:   # and as a new session reads it
+        client.runs()   # flushes this client's history writer
+        from maze.core.history import HistoryReader
+
+        assert HistoryReader(client.history_path).replay(run_id).summary() == live
     board = Board(run.plan)
     board.apply(wf.get_results(run_id))
     assert replayed.summary() == live
@@ -367,7 +372,8 @@ def test_replayed_summary_equals_live_after_cancel(stopping_client):
         if m["type"] == "start_task" and m["data"]["task_id"] == s.task_id:
             wf.cancel(run_id)
     live = _replay_matches_live(wf, run_id)
-    assert live["status"] == "cancelled" and live["cancelled_tasks"]
+    assert live["status"] == "cancelled" and live["cancelled_tasks"], [
+        (m["type"], m["data"].get("task_id"), m["data"].get("error")) for m in wf.get_results(run_id)]
 
 
 # -- a run whose driver died ----------------------------------------------------------------
@@ -518,3 +524,52 @@ def test_an_array_changed_in_place_after_run_neither_changes_the_run_nor_poisons
     arr[:] = 1
     third = wf.wait(wf.run())              # ones again: the first run's result, rightly cached
     assert third["task_results"]["<lambda>"] == {"s": 1000.5} and third["cached_tasks"] == ["<lambda>"]
+
+
+# -- live == replayed == widget board, over random runs ----------------------------------------------
+
+
+@task(inputs=["mode", "marker", "up"], outputs=["y"], retries=1)
+def random_step(params):
+    import os as _os
+    import time as _time
+
+    mode = params["mode"]
+    if mode == "slow":
+        _time.sleep(0.3)
+    if mode == "raise":
+        raise RuntimeError("this task always fails")
+    if mode == "flaky" and not _os.path.exists(params["marker"]):
+        open(params["marker"], "w").close()
+        raise RuntimeError("the first attempt fails")
+    return {"y": 1}
+
+
+def _random_workflow(client, rng, tmp_path, n=14):
+    wf = client.create_workflow("random")
+    made = []
+    for i in range(n):
+        mode = rng.choice(["ok", "ok", "ok", "slow", "raise", "flaky"])
+        up = made[rng.randrange(len(made))].outputs["y"] if made and rng.random() < 0.7 else 0
+        made.append(wf.add_task(random_step, inputs={"mode": mode, "marker": str(tmp_path / f"m{i}"), "up": up}))
+    return wf
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_runs_live_equals_replayed_equals_board(client, tmp_path, seed):
+    import random
+
+    rng = random.Random(seed)
+    wf = _random_workflow(client, rng, tmp_path)
+    first = wf.run()
+    if seed == 3:   # cancelled part way
+        for m in wf.get_results(first):
+            if m["type"] == "start_task":
+                wf.cancel(first)
+                break
+    _replay_matches_live(wf, first, client)
+    again = wf.run(resume_from=first)   # what finished is reused: cached tasks
+    live = _replay_matches_live(wf, again, client)
+    assert live["status"] in ("completed", "failed")
+    if seed != 3:
+        assert live["cached_tasks"], live
