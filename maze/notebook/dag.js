@@ -20,6 +20,15 @@ function countsText(counts, looks) {
   return ORDER.filter((s) => counts[s]).map((s) => `${counts[s].toLocaleString("en")} ${looks[s].icon}`).join("  ");
 }
 
+// The box of a polygon from its points: no layout needed (getBBox() is all zeros while the
+// widget is not on screen, e.g. in a collapsed cell or a background tab).
+function boxOf(polygon) {
+  const pts = polygon.getAttribute("points").trim().split(/\s+/).map((p) => p.split(",").map(Number));
+  const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
+  const x = Math.min(...xs), y = Math.min(...ys);
+  return { x, y, width: Math.max(...xs) - x, height: Math.max(...ys) - y };
+}
+
 function render({ model, el }) {
   el.classList.add("maze-dag");
   el.innerHTML = `
@@ -63,7 +72,13 @@ function render({ model, el }) {
       const cells = g.querySelectorAll("polygon");
       const track = cells[cells.length - 1];   // the label's last cell is the bar's track
       const texts = g.querySelectorAll("text");
-      const box = track ? track.getBBox() : null;
+      const box = track ? boxOf(track) : null;
+      if (box) {
+        for (const t of texts) {   // centred, so the counts stay inside the node as they grow
+          t.setAttribute("text-anchor", "middle");
+          t.setAttribute("x", box.x + box.width / 2);
+        }
+      }
       const bar = document.createElementNS(SVG_NS, "g");
       bar.setAttribute("class", "maze-gbar");
       const rects = {};
@@ -131,7 +146,7 @@ function render({ model, el }) {
   // -- painting ----------------------------------------------------------------------
   function paintShapes(g, look, shapes) {
     for (const shape of shapes) {
-      shape.setAttribute("fill", look.fill);
+      if (shape.getAttribute("fill") !== "none") shape.setAttribute("fill", look.fill);  // an outer ring stays open
       shape.setAttribute("stroke", look.border);
       shape.setAttribute("stroke-width", look.width);
       if (look.dash) shape.setAttribute("stroke-dasharray", look.dash);
@@ -167,7 +182,8 @@ function render({ model, el }) {
     const state = groupState(grp.counts), look = looks[state];
     g.setAttribute("data-state", state);
     g.setAttribute("data-counts", JSON.stringify(grp.counts));
-    paintShapes(g, look, g.querySelectorAll(":scope > path"));
+    // The outline is drawn with paths; the label's cells (the bar's track) are polygons.
+    paintShapes(g, look, g.querySelectorAll("path"));
     for (const t of g.querySelectorAll("text")) t.setAttribute("fill", look.font);
     const pending = grp.size - Object.values(grp.counts).reduce((a, b) => a + b, 0);
     const counts = { ...grp.counts, pending: (grp.counts.pending || 0) + pending };

@@ -99,6 +99,7 @@ def to_dot(
 GROUP_PRECEDENCE = ("failed", "running", "retrying", "interrupted", "cancelled", "pending",
                     "skipped", "cached", "finished")
 BAR_WIDTH = 140     # points: the stacked bar of a group node
+COUNTS_WIDTH = 230  # points: the line of counts above it
 
 
 def group_state(counts: Mapping[str, int]) -> str:
@@ -132,7 +133,9 @@ def group_attrs(group: Group, counts: Mapping[str, int]) -> dict[str, str]:
     label = (
         f'<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">'
         f'<TR><TD COLSPAN="{len(cells)}"><B>{html.escape(group.label)}</B></TD></TR>'
-        f'<TR><TD COLSPAN="{len(cells)}">{html.escape(counts_text(counts))}</TD></TR>'
+        # The counts line is sized for a busy group (several states of thousands), so the
+        # live widget, which lays the node out once, has room for the text as it grows.
+        f'<TR><TD COLSPAN="{len(cells)}" WIDTH="{COUNTS_WIDTH}">{html.escape(counts_text(counts))}</TD></TR>'
         f"<TR>{bar}</TR></TABLE>>"
     )
     return {
