@@ -38,6 +38,8 @@ from typing import Any
 
 import cloudpickle
 
+from maze.backends._jobs import pid_exists
+
 SHARED_THRESHOLD = 1 << 20
 _SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
 FILE_PREFIX = "maze-"
@@ -51,6 +53,12 @@ def _pid_namespace() -> str:
 
 
 _PID_NAMESPACE = _pid_namespace()
+
+# What a header says of a value whose small frames follow it on the socket:
+# (pickle, shared-memory file or None, sizes of the buffers in that file, number
+# of small frames). A plain tuple: headers carry one per value, and a named
+# tuple pickles several times slower.
+Descriptor = tuple[bytes, str | None, tuple[int, ...], int]
 
 
 @dataclass(eq=False)
@@ -67,7 +75,7 @@ class Packed:
         """The size of the pickled value: the pickle and all its buffers."""
         return len(self.data) + sum(memoryview(f).nbytes for f in self.frames) + sum(self.sizes)
 
-    def descriptor(self) -> tuple[bytes, str | None, tuple[int, ...], int]:
+    def descriptor(self) -> Descriptor:
         return (self.data, self.path, self.sizes, len(self.frames))
 
     def own_file(self) -> None:
@@ -133,7 +141,8 @@ def send(send_bytes: Callable[[Any], None], packs: list[Packed]) -> None:
             send_bytes(frame)
 
 
-def receive(recv_bytes: Callable[[], bytes], descriptors: list[tuple[bytes, str | None, tuple[int, ...], int]]) -> list[Packed]:
+def receive(recv_bytes: Callable[[], bytes], descriptors: list[Descriptor]) -> list[Packed]:
+    """The values a header describes, their small frames read from the socket."""
     return [Packed(data, [recv_bytes() for _ in range(n)], path, sizes) for data, path, sizes, n in descriptors]
 
 
@@ -165,18 +174,9 @@ def remove_orphaned_files() -> None:
     for name in os.listdir(_SHM_DIR):
         parts = name.split("-", 3)  # "maze", pid, namespace, the rest
         if len(parts) == 4 and f"{parts[0]}-" == FILE_PREFIX and parts[2] == _PID_NAMESPACE \
-                and parts[1].isdigit() and not _exists(int(parts[1])):
+                and parts[1].isdigit() and not pid_exists(int(parts[1])):
             try:
                 os.unlink(os.path.join(_SHM_DIR, name))
             except OSError:
                 pass  # gone already, or another user's (the sticky /dev/shm keeps those)
 
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True

@@ -1,19 +1,25 @@
-"""The worker process of the local backend.
+"""The worker process of the local backend, and the frames it exchanges with the driver.
 
 Started by :mod:`maze.backends.local` as ``python -c ...``, in a session of its
 own, with one end of a socket pair; speaks length-prefixed frames
 (``multiprocessing.connection``) over it. One task at a time, so capturing
 ``print()`` process-wide is safe.
 
-From the driver: a call header (the content key of the task's code, the names
-and descriptors of its inputs, constants included), the code itself when this
-worker has not loaded that key yet, then the small frames of the inputs. An
-empty frame says goodbye: the worker exits.
-To the driver, in order: ``started``, any number of ``log``, then ``done``
-with the descriptors of the output values and the code keys this worker no
-longer holds, then the outputs' small frames. Because everything shares one
-ordered socket, the driver sees a task's start and its prints before its
-result. Values are packed as :mod:`._packing` describes.
+From the driver: a :class:`CallHeader` (the content key of the task's code,
+the names and descriptors of its inputs, constants included), the code itself
+when this worker has not loaded that key yet, then the small frames of the
+inputs. An empty frame says goodbye: the worker exits.
+To the driver: :class:`Ready` once, then for each call, in order,
+:class:`Started`, any number of :class:`Log`, then :class:`Done` with the
+descriptors of the output values and the code keys this worker no longer
+holds, then the outputs' small frames. Because everything shares one ordered
+socket, the driver sees a task's start and its prints before its result.
+Values are packed as :mod:`._packing` describes.
+
+The frames are named tuples, defined here once for both sides; on the wire
+each is a plain tuple led by its kind's number (:func:`encode`,
+:func:`decode`), because pickling a named tuple by its class costs about
+3 us more per frame each way, some ten times what the tag costs.
 
 Loaded code is kept by content key (least recently used dropped first, within
 a count and a size), so a task whose code did not change is not sent again,
@@ -36,16 +42,89 @@ import threading
 import time
 from collections import OrderedDict
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NamedTuple, Union
 
 from maze.backends import _packing
-from maze.core.execute import captured_output, error_of, gather_params, run_body
+from maze.backends._jobs import wrapped_error
+from maze.backends._packing import Descriptor
+from maze.core.execute import captured_output, gather_params, run_body
 from maze.core.protocol import TaskError
 from maze.core.shipping import ShippedCode
 from maze.core.task import TaskBody
 
 _CODE_CACHE_COUNT = 256
 _CODE_CACHE_BYTES = 256 << 20   # code pickled by value carries the globals it reads, maybe large ones
+
+
+# -- the frames ------------------------------------------------------------------------
+
+
+class CallHeader(NamedTuple):
+    """Driver to worker: run this call. The code's bytes follow when ``ship``, then the inputs' small frames."""
+
+    call_id: str
+    task_id: str
+    code_key: str
+    ship: bool                        # the worker lacks this code key: its bytes come next
+    constant_names: list[str]
+    input_names: list[str]
+    descriptors: list[Descriptor]     # the constants' values, then the inputs', in the order of the names
+    outputs: tuple[str, ...]          # declared outputs, checked here
+
+
+class Ready(NamedTuple):
+    """Worker to driver, once, first: the worker is up."""
+
+    pid: int
+    host: str
+
+
+class Started(NamedTuple):
+    """Worker to driver: the call's inputs arrived and it starts now."""
+
+    call_id: str
+    at: float                         # time.time()
+
+
+class Log(NamedTuple):
+    """Worker to driver: what the task printed; the driver reports it as a :class:`~maze.core.protocol.TaskLog`."""
+
+    call_id: str
+    stream: str                       # "stdout" or "stderr"
+    text: str
+    at: float
+
+
+class Done(NamedTuple):
+    """Worker to driver: the call ended. The outputs' small frames follow."""
+
+    call_id: str
+    keys: list[str]                   # the outputs, in the order of ``descriptors``; empty on error
+    error: TaskError | None
+    started: float
+    finished: float
+    descriptors: list[Descriptor]
+    dropped: list[str]                # code keys this worker no longer holds: send them again when needed
+
+
+Frame = Union[CallHeader, Ready, Started, Log, Done]
+_KINDS: tuple[type[Frame], ...] = (CallHeader, Ready, Started, Log, Done)
+_TAGS: dict[type[Frame], int] = {kind: tag for tag, kind in enumerate(_KINDS)}
+
+
+def encode(frame: Frame) -> bytes:
+    """The bytes of a frame: a plain tuple, its kind's number first."""
+    return pickle.dumps((_TAGS[type(frame)], *frame), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def decode(data: bytes) -> Frame:
+    """The frame of :func:`encode`'s bytes."""
+    tagged = pickle.loads(data)
+    frame: Frame = tuple.__new__(_KINDS[tagged[0]], tagged[1:])  # what a named tuple's __new__ does, in C
+    return frame
+
+
+# -- the worker ------------------------------------------------------------------------
 
 
 class _CodeCache:
@@ -114,18 +193,20 @@ def _serve(fd: int, parent: int, owner: str) -> None:
     conn = Connection(fd)
     host, pid = socket.gethostname(), os.getpid()
     code = _CodeCache()
-    conn.send_bytes(pickle.dumps(("ready", pid, host)))
+    conn.send_bytes(encode(Ready(pid, host)))
     while True:
-        header = conn.recv_bytes()
-        if not header:
+        data = conn.recv_bytes()
+        if not data:
             return  # goodbye
-        call_id, task_id, code_key, shipped, names, descriptors, outputs = pickle.loads(header)
-        code_bytes = conn.recv_bytes() if shipped else None
-        packs = _packing.receive(conn.recv_bytes, descriptors)
-        conn.send_bytes(pickle.dumps(("started", call_id, time.time())))
+        call = decode(data)
+        assert isinstance(call, CallHeader)
+        call_id, task_id, code_key = call.call_id, call.task_id, call.code_key
+        code_bytes = conn.recv_bytes() if call.ship else None
+        packs = _packing.receive(conn.recv_bytes, call.descriptors)
+        conn.send_bytes(encode(Started(call_id, time.time())))
 
         def emit(stream: str, text: str, _call_id: str = call_id) -> None:
-            conn.send_bytes(pickle.dumps(("log", _call_id, stream, text, time.time())))
+            conn.send_bytes(encode(Log(_call_id, stream, text, time.time())))
 
         started = time.time()
         result: dict[str, Any] | None = None
@@ -134,36 +215,29 @@ def _serve(fd: int, parent: int, owner: str) -> None:
             func = code.get(code_key, code_bytes)
             values = [_packing.unpack(p) for p in packs]
         except BaseException as exc:  # noqa: BLE001 - e.g. a module the worker cannot import
-            error = _wrapped(exc, f"task {task_id!r} could not be loaded in the worker")
+            error = wrapped_error(exc, f"task {task_id!r} could not be loaded in the worker")
         else:
-            constant_names, input_names = names
-            n = len(constant_names)
-            params = gather_params(dict(zip(constant_names, values[:n])), dict(zip(input_names, values[n:])))
+            n = len(call.constant_names)
+            params = gather_params(dict(zip(call.constant_names, values[:n])), dict(zip(call.input_names, values[n:])))
             del values
             with captured_output(emit):
-                result, error = run_body(func, params, outputs, task_id)
+                result, error = run_body(func, params, call.outputs, task_id)
             del params
         out: list[_packing.Packed] = []
         if result is not None:
             try:
                 out = [_packing.pack(v, owner) for v in result.values()]
             except BaseException as exc:  # noqa: BLE001
-                result, error = None, _wrapped(exc, f"the result of task {task_id!r} could not be pickled")
+                result, error = None, wrapped_error(exc, f"the result of task {task_id!r} could not be pickled")
         keys = list(result) if result is not None else []
         dropped = code.trim()
         if code_key not in code:  # it failed to load: the driver must send it again next time
             dropped.append(code_key)
-        conn.send_bytes(pickle.dumps(
-            ("done", call_id, keys, error, started, time.time(), [p.descriptor() for p in out], dropped)
-        ))
+        conn.send_bytes(encode(Done(call_id, keys, error, started, time.time(), [p.descriptor() for p in out], dropped)))
         _packing.send(conn.send_bytes, out)
         # Drop references now, so an idle worker does not hold the last task's data.
         result, out, packs = None, [], []
-
-
-def _wrapped(exc: BaseException, context: str) -> TaskError:
-    inner = error_of(exc)
-    return TaskError(inner.error_type, f"{context}: {inner.error}", inner.traceback)
+        del data, call
 
 
 if __name__ == "__main__":

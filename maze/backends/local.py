@@ -9,7 +9,7 @@ for "started" and ``print()`` events ahead of the result. This pool is small:
 * each worker is a fresh interpreter (``python -c``, so a user's script is
   never re-imported and needs no ``if __name__ == "__main__"`` guard) joined to
   the driver by one socket pair, over which everything about a task travels in
-  order (see :mod:`maze.backends._worker`);
+  order, as named frames (see :mod:`maze.backends._worker`);
 * a task's code is what the scheduler pickled at ``run()`` time
   (:attr:`TaskCall.code`), keyed by its content: a worker is sent the bytes
   only when it has not loaded that key, so unchanged code travels once per
@@ -26,9 +26,11 @@ for "started" and ``print()`` events ahead of the result. This pool is small:
   library could read it;
 * each worker leads a process group (a session) of its own, and stopping a
   task (cancel, timeout) kills that group: the worker and every process its
-  task started. A worker that dies fails only its task, and the pool starts
-  another when one is needed. (A Ctrl-C in a terminal therefore reaches the
-  driver only; the driver cancels the run.)
+  task started (a timeout runs from the worker's ``Started`` frame; the I/O
+  thread enforces it, see :mod:`maze.backends._jobs`). A worker that dies
+  fails only its task, and the pool starts another when one is needed. (A
+  Ctrl-C in a terminal therefore reaches the driver only; the driver cancels
+  the run.)
 
 Workers are reused across runs and workflows. :meth:`LocalBackend.close` (also
 run at interpreter exit) lets idle workers exit, then kills every worker's
@@ -44,7 +46,6 @@ import atexit
 import json
 import math
 import os
-import pickle
 import selectors
 import signal
 import socket
@@ -60,6 +61,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from maze.backends import _packing
+from maze.backends._jobs import Job, sweep
+from maze.backends._worker import CallHeader, Done, Log, Ready, Started, decode, encode
 from maze.core.errors import BackendError
 from maze.core.protocol import Reporter, TaskCall, TaskError, TaskLog, TaskOutcome, TaskStarted
 from maze.core.resources import Capacity, detect_capacity
@@ -89,14 +92,9 @@ class _Constant:
     packed: _packing.Packed
 
 
-@dataclass(eq=False)
-class _Job:
-    call: TaskCall
-    report: Reporter
-    future: Future[TaskOutcome]
+@dataclass(eq=False, kw_only=True)
+class _Job(Job):
     constants: list[_Constant]             # packed ``call.constants``, in order; alive as long as the job
-    deadline: float | None = None          # monotonic time at which the attempt is stopped
-    stop_reason: TaskError | None = None   # set when we kill the worker on purpose
 
 
 @dataclass(eq=False)
@@ -158,7 +156,7 @@ class LocalBackend:
                     type(exc).__name__, f"the input {key!r} of task {call.task_id!r} could not be pickled: {exc}"
                 )))
                 return future
-        job = _Job(call, report, future, constants)
+        job = _Job(call, report, future, constants=constants)
         with self._lock:
             if self._closed:
                 raise BackendError("the local backend is closed; create a new MaClient")
@@ -301,11 +299,11 @@ class LocalBackend:
         ship = code.key not in worker.known
         inputs: list[_packing.Packed] = list(call.inputs.values())
         packs = [c.packed for c in job.constants] + inputs
-        header = pickle.dumps((
-            call.call_id, call.task_id, code.key, ship, (list(call.constants), list(call.inputs)),
+        header = encode(CallHeader(
+            call.call_id, call.task_id, code.key, ship, list(call.constants), list(call.inputs),
             [p.descriptor() for p in packs], call.outputs,
-        ), protocol=pickle.HIGHEST_PROTOCOL)
-        worker.known.add(code.key)  # the worker reports in "done" what it did not keep
+        ))
+        worker.known.add(code.key)  # the worker's Done frame says what it did not keep
         worker.job = job
         try:
             worker.conn.send_bytes(header)
@@ -331,8 +329,8 @@ class LocalBackend:
                 for w in self._joining:
                     self._selector.register(w.conn, selectors.EVENT_READ, w)
                 self._joining.clear()
-                deadlines = [w.job.deadline for w in self._workers if w.job and w.job.deadline]
-            timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+                deadline = self._enforce_timeouts()
+            timeout = max(0.0, deadline - time.monotonic()) if deadline is not None else None
             for key, _ in self._selector.select(timeout):
                 if key.data is None:
                     try:
@@ -342,35 +340,32 @@ class LocalBackend:
                         pass
                 else:
                     self._on_readable(key.data)
-            self._enforce_timeouts()
         self._selector.close()
 
     def _on_readable(self, worker: _Worker) -> None:
         try:
-            frame = pickle.loads(worker.conn.recv_bytes())
+            frame = decode(worker.conn.recv_bytes())
         except (EOFError, OSError):
             self._on_worker_exit(worker)
             return
-        kind = frame[0]
         job = worker.job
-        if kind == "ready":
-            worker.host = frame[2]
+        if isinstance(frame, Ready):
+            worker.host = frame.host
         elif job is None:
             return
-        elif kind == "started":
-            if job.call.timeout:
-                job.deadline = time.monotonic() + job.call.timeout
+        elif isinstance(frame, Started):
+            job.start_clock(time.monotonic())
             job.report(TaskStarted(job.call.call_id, worker.host or socket.gethostname(),
-                                   worker.proc.pid, job.call.gpu_ids, frame[2]))
-        elif kind == "log":
-            job.report(TaskLog(job.call.call_id, frame[2], frame[3], frame[4]))
-        elif kind == "done":
+                                   worker.proc.pid, job.call.gpu_ids, frame.at))
+        elif isinstance(frame, Log):
+            job.report(TaskLog(job.call.call_id, frame.stream, frame.text, frame.at))
+        elif isinstance(frame, Done):
             self._on_done(worker, job, frame)
 
-    def _on_done(self, worker: _Worker, job: _Job, frame: tuple[Any, ...]) -> None:
-        _, _, keys, error, started, finished, descriptors, dropped = frame
+    def _on_done(self, worker: _Worker, job: _Job, done: Done) -> None:
+        keys, error, started, finished = done.keys, done.error, done.started, done.finished
         try:
-            packs = _packing.receive(worker.conn.recv_bytes, descriptors)
+            packs = _packing.receive(worker.conn.recv_bytes, done.descriptors)
         except (EOFError, OSError):
             self._on_worker_exit(worker)
             return
@@ -387,7 +382,7 @@ class LocalBackend:
         else:
             outcome = TaskOutcome(error=error, started_at=started, finished_at=finished)
         with self._lock:
-            worker.known.difference_update(dropped)
+            worker.known.difference_update(done.dropped)
             worker.job = None
             self._jobs.pop(job.call.call_id, None)
             self._feed(worker)
@@ -439,15 +434,14 @@ class LocalBackend:
         error = job.stop_reason or TaskError.worker_died(job.call.task_id, f"pid {pid}, {_describe_exit(code)}")
         job.future.set_result(TaskOutcome(error=error))
 
-    def _enforce_timeouts(self) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for w in self._workers:
-                job = w.job
-                if job and job.deadline and job.deadline <= now and job.stop_reason is None:
-                    job.stop_reason = TaskError.timed_out(job.call.task_id, job.call.timeout or 0)
-                    job.deadline = None
-                    self._kill(w)
+    def _enforce_timeouts(self) -> float | None:
+        """Stop the running jobs past their deadline; the earliest deadline left (lock held, I/O thread)."""
+        late, earliest = sweep([w.job for w in self._workers if w.job is not None], time.monotonic())
+        for job in late:
+            if job.stop_reason is None:  # not stopped already (cancelled)
+                job.stop_reason = job.timed_out()
+                self._kill_running(job)
+        return earliest
 
 
 _CLOSED = "its backend was closed"

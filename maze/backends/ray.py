@@ -14,12 +14,13 @@ How a call runs:
   reference; a Ray worker unpickles a key once and keeps the last few
   functions by key. A changed global, closure cell or default argument is new
   bytes, hence a new key: the next run, and every worker, uses the new code;
-* each call is one Ray task with ``num_returns = 1 + len(outputs)``: a small
-  *report* (status, error, timing, node, worker, GPU ids, captured output,
-  and the small output values), then one object per declared output. Those
-  object references are the outcome's ``handles``: dependent calls receive
-  them, so outputs move between workers through Ray's object store, never
-  through the driver;
+* each call is one Ray task, given its code, a :class:`RayCall` (the rest of
+  what the worker needs) and the inputs, with ``num_returns = 1 +
+  len(outputs)``: a small :class:`Report` (status, error, timing, the
+  :class:`StartNote`, captured output, and the small output values), then one
+  object per declared output. Those object references are the outcome's
+  ``handles``: dependent calls receive them, so outputs move between workers
+  through Ray's object store, never through the driver;
 * the outcome's ``result`` is a plain ``dict`` of the task's values: small
   ones ride in the report, the others are fetched with one ``ray.get`` when
   the task ends (in this backend's thread, never on Ray's callback thread). A
@@ -36,7 +37,7 @@ How a call runs:
   memory per GPU is the node resource ``maze_gpu_mem_mb``, which maze declares
   on the Ray it starts and which nodes of other clusters declare with
   ``ray start --resources='{"maze_gpu_mem_mb": <MB per GPU>}'``;
-* a hub actor receives "started" notes from workers as they start, so
+* a hub actor receives a :class:`StartNote` from each worker as it starts, so
   ``start_task`` arrives while the task runs; the report repeats it, and the
   backend always reports start before resolving the future;
 * ``stop`` (cancel, fail-fast, timeout) ends the task and what it started.
@@ -52,8 +53,10 @@ How a call runs:
   default in 2.60); older Ray, and clusters that turn it off, end only the
   worker's direct children. A child that starts a session of its own
   (``start_new_session=True``, daemons) escapes. The attempt is reported as
-  cancelled or timed out, not as a dead worker. Ray's own retries are off
-  (maze retries).
+  cancelled or timed out, not as a dead worker. A timeout runs from the start
+  note (or the report, if it comes first) and this backend's thread enforces
+  it (see :mod:`maze.backends._jobs`). Ray's own retries are off (maze
+  retries).
 """
 
 from __future__ import annotations
@@ -72,10 +75,11 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import cloudpickle
 
+from maze.backends._jobs import Job, pid_exists, sweep, wrapped_error
 from maze.core.errors import BackendError
 from maze.core.execute import error_of
 from maze.core.protocol import Reporter, TaskCall, TaskError, TaskLog, TaskOutcome, TaskStarted
@@ -99,17 +103,55 @@ _NOTES_S = 0.1
 _KILL_WAIT_S = 10.0       # how long a group kill waits for the stopped worker to be gone
 
 
+# -- what travels between the driver and the workers ---------------------------------------
+
+
+class RayCall(NamedTuple):
+    """What a worker needs of a call besides its code and inputs (one argument: Ray serializes each separately)."""
+
+    code_key: str
+    call_id: str
+    task_id: str
+    constants: dict[str, Any]         # inputs given as plain values
+    input_keys: list[str]             # the names of the inputs that follow this argument, in order
+    outputs: tuple[str, ...]          # declared outputs, checked by the worker
+
+
+class StartNote(NamedTuple):
+    """A worker to the driver, through the hub, as a call starts (its report repeats it)."""
+
+    call_id: str
+    host: str                         # the node's IP address
+    node: str                         # Ray's node id
+    worker: str                       # Ray's worker id
+    gpu_ids: tuple[int, ...]
+    at: float                         # time.time() at the start
+    group: int | None                 # the process group the worker leads, killed on stop; None: none to kill safely
+
+
+class Report(NamedTuple):
+    """A call's first return value; one object per declared output follows it."""
+
+    start: StartNote
+    ok: bool
+    keys: list[str]                   # what the task returned, in order (empty when not ok)
+    inline: dict[str, Any]            # the values small enough to ride here (see INLINE_LIMIT)
+    error: TaskError | None
+    logs: list[TaskLog]               # what the task printed, in order
+    finished: float                   # time.time() at the end
+
+
 @ray.remote(num_cpus=0)
 class _Hub:
-    """Collects "started" notes from workers; the driver drains it."""
+    """Collects start notes from workers; the driver drains it."""
 
     def __init__(self) -> None:
-        self._notes: list[tuple[Any, ...]] = []
+        self._notes: list[StartNote] = []
 
-    def started(self, *note: Any) -> None:
+    def started(self, note: StartNote) -> None:
         self._notes.append(note)
 
-    def drain(self) -> list[tuple[Any, ...]]:
+    def drain(self) -> list[StartNote]:
         notes, self._notes = self._notes, []
         return notes
 
@@ -117,33 +159,31 @@ class _Hub:
 _functions: OrderedDict[str, TaskBody] = OrderedDict()  # per Ray worker process: unpickled task functions by code key
 
 
-def _run(session: tuple[Any, list[str]], code: bytes, call: tuple[Any, ...], *inputs: Any) -> Any:
-    """The body of every maze task on Ray (runs in a Ray worker).
+def _run(session: tuple[Any, list[str]], code: bytes, call: RayCall, *inputs: Any) -> Any:
+    """The body of every maze task on Ray (runs in a Ray worker): a :class:`Report`, then the outputs.
 
     Few arguments on purpose: Ray serializes each one separately on submit.
     """
     hub, sys_path = session  # put in the object store once per client, not pickled per call
-    code_key, call_id, task_id, constants, input_keys, outputs = call
+    outputs = call.outputs
     from maze.core.execute import captured_output, gather_params, run_body
 
     ctx = ray.get_runtime_context()
-    node, worker = ctx.get_node_id(), ctx.get_worker_id()
-    host = ray.util.get_node_ip_address()
-    gpu_ids = tuple(int(g) for g in ray.get_gpu_ids())
     group = _lead_process_group()
-    started = time.time()
-    hub.started.remote(call_id, host, node, worker, gpu_ids, started, group)
-    logs: list[tuple[str, str, float]] = []
+    start = StartNote(call.call_id, ray.util.get_node_ip_address(), ctx.get_node_id(), ctx.get_worker_id(),
+                      tuple(int(g) for g in ray.get_gpu_ids()), time.time(), group)
+    hub.started.remote(start)
+    logs: list[TaskLog] = []
     result: dict[str, Any] | None = None
     error = None
     try:
-        func = _load(code_key, code, sys_path)
-        params = gather_params(constants, dict(zip(input_keys, inputs)))
+        func = _load(call.code_key, code, sys_path)
+        params = gather_params(call.constants, dict(zip(call.input_keys, inputs)))
     except BaseException as exc:  # noqa: BLE001
         error = error_of(exc)
     else:
-        with captured_output(lambda stream, text: logs.append((stream, text, time.time()))):
-            result, error = run_body(func, params, outputs, task_id)
+        with captured_output(lambda stream, text: logs.append(TaskLog(call.call_id, stream, text, time.time()))):
+            result, error = run_body(func, params, outputs, call.task_id)
     values = [None] * len(outputs)
     inline: dict[str, Any] = {}
     if result is not None:
@@ -153,15 +193,11 @@ def _run(session: tuple[Any, list[str]], code: bytes, call: tuple[Any, ...], *in
             for v in result.values():
                 cloudpickle.dumps(v, protocol=5, buffer_callback=lambda _: None)
         except Exception as exc:  # noqa: BLE001
-            err = error_of(exc)
-            message = f"the result of task {task_id!r} could not be pickled: {err.error}"
-            result, error = None, TaskError(err.error_type, message, err.traceback)
+            result, error = None, wrapped_error(exc, f"the result of task {call.task_id!r} could not be pickled")
     if result is not None:
         values = [result[k] for k in outputs]
         inline = {k: v for k, v in result.items() if k not in outputs or _small(v)}
-    report = {"ok": result is not None, "keys": list(result or ()), "inline": inline, "error": error,
-              "host": host, "node": node, "worker": worker, "gpu_ids": gpu_ids, "logs": logs,
-              "started": started, "finished": time.time()}
+    report = Report(start, result is not None, list(result or ()), inline, error, logs, time.time())
     return (report, *values) if outputs else report
 
 
@@ -204,9 +240,9 @@ def _kill_group(pgid: int) -> None:
     cancel reached it, and may be running another one. While any member of the
     group lives, no new process can take the group's id.
     """
-    deadline = time.monotonic() + _KILL_WAIT_S
+    give_up = time.monotonic() + _KILL_WAIT_S
     while _running(pgid):
-        if time.monotonic() > deadline:
+        if time.monotonic() > give_up:
             return
         time.sleep(0.02)
     try:
@@ -217,12 +253,8 @@ def _kill_group(pgid: int) -> None:
 
 def _running(pid: int) -> bool:
     """Whether a process runs; a zombie (dead, not yet reaped) does not."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_exists(pid):
         return False
-    except PermissionError:
-        return True
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             state = f.read().rpartition(b")")[2].split()[0]
@@ -243,21 +275,17 @@ def _small(value: Any) -> bool:
         return False
 
 
-@dataclass(eq=False)
-class _Job:
-    call: TaskCall
-    report: Reporter
-    future: Future[TaskOutcome]
-    refs: list[Any]
+@dataclass(eq=False, kw_only=True)
+class _Job(Job):
+    refs: list[Any]                       # the report's object reference, then the outputs'
     started: bool = False
-    deadline: float | None = None
     # Held while reporting the start: the notes thread and the result thread may
     # both try, and the start must be reported, once, before the future resolves.
     start_lock: threading.Lock = field(default_factory=threading.Lock)
-    # Set together under ``lock``: the stop and the start note (which names the
-    # group) race, and exactly one of them must kill the group. ``lock`` is taken
-    # last and nothing is taken under it (stop() runs under the scheduler's lock).
-    stop_reason: TaskError | None = None
+    # ``stop_reason`` and ``group`` are set together under ``lock``: the stop and
+    # the start note (which names the group) race, and exactly one of them must
+    # kill the group. ``lock`` is taken last and nothing is taken under it
+    # (stop() runs under the scheduler's lock).
     group: tuple[str, int] | None = None  # (node id, process group id) of the worker running it
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -343,7 +371,7 @@ class RayBackend:
         try:
             refs = self._remote_for(call.resources, len(call.outputs)).remote(
                 self._session, self._code_ref(call.code),
-                (call.code.key, call.call_id, call.task_id, dict(call.constants), keys, call.outputs),
+                RayCall(call.code.key, call.call_id, call.task_id, dict(call.constants), keys, call.outputs),
                 *[call.inputs[k] for k in keys],
             )
         except Exception as exc:  # noqa: BLE001 - e.g. an input Ray cannot serialize
@@ -354,7 +382,7 @@ class RayBackend:
             )))
             return failed
         refs = refs if isinstance(refs, list) else [refs]
-        job = _Job(call, report, Future(), refs)
+        job = _Job(call, report, Future(), refs=refs)
         job.future.set_running_or_notify_cancel()
         with self._lock:
             self._jobs[call.call_id] = job
@@ -493,15 +521,15 @@ class RayBackend:
                 notes = ray.get(self._hub.drain.remote(), timeout=10)
             except Exception:  # noqa: BLE001 - the hub is gone (shutdown); reports still carry the start
                 return
-            for call_id, host, node, worker, gpu_ids, at, group in notes:
+            for note in notes:
                 with self._lock:
-                    job = self._jobs.get(call_id)
+                    job = self._jobs.get(note.call_id)
                 if job is not None:
-                    self._started(job, host, node, worker, gpu_ids, at, group)
+                    self._started(job, note)
 
-    def _started(self, job: _Job, host: str, node: str, worker: str, gpu_ids: tuple[int, ...], at: float,
-                 group: int | None) -> None:
-        """Report the start, once. ``group`` comes with the note only: a report means the task is over."""
+    def _started(self, job: _Job, note: StartNote) -> None:
+        """Report the start, once; start the timeout's clock, and kill the group if a stop came first."""
+        node, group = note.node, note.group
         with job.start_lock:
             if job.started:
                 return
@@ -509,9 +537,9 @@ class RayBackend:
             with job.lock:
                 job.group = (node, group) if group is not None else None
                 stopped = job.stop_reason is not None
-            if job.call.timeout and not stopped:
-                job.deadline = time.monotonic() + job.call.timeout
-            job.report(TaskStarted(job.call.call_id, host, worker, tuple(gpu_ids), at, node_id=node))
+            if not stopped:
+                job.start_clock(time.monotonic())
+            job.report(TaskStarted(job.call.call_id, note.host, note.worker, tuple(note.gpu_ids), note.at, node_id=node))
         if stopped and group is not None:
             self._kill_group(node, group)  # the stop came first and could not name the group
 
@@ -527,32 +555,31 @@ class RayBackend:
 
     def _outcome(self, job: _Job, done: Future[Any]) -> TaskOutcome:
         try:
-            report = done.result()  # Ray fetched the (small) report already
+            report: Report = done.result()  # Ray fetched the (small) report already
         except Exception as exc:  # noqa: BLE001 - cancelled, worker or node died
             return TaskOutcome(error=job.stop_reason or _ray_error(job.call, exc))
-        self._started(job, report["host"], report["node"], report["worker"], report["gpu_ids"], report["started"], None)
-        for stream, text, at in report["logs"]:
-            job.report(TaskLog(job.call.call_id, stream, text, at))
-        started, finished = report["started"], report["finished"]
-        if not report["ok"]:
-            return TaskOutcome(error=report["error"], started_at=started, finished_at=finished)
+        # The group comes with the hub's note only: a report means the task is over.
+        self._started(job, report.start._replace(group=None))
+        for log in report.logs:
+            job.report(log)
+        started, finished = report.start.at, report.finished
+        if not report.ok:
+            return TaskOutcome(error=report.error, started_at=started, finished_at=finished)
         handles = dict(zip(job.call.outputs, job.refs[1:]))
-        inline = report["inline"]
-        missing = [k for k in report["keys"] if k not in inline]
+        inline = report.inline
+        missing = [k for k in report.keys if k not in inline]
         try:
             fetched = dict(zip(missing, ray.get([handles[k] for k in missing]))) if missing else {}
         except Exception as exc:  # noqa: BLE001 - e.g. the node holding it died, or a class the driver cannot import
             return TaskOutcome(error=job.stop_reason or _ray_error(job.call, exc), started_at=started, finished_at=finished)
-        result = {k: inline[k] if k in inline else fetched[k] for k in report["keys"]}
+        result = {k: inline[k] if k in inline else fetched[k] for k in report.keys}
         return TaskOutcome(result, handles, None, started, finished)
 
     def _enforce_timeouts(self) -> None:
-        now = time.monotonic()
         with self._lock:
-            late = [j for j in self._jobs.values() if j.deadline and j.deadline <= now]
+            late, _ = sweep(self._jobs.values(), time.monotonic())
         for job in late:
-            job.deadline = None
-            self._stop(job, TaskError.timed_out(job.call.task_id, job.call.timeout or 0))
+            self._stop(job, job.timed_out())
 
 
 def _root_cause(exc: BaseException) -> BaseException:

@@ -145,10 +145,17 @@ def to_dot(
     return "\n".join(lines)
 
 
+class HtmlLabel(str):
+    """A Graphviz HTML-like label (``<<TABLE>...</TABLE>>``), written as is; every other value is quoted.
+
+    A type, not a guess from the text: a task may well be named ``<b>``.
+    """
+
+    __slots__ = ()
+
+
 def _attrs(attrs: Mapping[str, str]) -> str:
-    # An HTML-like label (``<...>``) is DOT syntax of its own: not quoted.
-    return ", ".join(f"{k}={v if k == 'label' and v.startswith('<') and v.endswith('>') else dot_quote(v)}"
-                     for k, v in attrs.items())
+    return ", ".join(f"{k}={v if isinstance(v, HtmlLabel) else dot_quote(v)}" for k, v in attrs.items())
 
 
 def find_dot() -> str | None:

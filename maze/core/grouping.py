@@ -6,15 +6,17 @@ parameter. Drawn task by task, such a graph is a line a hundred thousand
 points wide. So a large plan is drawn by *groups*: tasks that run the same
 function and are wired the same way, to the same groups, up and down.
 
-How groups are decided (a partition refinement, as in DFA minimisation):
+How groups are decided: two tasks are in one group when they have the same
+name (the function, or ``task_name=``) and the same *shape* both ways:
 
-1. start with one class per task name (the function, or ``task_name=``);
-2. split every class by the set of classes its tasks read from and the set
-   of classes that read from them;
-3. repeat 2 until no class splits.
+* upstream: the same set of upstream shapes, by edge kind (data or ordering
+  only), computed in one pass in topological order;
+* downstream: the same set of downstream shapes, computed in one pass in
+  reverse order.
 
-A fan-out ``src -> work × 1000 -> sink`` gives three groups; a 200-wide,
-50-deep grid of one function gives one group per layer. Tasks whose shape
+So the cost is linear in the size of the graph, however deep. A fan-out
+``src -> work × 1000 -> sink`` gives three groups; a 200-wide, 50-deep grid of
+one function gives one group per layer. Tasks whose shape
 is unique stay single. Small plans (:data:`GROUP_ABOVE` tasks or fewer) are
 not grouped: every task is worth its own box there.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from graphlib import TopologicalSorter
 
 from .plan import Plan
 
@@ -57,15 +60,10 @@ class Grouping:
 
 def group_plan(plan: Plan, *, above: int = GROUP_ABOVE) -> Grouping:
     """The plan's tasks in groups (each task alone when the plan has ``above`` tasks or fewer)."""
-    up = {tid: t.upstream for tid, t in plan.tasks.items()}
-    down: dict[str, list[str]] = {tid: [] for tid in plan.tasks}
-    for tid, ups in up.items():
-        for u in ups:
-            down[u].append(tid)
     if len(plan.tasks) <= above:
         label = {tid: i for i, tid in enumerate(plan.tasks)}
     else:
-        label = _refine(plan, up, down)
+        label = _shapes(plan)
     members: dict[int, list[str]] = {}
     for tid in plan.tasks:
         members.setdefault(label[tid], []).append(tid)
@@ -77,19 +75,25 @@ def group_plan(plan: Plan, *, above: int = GROUP_ABOVE) -> Grouping:
     return Grouping(groups, of_task, edges)
 
 
-def _refine(plan: Plan, up: Mapping[str, tuple[str, ...]], down: Mapping[str, list[str]]) -> dict[str, int]:
-    names: dict[str, int] = {}
-    label = {tid: names.setdefault(t.name, len(names)) for tid, t in plan.tasks.items()}
-    count = len(names)
-    while True:
-        signatures: dict[tuple[int, frozenset[int], frozenset[int]], int] = {}
-        new = {
-            tid: signatures.setdefault(
-                (label[tid], frozenset(label[u] for u in up[tid]), frozenset(label[d] for d in down[tid])),
-                len(signatures),
-            )
-            for tid in plan.tasks
-        }
-        if len(signatures) == count:  # no class split: stable
-            return new
-        label, count = new, len(signatures)
+def _shapes(plan: Plan) -> dict[str, int]:
+    """A class number per task: equal numbers, equal name and shape both ways (see the module docstring)."""
+    up: dict[str, list[tuple[str, bool]]] = {tid: [] for tid in plan.tasks}
+    down: dict[str, list[tuple[str, bool]]] = {tid: [] for tid in plan.tasks}
+    for e in plan.edges:
+        up[e.target].append((e.source, bool(e.keys)))
+        down[e.source].append((e.target, bool(e.keys)))
+    order = list(TopologicalSorter({tid: [s for s, _ in up[tid]] for tid in plan.tasks}).static_order())
+    up_shape = _one_way(plan, order, up)
+    down_shape = _one_way(plan, order[::-1], down)
+    classes: dict[tuple[int, int], int] = {}
+    return {tid: classes.setdefault((up_shape[tid], down_shape[tid]), len(classes)) for tid in plan.tasks}
+
+
+def _one_way(plan: Plan, order: list[str], links: Mapping[str, list[tuple[str, bool]]]) -> dict[str, int]:
+    """Number each task by its name and the set of (shape, edge kind) of the tasks it links to."""
+    ids: dict[tuple[str, frozenset[tuple[int, bool]]], int] = {}
+    shape: dict[str, int] = {}
+    for tid in order:   # every linked task comes earlier in ``order``
+        key = (plan.tasks[tid].name, frozenset((shape[other], data) for other, data in links[tid]))
+        shape[tid] = ids.setdefault(key, len(ids))
+    return shape

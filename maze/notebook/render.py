@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from maze.core.errors import RendererError
-from maze.core.graphviews import render
+from maze.core.graphviews import HtmlLabel, render
 from maze.core.graphviews import to_dot as plan_to_dot
 from maze.core.grouping import Group, Grouping, group_plan
 from maze.core.plan import Plan
@@ -118,6 +118,17 @@ def counts_text(counts: Mapping[str, int]) -> str:
     return "  ".join(f"{counts[s]:,} {LOOKS[s].icon}" for s in STATES if counts.get(s))
 
 
+def _bar_widths(counts: list[int], total: int) -> list[int]:
+    """Whole-point widths, at least 1 each, adding up to :data:`BAR_WIDTH` (largest remainders first)."""
+    room = BAR_WIDTH - len(counts)          # one point each is given up front
+    exact = [room * n / total for n in counts]
+    widths = [int(x) for x in exact]
+    by_remainder = sorted(range(len(counts)), key=lambda i: exact[i] - widths[i], reverse=True)
+    for i in by_remainder[: room - sum(widths)]:
+        widths[i] += 1
+    return [w + 1 for w in widths]
+
+
 def group_attrs(group: Group, counts: Mapping[str, int]) -> dict[str, str]:
     """A group node: its name and size, a count per state, and a stacked bar (an HTML-like label)."""
     look = LOOKS[group_state(counts)]
@@ -126,11 +137,10 @@ def group_attrs(group: Group, counts: Mapping[str, int]) -> dict[str, str]:
     for s in STATES:   # widths in whole points that add up to the bar's width
         if counts.get(s):
             cells.append((s, counts[s]))
-    widths = [max(1, round(BAR_WIDTH * n / total)) for _, n in cells]
-    widths[-1] += BAR_WIDTH - sum(widths)
+    widths = _bar_widths([n for _, n in cells], total)
     bar = "".join(f'<TD WIDTH="{w}" HEIGHT="8" FIXEDSIZE="TRUE" BGCOLOR="{LOOKS[s].fill if LOOKS[s].fill != "#FFFFFF" else "#DDDDDD"}"></TD>'
                   for (s, _), w in zip(cells, widths))
-    label = (
+    label = HtmlLabel(
         f'<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">'
         f'<TR><TD COLSPAN="{len(cells)}"><B>{html.escape(group.label)}</B></TD></TR>'
         # The counts line is sized for a busy group (several states of thousands), so the

@@ -15,11 +15,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from maze.core.fold import RunFold, TaskView
+from maze.core.messages import clip
 from maze.core.plan import Plan
 
 #: Lines of printed output a board keeps: per task (for its details), and for the run's log pane.
 TASK_OUTPUT_LINES = 50
 LOG_LINES = 200
+LINE_CHARS = 300
 
 
 class Board:
@@ -55,7 +57,9 @@ class Board:
 
     def _printed(self, d: dict[str, Any]) -> None:
         tid = d.get("task_id", "")
-        lines = d.get("text", "").splitlines() or [""]
+        # As a terminal shows it: a carriage return (a progress bar) rewrites its line, and a
+        # line is cut at a readable length, so the pane stays small whatever a task prints.
+        lines = [clip(line.rsplit("\r", 1)[-1], LINE_CHARS) for line in d.get("text", "").rstrip("\n").split("\n")]
         self.output.setdefault(tid, deque(maxlen=TASK_OUTPUT_LINES)).extend(lines)
         self.log.extend(f"[{tid}] {line}" for line in lines)
         self.log_lines += len(lines)

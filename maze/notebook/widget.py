@@ -44,6 +44,8 @@ _HERE = Path(__file__).parent
 UPDATES_PER_S = 10
 #: The full map of states is re-sent this often (for views opened later); diffs in between.
 SNAPSHOT_S = 2.0
+#: The log pane (the run's last printed lines) is re-sent at most this often.
+LOG_S = 1.0
 
 
 class DagWidget(anywidget.AnyWidget):
@@ -77,9 +79,11 @@ class DagWidget(anywidget.AnyWidget):
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._grouping: Grouping | None = None
+        self._grouped = threading.Event()           # set once the layout thread has grouped the plan
         self._alone: frozenset[str] = frozenset()   # tasks drawn as their own node (known after layout)
         self._seq = 0
         self._snapshot_at = time.monotonic()
+        self._log_at = 0.0
         seen = 0
         if run is not None:  # replay what happened so far, so the first frame is already right
             with run.changed:
@@ -111,6 +115,7 @@ class DagWidget(anywidget.AnyWidget):
 
     def _lay_out(self) -> None:
         grouping = self._grouping = group_plan(self._plan)
+        self._grouped.set()
         layout = to_dot(self._plan, grouping=grouping)
         svg = to_svg(layout, background=True)
         nodes, groups = {}, {}
@@ -171,8 +176,9 @@ class DagWidget(anywidget.AnyWidget):
                              "tooltips": b.tooltips(t for t in changed if t in self._alone)}
                 if b.failed_count() != self.failed:
                     self.failures, self.failed = b.failures(), b.failed_count()
-            if b.log_changed:
+            if b.log_changed and (full or time.monotonic() - self._log_at >= LOG_S):
                 b.log_changed = False
+                self._log_at = time.monotonic()
                 self.log, self.log_lines = "\n".join(b.log), b.log_lines
             if full:
                 self._snapshot_at = time.monotonic()
@@ -183,8 +189,9 @@ class DagWidget(anywidget.AnyWidget):
         """The front end asks for the details of a task or a group the user picked."""
         if not isinstance(content, dict):
             return
-        if content.get("type") == "task" and content.get("task") in self._plan.tasks:
-            self.send({"type": "detail", **self._board.detail(content["task"])})
+        task_id = content.get("task")
+        if content.get("type") == "task" and isinstance(task_id, str) and task_id in self._plan.tasks:
+            self.send({"type": "detail", **self._board.detail(task_id)})
         elif content.get("type") == "group" and self._grouping is not None:
             group = next((g for g in self._grouping.groups if f"group-{g.group_id}" == content.get("group")), None)
             if group is not None:
@@ -208,10 +215,18 @@ class DagWidget(anywidget.AnyWidget):
     # -- static forms ------------------------------------------------------------------
 
     def static_svg(self) -> str | None:
-        """The current picture as a standalone SVG (states and legend drawn in)."""
-        return to_svg(to_dot(self._plan, self._board.states, self._board.tooltips()))
+        """The current picture as a standalone SVG (states and legend drawn in), drawn at low priority."""
+        self._grouped.wait()
+        states = self._board.states
+        return to_svg(to_dot(self._plan, states, self._board.tooltips(self._alone), grouping=self._grouping),
+                      background=True)
 
     def static_html(self) -> str:
+        if self._run is not None and not self._run.ended.is_set():
+            # A live run: the widget shows it; the cell's static copy is made once, when it ends
+            # (display.NotebookViewer.watch updates it), not here on the caller's thread.
+            return ('<div class="maze-static"><p>The live DAG of this run is shown by the maze widget; '
+                    "the final picture replaces this text when the run ends.</p></div>")
         svg = self.static_svg()
         body = svg if svg else f"<pre>{html.escape(to_dot(self._plan, self._board.states))}</pre><p>{html.escape(NO_RENDERER_HINT)}</p>"
         return f'<div class="maze-static">{body}{legend_html(self._board)}</div>'

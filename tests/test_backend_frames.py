@@ -1,0 +1,86 @@
+"""The frames the backends exchange with their workers: named, and unchanged by the trip."""
+
+from __future__ import annotations
+
+import pickle
+import time
+from concurrent.futures import Future
+
+import pytest
+
+from maze.backends import _packing
+from maze.backends._jobs import Job, sweep
+from maze.backends._worker import CallHeader, Done, Log, Ready, Started, decode, encode
+from maze.core.errors import BackendError
+from maze.core.protocol import Failure, TaskError, TaskLog
+
+ERROR = TaskError.simple("ValueError", "bad input")
+DESCRIPTOR = _packing.pack({"x": 1}, "test").descriptor()
+
+LOCAL_FRAMES = [
+    (CallHeader("c1", "t1", "key", True, ["a"], ["b"], [DESCRIPTOR, DESCRIPTOR], ("out",)),
+     ("call_id", "task_id", "code_key", "ship", "constant_names", "input_names", "descriptors", "outputs")),
+    (Ready(123, "host"), ("pid", "host")),
+    (Started("c1", 1.5), ("call_id", "at")),
+    (Log("c1", "stdout", "hello\n", 2.5), ("call_id", "stream", "text", "at")),
+    (Done("c1", ["out"], None, 1.5, 2.5, [DESCRIPTOR], ["old"]),
+     ("call_id", "keys", "error", "started", "finished", "descriptors", "dropped")),
+    (Done("c1", [], ERROR, 1.5, 2.5, [], []),
+     ("call_id", "keys", "error", "started", "finished", "descriptors", "dropped")),
+]
+
+
+@pytest.mark.parametrize(("frame", "fields"), LOCAL_FRAMES, ids=lambda f: type(f).__name__)
+def test_local_frames_round_trip(frame, fields):
+    assert type(frame)._fields == fields
+    back = decode(encode(frame))
+    assert type(back) is type(frame)
+    assert back == frame
+    assert pickle.loads(pickle.dumps(frame)) == frame  # plain pickle works too
+
+
+def test_local_frames_travel_as_plain_tuples():
+    # No class reference in the bytes: the frame's kind is a number.
+    data = encode(Started("c1", 1.5))
+    assert b"Started" not in data
+    assert type(pickle.loads(data)) is tuple
+
+
+def test_error_frame_keeps_its_kind():
+    error = TaskError.timed_out("t1", 3)
+    back = decode(encode(Done("c1", [], error, 1.0, 2.0, [], [])))
+    assert isinstance(back, Done) and back.error == error and back.error.kind is Failure.TIMED_OUT
+
+
+def test_ray_frames_round_trip():
+    try:
+        import maze.backends.ray as ray_backend  # needs Ray installed; starts nothing
+    except BackendError:
+        pytest.skip("Ray is not installed")
+    note = ray_backend.StartNote("c1", "127.0.0.1", "node", "worker", (0,), 1.5, 4242)
+    frames = [
+        (ray_backend.RayCall("key", "c1", "t1", {"a": 1}, ["b"], ("out",)),
+         ("code_key", "call_id", "task_id", "constants", "input_keys", "outputs")),
+        (note, ("call_id", "host", "node", "worker", "gpu_ids", "at", "group")),
+        (ray_backend.Report(note, True, ["out"], {"out": 1}, None, [TaskLog("c1", "stdout", "hi", 2.0)], 2.5),
+         ("start", "ok", "keys", "inline", "error", "logs", "finished")),
+    ]
+    for frame, fields in frames:
+        assert type(frame)._fields == fields
+        assert pickle.loads(pickle.dumps(frame)) == frame
+
+
+def test_sweep_takes_late_jobs_once():
+    def job(timeout: float | None) -> Job:
+        call = type("Call", (), {"timeout": timeout, "task_id": "t"})()
+        return Job(call, lambda event: None, Future())  # type: ignore[arg-type]
+
+    now = time.monotonic()
+    late, soon, untimed = job(1), job(10), job(None)
+    for j in (late, soon, untimed):
+        j.start_clock(now)
+    assert untimed.deadline is None
+    taken, earliest = sweep([late, soon, untimed], now + 5)
+    assert taken == [late] and earliest == soon.deadline
+    assert late.deadline is None and late.timed_out().kind is Failure.TIMED_OUT
+    assert sweep([late, soon, untimed], now + 5) == ([], soon.deadline)
