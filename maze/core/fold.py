@@ -60,6 +60,7 @@ class RunFold:
     results: dict[str, Mapping[str, Any]] = field(default_factory=dict)
     errors: dict[str, TaskError] = field(default_factory=dict)
     skip_reasons: dict[str, str] = field(default_factory=dict)
+    retry_errors: dict[str, str] = field(default_factory=dict)     # the error of the last failed attempt
     started: dict[str, float] = field(default_factory=dict)       # when the current attempt started
     durations: dict[str, float] = field(default_factory=dict)
     fingerprints: dict[str, Mapping[str, str]] = field(default_factory=dict)
@@ -107,6 +108,7 @@ class RunFold:
                 self.fingerprints[tid] = d["fingerprint"]
         elif kind == MessageType.TASK_RETRY:
             self.states[tid] = TaskView.RETRYING
+            self.retry_errors[tid] = d.get("error", "")
         elif kind == MessageType.TASK_EXCEPTION:
             cancelled = d.get("error_type") == CANCELLED_ERROR
             self.states[tid] = TaskView.CANCELLED if cancelled else TaskView.FAILED

@@ -15,8 +15,6 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from graphlib import CycleError as _GraphlibCycle
-from graphlib import TopologicalSorter
 from itertools import islice
 from types import MappingProxyType
 from typing import Any, TextIO
@@ -144,6 +142,9 @@ class MaWorkflow:
         self._tasks: dict[str, PlannedTask] = {}
         self._handles: dict[str, MaTask] = {}
         self._ordering: set[tuple[str, str]] = set()    # add_edge edges (data edges live in refs)
+        self._ordering_into: dict[str, set[str]] = {}    # the same, by target
+        self._downstream: dict[str, list[str]] = {}      # task -> the tasks that wait for it (any edge)
+        self._stale: set[str] = set()                    # tasks whose ordering edges changed since plan()
         self._runs: dict[str, RunState] = {}
         self._name_counts: dict[str, int] = {}   # where the search for a free id resumes
 
@@ -176,6 +177,9 @@ class MaWorkflow:
         upstream = tuple(dict.fromkeys(r.task_id for r in refs.values()))
         planned = PlannedTask(task_id, spec, task_func, MappingProxyType(constants), MappingProxyType(refs), upstream)
         self._tasks[task_id] = planned
+        self._downstream[task_id] = []
+        for up in upstream:
+            self._downstream[up].append(task_id)
         handle = MaTask(planned, self.workflow_id)
         self._handles[task_id] = handle
         return handle
@@ -247,21 +251,38 @@ class MaWorkflow:
         """Make ``target`` wait for ``source`` without passing data."""
         a = self._task_id_of(source, "add_edge source")
         b = self._task_id_of(target, "add_edge target")
-        graph = self._upstream_map()
-        graph[b] = graph[b] | {a}
-        try:
-            TopologicalSorter(graph).prepare()
-        except _GraphlibCycle as exc:
-            # graphlib lists the cycle along "depends on" links; that is already
-            # the order in which data would flow around it.
-            cycle = list(exc.args[1])
+        path = self._path(b, a)
+        if path is not None:
+            # The edge a -> b closes a cycle when a is reachable from b: name it in
+            # the order work would flow around it, from b.
+            cycle = [*path, b]
             raise CycleError(
-                f"add_edge({a!r}, {b!r}) would close a cycle: {' -> '.join(cycle)}; "
-                "the workflow is unchanged",
+                f"add_edge({a!r}, {b!r}) would close a cycle: {' -> '.join(cycle)}; the workflow is unchanged",
                 cycle,
-            ) from None
-        self._ordering.add((a, b))
-        self._refresh_upstream(b)
+            )
+        if (a, b) not in self._ordering:
+            self._ordering.add((a, b))
+            self._ordering_into.setdefault(b, set()).add(a)
+            self._downstream[a].append(b)
+            self._stale.add(b)
+
+    def _path(self, start: str, goal: str) -> list[str] | None:
+        """A path ``start -> ... -> goal`` along the edges, or ``None``: a search from ``start`` only,
+        so adding a thousand edges to a sink stays fast."""
+        parent: dict[str, str | None] = {start: None}
+        frontier = [start]
+        while frontier:
+            node = frontier.pop()
+            if node == goal:
+                path = [node]
+                while (up := parent[path[-1]]) is not None:
+                    path.append(up)
+                return path[::-1]
+            for child in self._downstream[node]:
+                if child not in parent:
+                    parent[child] = node
+                    frontier.append(child)
+        return None
 
     def del_edge(self, source: MaTask | str, target: MaTask | str) -> None:
         """Remove an ordering edge made with ``add_edge``."""
@@ -269,7 +290,9 @@ class MaWorkflow:
         b = self._task_id_of(target, "del_edge target")
         if (a, b) in self._ordering:
             self._ordering.discard((a, b))
-            self._refresh_upstream(b)
+            self._ordering_into[b].discard(a)
+            self._downstream[a].remove(b)
+            self._stale.add(b)
             return
         data = [k for k, r in self._tasks[b].refs.items() if r.task_id == a]
         if data:
@@ -279,13 +302,12 @@ class MaWorkflow:
             )
         raise WorkflowError(f"del_edge({a!r}, {b!r}): there is no edge from {a!r} to {b!r}")
 
-    def _upstream_map(self) -> dict[str, set[str]]:
-        return {tid: set(t.upstream) for tid, t in self._tasks.items()}
-
     def _refresh_upstream(self, task_id: str) -> None:
+        """Bring a task's ``upstream`` up to date with its ordering edges (done when a plan is taken:
+        per edge, it would make wiring a thousand tasks to one sink quadratic)."""
         t = self._tasks[task_id]
         data = [r.task_id for r in t.refs.values()]
-        ordering = [a for (a, b) in sorted(self._ordering) if b == task_id]
+        ordering = sorted(self._ordering_into.get(task_id, ()))
         upstream = tuple(dict.fromkeys(data + ordering))
         self._tasks[task_id] = dataclasses.replace(t, upstream=upstream)
 
@@ -294,6 +316,9 @@ class MaWorkflow:
 
     def plan(self) -> Plan:
         """A frozen snapshot of the workflow as it is now."""
+        for task_id in self._stale:
+            self._refresh_upstream(task_id)
+        self._stale.clear()
         return Plan.build(self.workflow_id, self.name, list(self._tasks.values()), set(self._ordering))
 
     # -- running --------------------------------------------------------------------

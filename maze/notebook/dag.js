@@ -87,6 +87,8 @@ function render({ model, el }) {
         if (box) { r.setAttribute("y", box.y); r.setAttribute("height", box.height); }
         r.setAttribute("width", 0);
         r.setAttribute("fill", looks[state].fill === "#FFFFFF" ? "#DDDDDD" : looks[state].fill);
+        r.setAttribute("stroke", "#FFFFFF");   // so a bar of the box's own colour still shows
+        r.setAttribute("stroke-width", "0.8");
         bar.appendChild(r);
         rects[state] = r;
       }

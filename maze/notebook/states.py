@@ -79,10 +79,19 @@ class Board:
     def detail(self, tid: str) -> dict[str, str]:
         """What a viewer shows when a task is picked: its state, its whole error and its output."""
         err = self._fold.errors.get(tid)
+        state = self._fold.states[tid]
+        if err is not None:
+            why = err.traceback
+        elif state is TaskView.INTERRUPTED:
+            why = "the process that drove the run ended before this task did"
+        elif state is TaskView.RETRYING:
+            why = f"an attempt failed, another follows: {self._fold.retry_errors.get(tid, '')}"
+        else:
+            why = self._fold.skip_reasons.get(tid, "")
         return {
             "task": tid,
-            "state": self._fold.states[tid].value,
-            "error": err.traceback if err is not None else (self._fold.skip_reasons.get(tid) or ""),
+            "state": state.value,
+            "error": why,
             "output": "\n".join(self.output.get(tid, ())),
         }
 
