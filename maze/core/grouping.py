@@ -23,6 +23,7 @@ not grouped: every task is worth its own box there.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from graphlib import TopologicalSorter
@@ -59,7 +60,30 @@ class Grouping:
 
 
 def group_plan(plan: Plan, *, above: int = GROUP_ABOVE) -> Grouping:
-    """The plan's tasks in groups (each task alone when the plan has ``above`` tasks or fewer)."""
+    """The plan's tasks in groups (each task alone when the plan has ``above`` tasks or fewer).
+
+    A workflow hands out the same plan until it is edited, so the runs of an
+    unchanged workflow (a widget each) share one grouping: the last few are kept.
+    """
+    key = (id(plan), above)
+    with _recent_lock:   # widgets group in their own threads
+        found = _recent.get(key)
+    if found is not None and found[0] is plan:
+        return found[1]
+    grouping = _group(plan, above)
+    with _recent_lock:
+        _recent[key] = (plan, grouping)   # holding the plan keeps its id from being reused
+        while len(_recent) > _RECENT:
+            del _recent[next(iter(_recent))]
+    return grouping
+
+
+_RECENT = 8
+_recent: dict[tuple[int, int], tuple[Plan, Grouping]] = {}
+_recent_lock = threading.Lock()
+
+
+def _group(plan: Plan, above: int) -> Grouping:
     if len(plan.tasks) <= above:
         label = {tid: i for i, tid in enumerate(plan.tasks)}
     else:
@@ -82,7 +106,11 @@ def _shapes(plan: Plan) -> dict[str, int]:
     for e in plan.edges:
         up[e.target].append((e.source, bool(e.keys)))
         down[e.source].append((e.target, bool(e.keys)))
-    order = list(TopologicalSorter({tid: [s for s, _ in up[tid]] for tid in plan.tasks}).static_order())
+    position = {tid: i for i, tid in enumerate(plan.tasks)}
+    if all(position[e.source] < position[e.target] for e in plan.edges):
+        order = list(plan.tasks)   # the usual case: tasks were added after what they wait for
+    else:                          # an add_edge pointed back to an earlier task
+        order = list(TopologicalSorter({tid: [s for s, _ in up[tid]] for tid in plan.tasks}).static_order())
     up_shape = _one_way(plan, order, up)
     down_shape = _one_way(plan, order[::-1], down)
     classes: dict[tuple[int, int], int] = {}

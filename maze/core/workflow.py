@@ -145,6 +145,7 @@ class MaWorkflow:
         self._ordering_into: dict[str, set[str]] = {}    # the same, by target
         self._downstream: dict[str, list[str]] = {}      # task -> the tasks that wait for it (any edge)
         self._stale: set[str] = set()                    # tasks whose ordering edges changed since plan()
+        self._plan: Plan | None = None                   # the last plan, while the workflow is unchanged
         self._runs: dict[str, RunState] = {}
         self._name_counts: dict[str, int] = {}   # where the search for a free id resumes
 
@@ -177,6 +178,7 @@ class MaWorkflow:
         upstream = tuple(dict.fromkeys(r.task_id for r in refs.values()))
         planned = PlannedTask(task_id, spec, task_func, MappingProxyType(constants), MappingProxyType(refs), upstream)
         self._tasks[task_id] = planned
+        self._plan = None
         self._downstream[task_id] = []
         for up in upstream:
             self._downstream[up].append(task_id)
@@ -262,6 +264,7 @@ class MaWorkflow:
             )
         if (a, b) not in self._ordering:
             self._ordering.add((a, b))
+            self._plan = None
             self._ordering_into.setdefault(b, set()).add(a)
             self._downstream[a].append(b)
             self._stale.add(b)
@@ -290,6 +293,7 @@ class MaWorkflow:
         b = self._task_id_of(target, "del_edge target")
         if (a, b) in self._ordering:
             self._ordering.discard((a, b))
+            self._plan = None
             self._ordering_into[b].discard(a)
             self._downstream[a].remove(b)
             self._stale.add(b)
@@ -315,11 +319,13 @@ class MaWorkflow:
         return [{"id": tid, "name": t.name} for tid, t in self._tasks.items()]
 
     def plan(self) -> Plan:
-        """A frozen snapshot of the workflow as it is now."""
-        for task_id in self._stale:
-            self._refresh_upstream(task_id)
-        self._stale.clear()
-        return Plan.build(self.workflow_id, self.name, list(self._tasks.values()), set(self._ordering))
+        """A frozen snapshot of the workflow as it is now (the same object until the next edit)."""
+        if self._plan is None:
+            for task_id in self._stale:
+                self._refresh_upstream(task_id)
+            self._stale.clear()
+            self._plan = Plan.build(self.workflow_id, self.name, list(self._tasks.values()), set(self._ordering))
+        return self._plan
 
     # -- running --------------------------------------------------------------------
 
