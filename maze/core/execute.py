@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .errors import TaskOutputError
+from .messages import short_repr
 from .protocol import TaskError
 from .task import TaskBody
 
@@ -36,7 +37,7 @@ def run_body(
 def check_result(result: Any, outputs: tuple[str, ...], task_id: str) -> None:
     if not isinstance(result, dict):
         raise TaskOutputError(
-            f"task {task_id!r} returned {type(result).__name__} {_short(result)}; "
+            f"task {task_id!r} returned {type(result).__name__} {short_repr(result, 60)}; "
             f"expected a dict with the keys {list(outputs)}"
         )
     missing = [key for key in outputs if key not in result]
@@ -60,11 +61,6 @@ def error_of(exc: BaseException) -> TaskError:
         text = f"{kind}: {message}"
     line = message.splitlines()[0] if message else ""
     return TaskError(error_type=kind, error=line, traceback=text)
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class LineWriter(io.TextIOBase):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UnsafeHistoryError
+from .messages import short_repr
 
 #: Result values whose pickle (buffers counted), or whose JSON, is larger than this are only described.
 VALUE_LIMIT = 1 << 20
@@ -33,15 +34,8 @@ class Stored(str):
     __slots__ = ()
 
 
-def _short_repr(value: Any, limit: int = 200) -> str:
-    try:
-        text = repr(value)
-    except Exception:  # noqa: BLE001
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_short_repr)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=short_repr)
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
@@ -54,7 +48,7 @@ def json_text(value: Any, depth: int = 0) -> str:
         if type(value) is dict and depth < 4:
             items = (f"{_ENCODER.encode(_key(k))}:{json_text(v, depth + 1)}" for k, v in value.items())
             return "{" + ",".join(items) + "}"
-        return _ENCODER.encode(_short_repr(value))
+        return _ENCODER.encode(short_repr(value))
 
 
 def _key(key: Any) -> str:
@@ -62,7 +56,7 @@ def _key(key: Any) -> str:
     try:
         return str(key)
     except Exception:  # noqa: BLE001 - whatever a user's __str__ raises, the message is still recorded
-        return _short_repr(key)
+        return short_repr(key)
 
 
 def _is_json(value: Any) -> bool:
@@ -85,7 +79,7 @@ def _pickled(value: Any) -> tuple[str, bytes | None]:
         # protocol 5 hands big buffers (arrays) out of band: sized without copying them
         blob = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
     except Exception as exc:  # noqa: BLE001 - a lock, a generator...
-        return Dropped(f"<{name}, not kept in the history: {_short_repr(exc)}>"), None
+        return Dropped(f"<{name}, not kept in the history: {short_repr(exc)}>"), None
     size = len(blob) + sum(memoryview(b).nbytes for b in buffers)
     if size > VALUE_LIMIT:
         return _too_large(name, size), None
@@ -168,4 +162,4 @@ def load_value(descriptor: str, kept: bool, blob: bytes | None) -> Any:
     try:
         return pickle.loads(blob)
     except Exception as exc:  # noqa: BLE001 - e.g. a class that no longer exists
-        return Dropped(f"{descriptor[:-1]}, but unreadable: {_short_repr(exc)}>")
+        return Dropped(f"{descriptor[:-1]}, but unreadable: {short_repr(exc)}>")

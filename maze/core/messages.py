@@ -21,6 +21,15 @@ ERROR_LINE_LIMIT = 1_000
 TRACEBACK_LIMIT = 20_000
 
 
+def short_repr(value: Any, limit: int = 200) -> str:
+    """``repr(value)`` cut to ``limit`` characters; never raises (a broken ``__repr__`` gives the type)."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - whatever a user's __repr__ raises, a message still gets written
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def clip(text: str, limit: int) -> str:
     """``text`` if it fits in ``limit`` characters, else its head and tail around a note of what was cut."""
     if len(text) <= limit:

@@ -11,14 +11,13 @@ import sys
 from collections import Counter
 from typing import Any
 
-from .messages import MessageType
+from .messages import MessageType, short_repr
 
 _RESULT_WIDTH = 100
 
 
 def short(value: Any, width: int = _RESULT_WIDTH) -> str:
-    text = repr(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
+    return short_repr(value, width)
 
 
 def log_line(message: dict[str, Any]) -> str:
