@@ -31,12 +31,22 @@ from maze.core.history import (
     default_path,
     plan_of,
 )
-from maze.core.messages import Message, MessageType, make, task_message
+from maze.core.messages import Message, MessageType
 from maze.core.plan import Plan
 from maze.core.resources import Resources
 
 WF, RUN = "wf-trust", "run-trust"
 LINUX = os.path.exists("/proc/self/stat")
+
+
+def make(kind: MessageType, workflow_id: str, run_id: str, **data: Any) -> Message:
+    """A raw message of any shape: the history must store whatever it is handed."""
+    return {"type": kind.value, "data": {"workflow_id": workflow_id, "run_id": run_id, **data}}
+
+
+def task_message(kind: MessageType, workflow_id: str, run_id: str, task_id: str, task_name: str,
+                 **data: Any) -> Message:
+    return make(kind, workflow_id, run_id, task_id=task_id, task_name=task_name, time=time.time(), **data)
 
 
 def plan(*task_ids: str) -> Plan:
@@ -327,11 +337,11 @@ ORPHAN = textwrap.dedent('''
     import os, sys
     from pathlib import Path
     from maze.core.history import HistoryWriter, plan_of
-    from maze.core.messages import MessageType, task_message
 
     writer = HistoryWriter(Path(sys.argv[1]))
     writer.run_started("run-orphan", plan_of({"name": "o", "tasks": [], "edges": []}, "wf-o"))
-    writer.message("run-orphan", 1, task_message(MessageType.TASK_EXCEPTION, "wf-o", "run-orphan", "t", "t"))
+    writer.message("run-orphan", 1, {"type": "task_exception", "data": {
+        "workflow_id": "wf-o", "run_id": "run-orphan", "task_id": "t", "task_name": "t", "time": 0.0}})
     writer.flush()
     os._exit(0)  # gone before the run ended, without closing anything
 ''')
@@ -515,16 +525,17 @@ AT_EXIT = textwrap.dedent('''
     import atexit, sys
     from pathlib import Path
     from maze.core.history import HistoryWriter, plan_of
-    from maze.core.messages import MessageType, make, task_message
+    from maze.core import messages
 
     writer = HistoryWriter(Path(sys.argv[1]), log_head=1, log_tail=2)
     atexit.register(writer.close)  # what MaClient does
     for run in ("run-ended", "run-going"):
+        at = {"workflow_id": "wf", "run_id": run}
         writer.run_started(run, plan_of({"name": "x", "tasks": [], "edges": []}, "wf"))
         for i in range(5):
-            writer.message(run, i + 1, task_message(MessageType.TASK_LOG, "wf", run, "t", "t", stream="stdout",
-                                                    text=f"{run} {i}\\n"))
-    writer.message("run-ended", 6, make(MessageType.FINISH_WORKFLOW, "wf", "run-ended", status="completed"))
+            writer.message(run, i + 1, messages.task_log(at, "t", "t", at=0.0, stream="stdout", text=f"{run} {i}\\n"))
+    writer.message("run-ended", 6, messages.finish_workflow(
+        {"workflow_id": "wf", "run_id": "run-ended"}, status="completed", has_exception=False, duration=0.1))
     # the end of the script: nothing closes the writer, nothing waits for it
 ''')
 

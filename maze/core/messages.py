@@ -12,7 +12,7 @@ import enum
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypedDict
 
 Message = dict[str, Any]
 
@@ -48,18 +48,136 @@ class MessageType(str, enum.Enum):
     FINISH_WORKFLOW = "finish_workflow"
 
 
-def make(kind: MessageType, workflow_id: str, run_id: str, **data: Any) -> Message:
-    return {"type": kind.value, "data": {"workflow_id": workflow_id, "run_id": run_id, **data}}
+# -- the vocabulary: the data of each message type, spelled once ------------------------------
+# Producers build messages with the functions below; readers (the fold, the
+# reports) read ``message["data"]`` as the matching TypedDict, so a misspelt
+# field is a type error, not a silent ``None``. On the wire they stay plain dicts.
 
 
-def task_message(
-    kind: MessageType, workflow_id: str, run_id: str, task_id: str, task_name: str,
-    at: float | None = None, **data: Any,
-) -> Message:
-    return make(
-        kind, workflow_id, run_id,
-        task_id=task_id, task_name=task_name, time=time.time() if at is None else at, **data,
-    )
+class RunData(TypedDict):
+    workflow_id: str
+    run_id: str
+
+
+class TaskData(RunData):
+    task_id: str
+    task_name: str
+    time: float
+
+
+class _OnRay(TypedDict, total=False):
+    node_id: str                       # Ray's id of the node
+
+
+class StartTaskData(TaskData, _OnRay):
+    node: str
+    worker: str | int
+    gpu_ids: list[int]
+    attempt: int
+
+
+class _Reused(TypedDict, total=False):
+    cached: bool                       # a reused result: from an earlier run or the result cache
+    reused_from: str
+
+
+class FinishTaskData(TaskData, _Reused):
+    result: Any                        # the dict the task returned
+    duration: float
+    fingerprint: dict[str, str]
+
+
+class TaskExceptionData(TaskData):
+    result: str                        # the traceback (bounded)
+    error_type: str
+    error: str                         # one line (bounded)
+    attempt: int
+
+
+class TaskRetryData(TaskData):
+    attempt: int
+    error: str
+    delay: float
+
+
+class TaskSkippedData(TaskData):
+    reason: str
+    upstream: str | None
+    cancelled: bool
+
+
+class TaskLogData(TaskData):
+    stream: str                        # "stdout" or "stderr"
+    text: str
+
+
+class _Interrupted(TypedDict, total=False):
+    interrupted: str                   # why, for a run whose driving process died
+
+
+class FinishWorkflowData(RunData, _Interrupted):
+    status: str
+    has_exception: bool
+    duration: float | None
+
+
+def _message(kind: MessageType, data: RunData) -> Message:
+    return {"type": kind.value, "data": dict(data)}
+
+
+def _task(run: RunData, task_id: str, task_name: str, at: float | None) -> TaskData:
+    return {**run, "task_id": task_id, "task_name": task_name, "time": time.time() if at is None else at}
+
+
+def start_task(run: RunData, task_id: str, task_name: str, *, at: float, node: str, worker: str | int,
+               gpu_ids: list[int], attempt: int, node_id: str | None = None) -> Message:
+    data: StartTaskData = {**_task(run, task_id, task_name, at), "node": node, "worker": worker,
+                           "gpu_ids": gpu_ids, "attempt": attempt}
+    if node_id:
+        data["node_id"] = node_id
+    return _message(MessageType.START_TASK, data)
+
+
+def finish_task(run: RunData, task_id: str, task_name: str, *, at: float | None, result: Any, duration: float,
+                fingerprint: dict[str, str], reused_from: str | None = None) -> Message:
+    data: FinishTaskData = {**_task(run, task_id, task_name, at), "result": result, "duration": duration,
+                            "fingerprint": fingerprint}
+    if reused_from:
+        data["cached"], data["reused_from"] = True, reused_from
+    return _message(MessageType.FINISH_TASK, data)
+
+
+def task_exception(run: RunData, task_id: str, task_name: str, *, traceback: str, error_type: str, error: str,
+                   attempt: int) -> Message:
+    data: TaskExceptionData = {**_task(run, task_id, task_name, None), "result": clip(traceback, TRACEBACK_LIMIT),
+                               "error_type": error_type, "error": clip(error, ERROR_LINE_LIMIT), "attempt": attempt}
+    return _message(MessageType.TASK_EXCEPTION, data)
+
+
+def task_retry(run: RunData, task_id: str, task_name: str, *, attempt: int, error: str, delay: float) -> Message:
+    data: TaskRetryData = {**_task(run, task_id, task_name, None), "attempt": attempt,
+                           "error": clip(error, ERROR_LINE_LIMIT), "delay": delay}
+    return _message(MessageType.TASK_RETRY, data)
+
+
+def task_skipped(run: RunData, task_id: str, task_name: str, *, reason: str, upstream: str | None,
+                 cancelled: bool) -> Message:
+    data: TaskSkippedData = {**_task(run, task_id, task_name, None), "reason": reason, "upstream": upstream,
+                             "cancelled": cancelled}
+    return _message(MessageType.TASK_SKIPPED, data)
+
+
+def task_log(run: RunData, task_id: str, task_name: str, *, at: float, stream: str, text: str) -> Message:
+    data: TaskLogData = {**_task(run, task_id, task_name, at), "stream": stream, "text": text}
+    return _message(MessageType.TASK_LOG, data)
+
+
+def finish_workflow(run: RunData, *, status: str, has_exception: bool, duration: float | None,
+                    interrupted: str | None = None) -> Message:
+    data: FinishWorkflowData = {**run, "status": status, "has_exception": has_exception, "duration": duration}
+    if interrupted:
+        data["interrupted"] = interrupted
+    return _message(MessageType.FINISH_WORKFLOW, data)
 
 
 class MessageLog:

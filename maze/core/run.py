@@ -17,11 +17,12 @@ from functools import partial
 from graphlib import TopologicalSorter
 from typing import Any
 
+from . import messages
 from .admission import Grant
 from .errors import UnknownTaskError
 from .fingerprint import Fingerprint
 from .fold import RunFold, TaskView
-from .messages import ERROR_LINE_LIMIT, TRACEBACK_LIMIT, Message, MessageLog, MessageType, clip, make, task_message
+from .messages import Message, MessageLog, MessageType
 from .plan import Plan
 from .protocol import Recorder, TaskCall, TaskError, TaskLog, TaskStarted
 from .snapshot import Snapshot
@@ -123,6 +124,7 @@ class RunState:
         self.cancelling = False
 
         self.recorder = recorder                    # durable history, when the client keeps one
+        self._run_data: messages.RunData = {"workflow_id": plan.workflow_id, "run_id": run_id}
         self.messages: list[Message] = []
         self.changed = threading.Condition(lock)    # notified on every message
         self.attention = threading.Condition(lock)  # notified on task output and at the end only
@@ -144,23 +146,24 @@ class RunState:
     def start(self, tid: str, event: TaskStarted, attempt: int) -> None:
         """The attempt started on a worker."""
         self.started.add(tid)
-        extra = {"node_id": event.node_id} if event.node_id else {}
-        self._task_msg(MessageType.START_TASK, tid, at=event.at, node=event.node, worker=event.worker,
-                       gpu_ids=list(event.gpu_ids), attempt=attempt, **extra)
+        self._record(messages.start_task(self._run_data, tid, self._name(tid), at=event.at, node=event.node,
+                                         worker=event.worker, gpu_ids=list(event.gpu_ids), attempt=attempt,
+                                         node_id=event.node_id))
 
     def output(self, tid: str, event: TaskLog) -> None:
         """The task printed something."""
-        self._task_msg(MessageType.TASK_LOG, tid, at=event.at, stream=event.stream, text=event.text)
+        self._record(messages.task_log(self._run_data, tid, self._name(tid), at=event.at, stream=event.stream,
+                                       text=event.text))
 
     def finish(self, tid: str, result: Mapping[str, Any], *, at: float | None, duration: float,
                reused_from: str | None = None) -> None:
         """The task returned ``result`` (or an earlier result was reused: ``reused_from`` says where)."""
         self.results[tid] = result
-        extra: dict[str, Any] = {"cached": True, "reused_from": reused_from} if reused_from else {}
         if reused_from:
             self.reused.add(tid)
-        self._task_msg(MessageType.FINISH_TASK, tid, at=at, result=result, duration=duration,
-                       fingerprint=self.fingerprints[tid].as_dict(), **extra)
+        self._record(messages.finish_task(self._run_data, tid, self._name(tid), at=at, result=result,
+                                          duration=duration, fingerprint=self.fingerprints[tid].as_dict(),
+                                          reused_from=reused_from))
         self._settle(tid, TaskState.FINISHED)
 
     def fail(self, tid: str, error: TaskError) -> None:
@@ -177,8 +180,8 @@ class RunState:
 
     def retry(self, tid: str, error: TaskError | None, delay: float, timer: threading.Timer) -> None:
         """An attempt failed; the next one starts when ``timer`` fires."""
-        self._task_msg(MessageType.TASK_RETRY, tid, attempt=self.attempts[tid],
-                       error=clip(error.text, ERROR_LINE_LIMIT) if error else "", delay=delay)
+        self._record(messages.task_retry(self._run_data, tid, self._name(tid), attempt=self.attempts[tid],
+                                         error=error.text if error else "", delay=delay))
         self.states[tid] = TaskState.RETRYING
         self.timers[tid] = timer
 
@@ -189,16 +192,16 @@ class RunState:
     def skip(self, tid: str, reason: str, upstream: str | None, *, cancelled: bool) -> None:
         """The task will not run: a task it depends on failed, or the run was cancelled."""
         self.skip_reasons[tid] = reason
-        self._task_msg(MessageType.TASK_SKIPPED, tid, reason=reason, upstream=upstream, cancelled=cancelled)
+        self._record(messages.task_skipped(self._run_data, tid, self._name(tid), reason=reason, upstream=upstream,
+                                           cancelled=cancelled))
         self._settle(tid, TaskState.CANCELLED if cancelled else TaskState.SKIPPED)
 
     def _exception_msg(self, tid: str, error: TaskError) -> None:
         # Bounded copies: a 5 MB error message would otherwise travel whole into every
         # reader and the history; get_task_result keeps the full text (self.errors).
-        self._task_msg(
-            MessageType.TASK_EXCEPTION, tid, result=clip(error.traceback, TRACEBACK_LIMIT),
-            error_type=error.error_type, error=clip(error.error, ERROR_LINE_LIMIT), attempt=self.attempts[tid],
-        )
+        self._record(messages.task_exception(self._run_data, tid, self._name(tid), traceback=error.traceback,
+                                             error_type=error.error_type, error=error.error,
+                                             attempt=self.attempts[tid]))
 
     def _record(self, message: Message) -> None:
         self.messages.append(message)
@@ -208,9 +211,8 @@ class RunState:
         if message["type"] in _ATTENTION:
             self.attention.notify_all()
 
-    def _task_msg(self, kind: MessageType, task_id: str, at: float | None = None, **data: Any) -> None:
-        name = self.plan.tasks[task_id].name
-        self._record(task_message(kind, self.plan.workflow_id, self.run_id, task_id, name, at, **data))
+    def _name(self, task_id: str) -> str:
+        return self.plan.tasks[task_id].name
 
     def _settle(self, task_id: str, state: TaskState) -> None:
         """Move a task to a terminal state."""
@@ -231,10 +233,8 @@ class RunState:
             self.status = RunStatus.FAILED
         else:
             self.status = RunStatus.COMPLETED
-        self._record(make(
-            MessageType.FINISH_WORKFLOW, self.plan.workflow_id, self.run_id,
-            status=self.status.value, has_exception=failed, duration=self.duration,
-        ))
+        self._record(messages.finish_workflow(self._run_data, status=self.status.value, has_exception=failed,
+                                              duration=self.duration))
         self.ended.set()  # after the message: readers that saw it set must find it
 
     @classmethod
