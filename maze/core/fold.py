@@ -19,10 +19,20 @@ import enum
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from .errors import TaskCancelled
-from .messages import Message, MessageType
+from .messages import (
+    FinishTaskData,
+    FinishWorkflowData,
+    Message,
+    MessageType,
+    StartTaskData,
+    TaskData,
+    TaskExceptionData,
+    TaskRetryData,
+    TaskSkippedData,
+)
 from .protocol import Failure, TaskError
 
 #: The ``error_type`` of an attempt stopped because its run was cancelled (the one place that names it).
@@ -83,42 +93,50 @@ class RunFold:
         for m in messages:
             self._apply(m["type"], m["data"])
 
-    def _apply(self, kind: str, d: Mapping[str, Any]) -> None:
+    def _apply(self, kind: str, data: Mapping[str, Any]) -> None:
+        # Each branch reads the data as its message type's TypedDict (core/messages.py),
+        # so the field names are checked against the one vocabulary. Messages recorded
+        # by older versions may lack optional fields: .get() where a field can be absent.
         if kind == MessageType.FINISH_WORKFLOW:
-            self.status, self.duration, self.ended = d["status"], d.get("duration"), True
-            if d["status"] == "interrupted":
+            end = cast(FinishWorkflowData, data)
+            self.status, self.duration, self.ended = end["status"], end.get("duration"), True
+            if end["status"] == "interrupted":
                 for task_id, state in self.states.items():
                     if not state.terminal:
                         self.states[task_id] = TaskView.INTERRUPTED
                         self.changed.add(task_id)
             return
-        tid = d.get("task_id")
+        tid = cast(TaskData, data).get("task_id")
         if tid not in self.states:
             return
         self.status = "running"
         self.changed.add(tid)
         if kind == MessageType.START_TASK:
+            start = cast(StartTaskData, data)
             self.states[tid] = TaskView.RUNNING
-            self.started[tid] = d["time"]
+            self.started[tid] = start["time"]
         elif kind == MessageType.FINISH_TASK:
-            self.states[tid] = TaskView.CACHED if d.get("cached") else TaskView.FINISHED
-            self.results[tid] = d["result"]
-            self.durations[tid] = d.get("duration", 0.0)
-            if "fingerprint" in d:
-                self.fingerprints[tid] = d["fingerprint"]
+            done = cast(FinishTaskData, data)
+            self.states[tid] = TaskView.CACHED if done.get("cached") else TaskView.FINISHED
+            self.results[tid] = done["result"]
+            self.durations[tid] = done.get("duration", 0.0)
+            if "fingerprint" in done:
+                self.fingerprints[tid] = done["fingerprint"]
         elif kind == MessageType.TASK_RETRY:
             self.states[tid] = TaskView.RETRYING
-            self.retry_errors[tid] = d.get("error", "")
+            self.retry_errors[tid] = cast(TaskRetryData, data).get("error", "")
         elif kind == MessageType.TASK_EXCEPTION:
-            cancelled = d.get("error_type") == CANCELLED_ERROR
+            failed = cast(TaskExceptionData, data)
+            cancelled = failed.get("error_type") == CANCELLED_ERROR
             self.states[tid] = TaskView.CANCELLED if cancelled else TaskView.FAILED
-            self.errors[tid] = TaskError(d.get("error_type", ""), d.get("error", ""), d.get("result", ""),
+            self.errors[tid] = TaskError(failed.get("error_type", ""), failed.get("error", ""), failed.get("result", ""),
                                          Failure.CANCELLED if cancelled else Failure.RAISED)
             if tid in self.started:
-                self.durations[tid] = d["time"] - self.started[tid]
+                self.durations[tid] = failed["time"] - self.started[tid]
         elif kind == MessageType.TASK_SKIPPED:
-            self.states[tid] = TaskView.CANCELLED if d.get("cancelled") else TaskView.SKIPPED
-            self.skip_reasons[tid] = d.get("reason", "")
+            skipped = cast(TaskSkippedData, data)
+            self.states[tid] = TaskView.CANCELLED if skipped.get("cancelled") else TaskView.SKIPPED
+            self.skip_reasons[tid] = skipped.get("reason", "")
 
     def take_changed(self) -> set[str]:
         changed, self.changed = self.changed, set()
