@@ -17,6 +17,7 @@ from tasks_misc import boom, inc, sleeper
 
 from maze import MaClient, task
 from maze.core.errors import BackendError, TaskDefinitionError, WorkflowError
+from maze.core.history import HistoryReader
 from maze.core.messages import ERROR_LINE_LIMIT, TRACEBACK_LIMIT
 from maze.core.run import RunState
 from maze.notebook.states import Board
@@ -403,15 +404,17 @@ def test_a_run_whose_driver_was_killed_replays_as_interrupted_and_resumes(tmp_pa
     driver = subprocess.Popen([sys.executable, "-c", DRIVER], env=env, stdout=subprocess.PIPE, text=True)
     try:
         run_id = driver.stdout.readline().strip()
-        with MaClient(backend="inline", history=path) as watcher:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:   # until inc finished and sleeper started
-                kinds = [(m["type"], m["data"].get("task_id")) for m in watcher.get_results(run_id)]
-                if ("finish_task", "inc") in kinds and ("start_task", "sleeper") in kinds:
-                    break
-                time.sleep(0.2)
-            else:
-                pytest.fail(f"the driver did not get going: {kinds}")
+        reader = HistoryReader(path)
+        deadline = time.monotonic() + 60
+        kinds: list = []
+        while time.monotonic() < deadline:   # until inc finished and sleeper started
+            recorded = reader.messages(run_id, values=False) if path.exists() else []
+            kinds = [(m["type"], m["data"].get("task_id")) for m in recorded]
+            if ("finish_task", "inc") in kinds and ("start_task", "sleeper") in kinds:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"the driver did not get going: {kinds}")
     finally:
         driver.kill()
         driver.wait()
@@ -573,3 +576,41 @@ def test_random_runs_live_equals_replayed_equals_board(client, tmp_path, seed):
     assert live["status"] in ("completed", "failed")
     if seed != 3:
         assert live["cached_tasks"], live
+
+
+FOLLOWED = """
+from maze import MaClient
+from tasks_misc import inc, sleeper
+
+with MaClient() as client:
+    wf = client.create_workflow("elsewhere")
+    s = wf.add_task(sleeper, inputs={"seconds": 1.5})
+    wf.add_task(inc, inputs={"x": s.outputs["start"]})
+    run_id = wf.run()
+    print(run_id, flush=True)
+    wf.wait(run_id)
+"""
+
+
+def test_a_run_going_on_in_another_process_is_followed_to_its_end(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "history.sqlite3"
+    env = dict(os.environ, MAZE_HISTORY=str(path), PYTHONPATH=os.path.dirname(__file__))
+    driver = subprocess.Popen([sys.executable, "-c", FOLLOWED], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        run_id = driver.stdout.readline().strip()
+        with MaClient(backend="inline", history=path) as watcher:
+            deadline = time.monotonic() + 30
+            while not any(r["run_id"] == run_id for r in watcher.runs()):
+                assert time.monotonic() < deadline, "the driver never recorded its run"
+                time.sleep(0.1)
+            widget = watcher.show_graph(run_id)             # opened while the run goes on elsewhere
+            messages = watcher.get_results(run_id)          # waits for that run's end, as for a local one
+            assert messages[-1]["type"] == "finish_workflow" and messages[-1]["data"]["status"] == "completed"
+            assert [m["type"] for m in messages].count("finish_task") == 2
+            widget.wait(30)
+            assert widget.status == "completed" and set(widget.board.states.values()) == {"finished"}
+    finally:
+        driver.wait(60)

@@ -482,6 +482,10 @@ def _replayed(params: dict[str, Any]) -> dict[str, Any]:
     raise RuntimeError("this task was rebuilt from the run history to be shown; it cannot run")
 
 
+#: How often a run going on in another process is read again, when followed.
+FOLLOW_S = 0.5
+
+
 class HistoryReader:
     """Reads the database: past runs, their messages and DAGs. Any process, any time.
 
@@ -565,10 +569,34 @@ class HistoryReader:
         return out
 
     def replay(self, run_id: str, *, values: bool = True) -> RunState:
-        """A recorded run as a read-only :class:`RunState`, folded from its messages."""
+        """A recorded run as a read-only :class:`RunState`, folded from its messages.
+
+        A run still going in another (live) process is followed: a thread reads
+        its new messages every :data:`FOLLOW_S` seconds until its
+        ``finish_workflow`` (which this reader writes itself, ``interrupted``, if
+        that process dies), so reading it live works as for a run of this process.
+        """
         info = self.runs_by_id(run_id)
-        return RunState.replayed(run_id, plan_of(self.dag(run_id), info["workflow_id"]),
-                                 self.messages(run_id, values=values))
+        plan = plan_of(self.dag(run_id), info["workflow_id"])
+        recorded = self.messages(run_id, values=values)
+        going = not (recorded and recorded[-1]["type"] == "finish_workflow")
+        run = RunState.replayed(run_id, plan, recorded, complete=not going)
+        if going:
+            threading.Thread(target=self._follow, args=(run, values), name=f"maze-follow-{run_id}",
+                             daemon=True).start()
+        return run
+
+    def _follow(self, run: RunState, values: bool) -> None:
+        while not run.ended.is_set():
+            time.sleep(FOLLOW_S)
+            try:
+                new = self.messages(run.run_id, values=values)[len(run.messages):]
+            except Exception:  # noqa: BLE001 - e.g. the run was deleted: show what was seen, and end
+                _log.warning("maze: stopped following run %s in %s", run.run_id, self.path, exc_info=True)
+                new = []
+                run.ended.set()
+            if new:
+                run.recorded(new)
 
     def dag(self, run_id: str) -> dict[str, Any]:
         db = self._db()

@@ -130,6 +130,7 @@ class RunState:
         self.attention = threading.Condition(lock)  # notified on task output and at the end only
         self.ended = threading.Event()
         self.prepared = threading.Event()           # fingerprints and reuse decided (see Engine.start)
+        self._replay: RunFold | None = None          # the fold of a replayed run's messages
         # What Ctrl-C while a reader waits on this run does (the engine sets it: cancel the run).
         self.on_interrupt: Callable[[], None] | None = None
 
@@ -238,29 +239,44 @@ class RunState:
         self.ended.set()  # after the message: readers that saw it set must find it
 
     @classmethod
-    def replayed(cls, run_id: str, plan: Plan, messages: list[Message]) -> RunState:
+    def replayed(cls, run_id: str, plan: Plan, messages: list[Message], *, complete: bool = True) -> RunState:
         """A run rebuilt from its recorded messages (read-only), by the one fold of :mod:`.fold`.
 
-        A replay always ends: a run recorded without ``finish_workflow`` (still
-        going in another process) is a snapshot of what was recorded so far.
+        ``complete=True``: what was recorded is all there will be, and the replay
+        has ended even without ``finish_workflow``. ``complete=False``: the run is
+        still going elsewhere; :meth:`recorded` adds its later messages, and it
+        ends with its ``finish_workflow``.
         """
         run = cls(run_id, plan, threading.RLock(), fail_fast=False)
-        run.messages.extend(messages)
-        fold = RunFold.of(plan.tasks, messages)
-        run.states = {tid: _FROM_VIEW[view] for tid, view in fold.states.items()}
-        run.reused = set(fold.in_state(TaskView.CACHED))
-        run.results = dict(fold.results)
-        run.errors = dict(fold.errors)
-        run.skip_reasons = dict(fold.skip_reasons)
-        run.started = set(fold.started)
-        run.fingerprints = {tid: Fingerprint.from_dict(fp) for tid, fp in fold.fingerprints.items()}
-        if fold.ended:
-            run.status = RunStatus(fold.status)
-            run.duration = fold.duration
-        run.open = sum(not s.terminal for s in run.states.values())
+        run._replay = RunFold(tuple(plan.tasks))
         run.prepared.set()
-        run.ended.set()
+        run.recorded(messages)
+        if complete:
+            run.ended.set()
         return run
+
+    def recorded(self, messages: list[Message]) -> None:
+        """More recorded messages of a replayed run, folded in (a run followed from the history)."""
+        fold = self._replay
+        assert fold is not None, "only a replayed run takes recorded messages"
+        with self.changed:
+            self.messages.extend(messages)
+            fold.apply(messages)
+            self.states = {tid: _FROM_VIEW[view] for tid, view in fold.states.items()}
+            self.reused = set(fold.in_state(TaskView.CACHED))
+            self.results = dict(fold.results)
+            self.errors = dict(fold.errors)
+            self.skip_reasons = dict(fold.skip_reasons)
+            self.started = set(fold.started)
+            self.fingerprints = {tid: Fingerprint.from_dict(fp) for tid, fp in fold.fingerprints.items()}
+            if fold.ended:
+                self.status = RunStatus(fold.status)
+                self.duration = fold.duration
+            self.open = sum(not s.terminal for s in self.states.values())
+            self.changed.notify_all()
+            self.attention.notify_all()
+            if fold.ended:
+                self.ended.set()
 
     # -- reading ------------------------------------------------------------------
 
