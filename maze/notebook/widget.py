@@ -116,8 +116,7 @@ class DagWidget(anywidget.AnyWidget):
     def _lay_out(self) -> None:
         grouping = self._grouping = group_plan(self._plan)
         self._grouped.set()
-        layout = to_dot(self._plan, grouping=grouping)
-        svg = to_svg(layout, background=True)
+        layout, svg = _laid_out(self._plan, grouping)
         nodes, groups = {}, {}
         positions = {tid: i for i, tid in enumerate(self._plan.tasks)}
         for g in grouping.groups:
@@ -245,6 +244,27 @@ class DagWidget(anywidget.AnyWidget):
 
     def __repr__(self) -> str:  # keep ipywidgets from serializing every trait for a repr
         return self.text()
+
+
+def _laid_out(plan: Plan, grouping: Grouping) -> tuple[str, str | None]:
+    """The plan's DOT and SVG. A workflow hands out the same plan until it is edited, so the
+    widgets of its runs share one layout: the last few are kept (with their plans, so that an
+    id is not reused while kept)."""
+    with _layouts_lock:
+        found = _layouts.get(id(plan))
+    if found is not None and found[0] is plan:
+        return found[1], found[2]
+    layout = to_dot(plan, grouping=grouping)
+    svg = to_svg(layout, background=True)
+    with _layouts_lock:
+        _layouts[id(plan)] = (plan, layout, svg)
+        while len(_layouts) > 8:
+            del _layouts[next(iter(_layouts))]
+    return layout, svg
+
+
+_layouts: dict[int, tuple[Plan, str, str | None]] = {}
+_layouts_lock = threading.Lock()
 
 
 def _dash(style: str) -> str:
