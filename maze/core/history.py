@@ -545,14 +545,18 @@ class HistoryReader:
         private file: :class:`UnsafeHistoryError` otherwise); ``values=False``
         reads JSON only and puts a :class:`Stored` text in their place.
         """
+        return [message for _, message in self._numbered(run_id, values=values, after=0)]
+
+    def _numbered(self, run_id: str, *, values: bool, after: int) -> list[tuple[int, Message]]:
+        """``(seq, message)`` of the run's messages numbered above ``after``, in order."""
         db = self._settled_db()
         try:
-            rows = db.execute("SELECT seq, type, data FROM messages WHERE run_id = ? ORDER BY seq",
-                              (run_id,)).fetchall()
+            rows = db.execute("SELECT seq, type, data FROM messages WHERE run_id = ? AND seq > ? ORDER BY seq",
+                              (run_id, after)).fetchall()
             # Read after the messages: values commit with their message, so each message read has its values.
             column = "data" if values else "NULL"
-            described = db.execute(f"SELECT seq, key, data IS NOT NULL, {column} FROM vals WHERE run_id = ?",
-                                   (run_id,)).fetchall()
+            described = db.execute(f"SELECT seq, key, data IS NOT NULL, {column} FROM vals"
+                                   " WHERE run_id = ? AND seq > ?", (run_id, after)).fetchall()
         finally:
             db.close()
         if values and any(kept for _, _, kept, _ in described):
@@ -560,12 +564,12 @@ class HistoryReader:
         by_seq: dict[int, list[tuple[str, bool, bytes | None]]] = {}
         for seq, key, kept, pickled in described:
             by_seq.setdefault(seq, []).append((key, bool(kept), pickled))
-        out: list[Message] = []
+        out: list[tuple[int, Message]] = []
         for seq, kind, encoded in rows:
             data = json.loads(encoded)
             for key, kept, blob in by_seq.get(seq, ()):
                 data["result"][key] = load_value(data["result"][key], kept, blob)
-            out.append({"type": kind, "data": data})
+            out.append((seq, {"type": kind, "data": data}))
         return out
 
     def replay(self, run_id: str, *, values: bool = True) -> RunState:
@@ -578,25 +582,31 @@ class HistoryReader:
         """
         info = self.runs_by_id(run_id)
         plan = plan_of(self.dag(run_id), info["workflow_id"])
-        recorded = self.messages(run_id, values=values)
+        numbered = self._numbered(run_id, values=values, after=0)
+        recorded = [message for _, message in numbered]
         going = not (recorded and recorded[-1]["type"] == "finish_workflow")
         run = RunState.replayed(run_id, plan, recorded, complete=not going)
         if going:
-            threading.Thread(target=self._follow, args=(run, values), name=f"maze-follow-{run_id}",
+            last = numbered[-1][0] if numbered else 0
+            threading.Thread(target=self._follow, args=(run, values, last), name=f"maze-follow-{run_id}",
                              daemon=True).start()
         return run
 
-    def _follow(self, run: RunState, values: bool) -> None:
+    def _follow(self, run: RunState, values: bool, last: int) -> None:
+        # Reads only what is numbered after the last message seen. (Output lines a task's
+        # log bound held back are numbered earlier and written at its end: a followed
+        # run shows them on a later replay, not live.)
         while not run.ended.is_set():
             time.sleep(FOLLOW_S)
             try:
-                new = self.messages(run.run_id, values=values)[len(run.messages):]
+                numbered = self._numbered(run.run_id, values=values, after=last)
             except Exception:  # noqa: BLE001 - e.g. the run was deleted: show what was seen, and end
                 _log.warning("maze: stopped following run %s in %s", run.run_id, self.path, exc_info=True)
-                new = []
                 run.ended.set()
-            if new:
-                run.recorded(new)
+                return
+            if numbered:
+                last = numbered[-1][0]
+                run.recorded([message for _, message in numbered])
 
     def dag(self, run_id: str) -> dict[str, Any]:
         db = self._db()
