@@ -395,15 +395,21 @@ wf.wait(run_id)
 """
 
 
-def test_a_run_whose_driver_was_killed_replays_as_interrupted_and_resumes(tmp_path):
+def start_driver(script: str, path):
+    """Another Python process running ``script`` with its history at ``path``; returns it and the
+    run id it prints."""
     import subprocess
     import sys
 
-    path = tmp_path / "history.sqlite3"
     env = dict(os.environ, MAZE_HISTORY=str(path), PYTHONPATH=os.path.dirname(__file__))
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER], env=env, stdout=subprocess.PIPE, text=True)
+    driver = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+    return driver, driver.stdout.readline().strip()
+
+
+def test_a_run_whose_driver_was_killed_replays_as_interrupted_and_resumes(tmp_path):
+    path = tmp_path / "history.sqlite3"
+    driver, run_id = start_driver(DRIVER, path)
     try:
-        run_id = driver.stdout.readline().strip()
         reader = HistoryReader(path)
         deadline = time.monotonic() + 60
         kinds: list = []
@@ -593,14 +599,9 @@ with MaClient() as client:
 
 
 def test_a_run_going_on_in_another_process_is_followed_to_its_end(tmp_path):
-    import subprocess
-    import sys
-
     path = tmp_path / "history.sqlite3"
-    env = dict(os.environ, MAZE_HISTORY=str(path), PYTHONPATH=os.path.dirname(__file__))
-    driver = subprocess.Popen([sys.executable, "-c", FOLLOWED], env=env, stdout=subprocess.PIPE, text=True)
+    driver, run_id = start_driver(FOLLOWED, path)
     try:
-        run_id = driver.stdout.readline().strip()
         with MaClient(backend="inline", history=path) as watcher:
             deadline = time.monotonic() + 30
             while not any(r["run_id"] == run_id for r in watcher.runs()):
