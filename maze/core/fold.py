@@ -83,12 +83,6 @@ class RunFold:
         for tid in self.task_ids:
             self.states.setdefault(tid, TaskView.PENDING)
 
-    @classmethod
-    def of(cls, task_ids: Iterable[str], messages: Iterable[Message]) -> RunFold:
-        fold = cls(tuple(task_ids))
-        fold.apply(messages)
-        return fold
-
     def apply(self, messages: Iterable[Message]) -> None:
         for m in messages:
             self._apply(m["type"], m["data"])

@@ -23,12 +23,11 @@ not grouped: every task is worth its own box there.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from graphlib import TopologicalSorter
 
-from .plan import Plan
+from .plan import PerPlan, Plan
 
 #: Plans with more tasks than this are drawn by groups.
 GROUP_ABOVE = 40
@@ -53,11 +52,6 @@ class Grouping:
     of_task: Mapping[str, str]                     # task id -> group id
     edges: tuple[tuple[str, str, bool], ...]       # (source group, target group, carries data)
 
-    @property
-    def grouped(self) -> bool:
-        """Whether any group holds more than one task."""
-        return len(self.groups) < len(self.of_task)
-
 
 def group_plan(plan: Plan, *, above: int = GROUP_ABOVE) -> Grouping:
     """The plan's tasks in groups (each task alone when the plan has ``above`` tasks or fewer).
@@ -65,22 +59,10 @@ def group_plan(plan: Plan, *, above: int = GROUP_ABOVE) -> Grouping:
     A workflow hands out the same plan until it is edited, so the runs of an
     unchanged workflow (a widget each) share one grouping: the last few are kept.
     """
-    key = (id(plan), above)
-    with _recent_lock:   # widgets group in their own threads
-        found = _recent.get(key)
-    if found is not None and found[0] is plan:
-        return found[1]
-    grouping = _group(plan, above)
-    with _recent_lock:
-        _recent[key] = (plan, grouping)   # holding the plan keeps its id from being reused
-        while len(_recent) > _RECENT:
-            del _recent[next(iter(_recent))]
-    return grouping
+    return _recent.get(plan, lambda: _group(plan, above), above)
 
 
-_RECENT = 8
-_recent: dict[tuple[int, int], tuple[Plan, Grouping]] = {}
-_recent_lock = threading.Lock()
+_recent: PerPlan[Grouping] = PerPlan()
 
 
 def _group(plan: Plan, above: int) -> Grouping:

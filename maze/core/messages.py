@@ -122,7 +122,7 @@ class FinishWorkflowData(RunData, _Interrupted):
 
 
 def _message(kind: MessageType, data: RunData) -> Message:
-    return {"type": kind.value, "data": dict(data)}
+    return {"type": kind.value, "data": data}
 
 
 def _task(run: RunData, task_id: str, task_name: str, at: float | None) -> TaskData:

@@ -7,10 +7,11 @@ functions of a plan as well.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from .task import TaskFunction, TaskSpec
 
@@ -91,3 +92,34 @@ class Plan:
                     seen.add(child)
                     stack.append(child)
         return [tid for tid in self.tasks if tid in seen]
+
+
+T = TypeVar("T")
+
+
+class PerPlan(Generic[T]):
+    """What was made from the last few plans, kept while those plans are the ones in use.
+
+    A workflow hands out the same plan until it is edited, so the runs of an
+    unchanged workflow can share what is derived from their plan (its grouping,
+    its picture). Entries hold their plan, so that its ``id`` is not reused
+    while kept. Thread-safe: widgets derive in their own threads.
+    """
+
+    def __init__(self, keep: int = 8) -> None:
+        self._keep = keep
+        self._made: dict[tuple[int, object], tuple[Plan, T]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, plan: Plan, make: Callable[[], T], variant: object = None) -> T:
+        key = (id(plan), variant)
+        with self._lock:
+            found = self._made.get(key)
+        if found is not None and found[0] is plan:
+            return found[1]
+        made = make()
+        with self._lock:
+            self._made[key] = (plan, made)
+            while len(self._made) > self._keep:
+                del self._made[next(iter(self._made))]
+        return made

@@ -93,9 +93,7 @@ class TaskOutputs(Mapping[str, TaskOutput]):
 
 
 def _holds_output(value: Any, depth: int = 3) -> bool:
-    """Whether a constant input has a task output inside it (lists, tuples, sets, dicts; a few levels)."""
-    if isinstance(value, (TaskOutput, TaskOutputs, MaTask)):
-        return True
+    """Whether a container (list, tuple, set, dict) has a task output inside it, a few levels down."""
     if depth == 0:
         return False
     if isinstance(value, dict):
@@ -105,7 +103,7 @@ def _holds_output(value: Any, depth: int = 3) -> bool:
         items = islice(value, 1000)
     else:
         return False
-    return any(_holds_output(v, depth - 1) for v in items)
+    return any(isinstance(v, (TaskOutput, TaskOutputs, MaTask)) or _holds_output(v, depth - 1) for v in items)
 
 
 class MaTask:
@@ -223,7 +221,7 @@ class MaWorkflow:
                     f"{owner}: input {key!r} is all the outputs of task {value.task_id!r} at once; "
                     f"wire one of them: {picks or '(it declares no outputs)'}"
                 )
-            if not isinstance(value, (TaskOutput, MaTask)) and _holds_output(value):
+            if _holds_output(value):
                 raise WorkflowError(
                     f"{owner}: input {key!r} is a {type(value).__name__} holding task outputs; a task "
                     "output is wired as an input's whole value: give each output its own input"

@@ -32,7 +32,7 @@ import anywidget
 import traitlets
 
 from maze.core.grouping import Grouping, group_plan
-from maze.core.plan import Plan
+from maze.core.plan import PerPlan, Plan
 from maze.core.run import RunState
 
 from .render import LOOKS, NO_RENDERER_HINT, counts_text, to_dot, to_svg
@@ -247,24 +247,15 @@ class DagWidget(anywidget.AnyWidget):
 
 
 def _laid_out(plan: Plan, grouping: Grouping) -> tuple[str, str | None]:
-    """The plan's DOT and SVG. A workflow hands out the same plan until it is edited, so the
-    widgets of its runs share one layout: the last few are kept (with their plans, so that an
-    id is not reused while kept)."""
-    with _layouts_lock:
-        found = _layouts.get(id(plan))
-    if found is not None and found[0] is plan:
-        return found[1], found[2]
-    layout = to_dot(plan, grouping=grouping)
-    svg = to_svg(layout, background=True)
-    with _layouts_lock:
-        _layouts[id(plan)] = (plan, layout, svg)
-        while len(_layouts) > 8:
-            del _layouts[next(iter(_layouts))]
-    return layout, svg
+    """The plan's DOT and SVG, shared by the widgets of an unchanged workflow's runs."""
+    def lay_out() -> tuple[str, str | None]:
+        layout = to_dot(plan, grouping=grouping)
+        return layout, to_svg(layout, background=True)
+
+    return _layouts.get(plan, lay_out)
 
 
-_layouts: dict[int, tuple[Plan, str, str | None]] = {}
-_layouts_lock = threading.Lock()
+_layouts: PerPlan[tuple[str, str | None]] = PerPlan()
 
 
 def _dash(style: str) -> str:
