@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a development environment in .venv: system packages (Graphviz for
-# drawing DAGs, Chromium for the browser test) and maze with all its extras.
+# drawing DAGs, Chromium for the browser tests) and maze (distribution maze-dag) with
+# the extras the tests and the documentation build need.
 # Safe to run again; it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,4 +18,9 @@ if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test,ray,notebook]' 2>&1 | grep -v "is ignored: it is neither" || true
+# test: the suite (incl. the packaging test's `build`); docs: the Sphinx site, which tests/test_docs.py builds.
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test,ray,docs]' 2>&1 | grep -v "is ignored: it is neither" || true
+# The distribution used to be called "maze"; an old editable install of that name would shadow this one.
+if .venv/bin/pip show maze >/dev/null 2>&1; then
+  .venv/bin/pip uninstall -y -q maze 2>&1 | grep -v "is ignored: it is neither" || true
+fi
