@@ -36,7 +36,9 @@ How a call runs:
   never exceed 1, hence their ``gpu_mem`` never exceeds that GPU's memory. The
   memory per GPU is the node resource ``maze_gpu_mem_mb``, which maze declares
   on the Ray it starts and which nodes of other clusters declare with
-  ``ray start --resources='{"maze_gpu_mem_mb": <MB per GPU>}'``;
+  ``ray start --resources='{"maze_gpu_mem_mb": <MB per GPU>}'``. Nothing holds
+  a task to its ``gpu_mem`` once it runs, so a run whose tasks declare it gets
+  one :class:`UserWarning` saying so (:func:`gpu_mem_warning`);
 * a hub actor receives a :class:`StartNote` from each worker as it starts, so
   ``start_task`` arrives while the task runs; the report repeats it, and the
   backend always reports start before resolving the future;
@@ -71,6 +73,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import Future
@@ -101,6 +104,7 @@ CODE_CACHE = 64           # task functions kept, by code key, on the driver (as 
 _POLL_S = 0.05
 _NOTES_S = 0.1
 _KILL_WAIT_S = 10.0       # how long a group kill waits for the stopped worker to be gone
+_WARNED_RUNS = 1024       # runs remembered as warned about gpu_mem (the oldest are forgotten)
 
 
 # -- what travels between the driver and the workers ---------------------------------------
@@ -317,6 +321,7 @@ class RayBackend:
         self._notes_lock = threading.Lock()                # one drain of the hub at a time, delivered whole
         self._gpu_mem_per_node = self._read_gpu_memory()
         self._shapes: dict[tuple[Resources, int], Any] = {}
+        self._gpu_mem_warned: OrderedDict[str, None] = OrderedDict()  # runs told that gpu_mem is not enforced
         self._ready: queue.SimpleQueue[Any] = queue.SimpleQueue()   # report refs that are done
         self._closed = False
         self._thread = threading.Thread(target=self._watch, name="maze-ray", daemon=True)
@@ -367,6 +372,8 @@ class RayBackend:
     def submit(self, call: TaskCall, report: Reporter) -> Future[TaskOutcome]:
         if self._closed:
             raise BackendError("the Ray backend is closed; create a new MaClient")
+        if call.resources.gpu_mem:
+            self._warn_gpu_mem(call)
         keys = list(call.inputs)
         try:
             refs = self._remote_for(call.resources, len(call.outputs)).remote(
@@ -456,6 +463,20 @@ class RayBackend:
         if gpu_mem and per_gpu:
             return min(1.0, max(gpu, gpu_mem / min(per_gpu)))
         return gpu
+
+    def _warn_gpu_mem(self, call: TaskCall) -> None:
+        """Warn, once per run, that a task's ``gpu_mem`` is not enforced here."""
+        with self._lock:
+            if call.run_id in self._gpu_mem_warned:
+                return
+            self._gpu_mem_warned[call.run_id] = None
+            if len(self._gpu_mem_warned) > _WARNED_RUNS:
+                self._gpu_mem_warned.popitem(last=False)
+        need = call.resources
+        per_gpu = [m for m in self._gpu_mem_per_node.values() if m > 0]
+        warnings.warn(gpu_mem_warning(call.task_id, call.run_id, need.gpu, need.gpu_mem,
+                                      self._gpu_share(need.gpu, need.gpu_mem) if need.gpu else 0.0,
+                                      min(per_gpu) if per_gpu else None), UserWarning, stacklevel=2)
 
     def _stop(self, job: _Job, reason: TaskError) -> None:
         with job.lock:
@@ -580,6 +601,25 @@ class RayBackend:
             late, _ = sweep(self._jobs.values(), time.monotonic())
         for job in late:
             self._stop(job, job.timed_out())
+
+
+def gpu_mem_warning(task_id: str, run_id: str, gpu: float, gpu_mem: float, share: float,
+                    per_gpu: float | None) -> str:
+    """What the once-per-run warning says: the task, its figure, what Ray reserves instead, and why."""
+    if gpu >= 1:
+        instead = f"it is given {gpu:g} whole GPU(s), and the figure is only checked against the GPUs' memory"
+    elif gpu and per_gpu:
+        instead = (f"maze reserves {share:.3g} of a GPU for it instead (the larger of gpu={gpu:g} and {gpu_mem:g} MB "
+                   f"of the {per_gpu:g} MB of one GPU), so that tasks sharing a GPU fit on paper")
+    elif gpu:
+        instead = (f"no node declares its GPU memory (the {GPU_MEM_RESOURCE} resource), so only gpu={gpu:g} "
+                   f"is reserved")
+    else:
+        instead = "the task asks for no GPU (gpu=0), so nothing is reserved for the figure"
+    return (f"task {task_id!r} of run {run_id!r} declares gpu_mem={gpu_mem:g} MB, which the Ray backend cannot "
+            f"enforce: Ray has no GPU-memory resource; {instead}, and nothing stops the task from using more GPU "
+            f"memory than it declared. Keep each task within its gpu_mem, or give it whole GPUs (gpu=1). "
+            f"(Said once per run: other tasks of this run that declare gpu_mem are in the same case.)")
 
 
 def _root_cause(exc: BaseException) -> BaseException:
