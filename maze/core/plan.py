@@ -111,13 +111,18 @@ class PerPlan(Generic[T]):
         self._made: dict[tuple[int, object], tuple[Plan, T]] = {}
         self._lock = threading.Lock()
 
-    def get(self, plan: Plan, make: Callable[[], T], variant: object = None) -> T:
-        key = (id(plan), variant)
+    def find(self, plan: Plan, variant: object = None) -> T | None:
+        """What was made from ``plan``, if it is still kept; else None."""
         with self._lock:
-            found = self._made.get(key)
-        if found is not None and found[0] is plan:
-            return found[1]
+            found = self._made.get((id(plan), variant))
+        return found[1] if found is not None and found[0] is plan else None
+
+    def get(self, plan: Plan, make: Callable[[], T], variant: object = None) -> T:
+        found = self.find(plan, variant)
+        if found is not None:
+            return found
         made = make()
+        key = (id(plan), variant)
         with self._lock:
             self._made[key] = (plan, made)
             while len(self._made) > self._keep:

@@ -1,14 +1,18 @@
 """The live DAG widget.
 
-The graph is laid out once, by Graphviz, in a background thread at low
-priority, into an SVG that never changes afterwards; a large plan is laid out
-by groups (:mod:`maze.core.grouping`), so a thousand-task fan-out is three
-readable boxes, each group showing its own progress. The front end (dag.js,
+The graph is laid out once per plan, by Graphviz, in a background thread at
+low priority, into an SVG that never changes afterwards (a :class:`Picture`,
+shared by the widgets of an unchanged workflow's runs, which then start with
+it in their first frame); a large plan is laid out by groups
+(:mod:`maze.core.grouping`), so a thousand-task fan-out is three readable
+boxes, each group showing its own progress. The front end (dag.js,
 served through anywidget) indexes the SVG's nodes once and then does constant
 work per changed task: recolour one node, or move one count of its group.
 
-A watcher thread folds the run's messages into a :class:`~.states.Board` at
-most :data:`UPDATES_PER_S` times a second and sends only what changed (the
+A watcher thread, at low priority, folds the run's messages into a
+:class:`~.states.Board` at most :data:`UPDATES_PER_S` times a second, in
+slices that leave the interpreter to the run's own threads in between, and
+sends only what changed (the
 ``diff`` trait: the states and hover texts of the tasks that changed since
 the last update). The full ``states`` map, which a view opened later starts
 from, is re-sent only every :data:`SNAPSHOT_S` seconds and at the end. The
@@ -23,8 +27,12 @@ display falls back to a static SVG of the current states, and
 from __future__ import annotations
 
 import html
+import os
+import sys
 import threading
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +54,51 @@ UPDATES_PER_S = 10
 SNAPSHOT_S = 2.0
 #: The log pane (the run's last printed lines) is re-sent at most this often.
 LOG_S = 1.0
+#: Messages folded at a time before the watcher lets the run's threads take the interpreter.
+FOLD_SLICE = 100
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A plan's laid-out graph, and which drawn node shows each task."""
+
+    grouping: Grouping
+    dot: str
+    svg: str | None                        # None without Graphviz: the front end shows ``dot``
+    nodes: dict[str, str]                  # task id -> SVG element id (its own node's or its group's)
+    groups: dict[str, dict[str, Any]]      # group element id -> {label, size}
+    alone: frozenset[str]                  # tasks drawn as their own node (they get hover texts)
+
+
+def draw(plan: Plan) -> Picture:
+    """Group and lay out ``plan`` (Graphviz at low priority): 0.7 s for 1,000 nodes ungrouped."""
+    grouping = group_plan(plan)
+    dot = to_dot(plan, grouping=grouping)
+    nodes: dict[str, str] = {}
+    groups: dict[str, dict[str, Any]] = {}
+    positions = {tid: i for i, tid in enumerate(plan.tasks)}
+    for g in grouping.groups:
+        if len(g.task_ids) == 1:
+            nodes[g.task_ids[0]] = f"task-t{positions[g.task_ids[0]]}"
+        else:
+            element = f"group-{g.group_id}"
+            groups[element] = {"label": g.label, "size": len(g.task_ids)}
+            nodes.update(dict.fromkeys(g.task_ids, element))
+    alone = frozenset(t for g in grouping.groups if len(g.task_ids) == 1 for t in g.task_ids)
+    return Picture(grouping, dot, to_svg(dot, background=True), nodes, groups, alone)
+
+
+#: The pictures of the plans in use: the runs of an unchanged workflow share one.
+_pictures: PerPlan[Picture] = PerPlan()
+
+
+def _lower_priority() -> None:
+    """Let the run's own threads and its workers go first (Linux schedules threads one by one)."""
+    if sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except OSError:
+            pass
 
 
 class DagWidget(anywidget.AnyWidget):
@@ -78,9 +131,9 @@ class DagWidget(anywidget.AnyWidget):
         self._interval = interval
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
-        self._grouping: Grouping | None = None
-        self._grouped = threading.Event()           # set once the layout thread has grouped the plan
-        self._alone: frozenset[str] = frozenset()   # tasks drawn as their own node (known after layout)
+        self._layout: threading.Thread | None = None
+        self._picture = _pictures.find(plan)        # None until laid out (in the background)
+        self._drawn = threading.Event()
         self._seq = 0
         self._snapshot_at = time.monotonic()
         self._log_at = 0.0
@@ -91,49 +144,51 @@ class DagWidget(anywidget.AnyWidget):
             self._board.apply(recorded)
             seen = len(recorded)
         self._board.take_changed()
+        drawn = self._drawing(self._picture) if self._picture is not None else {"tooltips": {}}
         super().__init__(
             looks={name: {"fill": lk.fill, "font": lk.font, "border": lk.border, "icon": lk.icon,
                           "dash": _dash(lk.style), "width": lk.width} for name, lk in LOOKS.items()},
             title=plan.name + (f" · {run.run_id}" if run else ""),
             states=self._board.states,
-            tooltips={},   # with the layout: only tasks drawn alone have hover texts
             status=self._board.status,
             failures=self._board.failures(),
             failed=self._board.failed_count(),
             log="\n".join(self._board.log),
             log_lines=self._board.log_lines,
+            **drawn,
             **kwargs,
         )
         self.on_msg(self._on_front_end_msg)
-        # Grouping and laying out a large graph take a while (0.7 s for 1,000 nodes
-        # ungrouped): do both off the caller's thread, at low priority.
-        self._layout = threading.Thread(target=self._lay_out, name="maze-layout", daemon=True)
-        self._layout.start()
+        if self._picture is not None:
+            self._drawn.set()
+        else:  # a first layout takes a while: off the caller's thread, beside the watcher
+            self._layout = threading.Thread(target=self._lay_out, name="maze-layout", daemon=True)
+            self._layout.start()
         if run is not None and not (run.ended.is_set() and seen == len(run.messages)):
             self._watcher = threading.Thread(target=self._watch, args=(run, seen), name="maze-widget", daemon=True)
             self._watcher.start()
 
+    def _drawing(self, picture: Picture) -> dict[str, Any]:
+        """The traits that show ``picture``."""
+        drawn: dict[str, Any] = {"nodes": picture.nodes, "groups": picture.groups,
+                                 "tooltips": self._board.tooltips(picture.alone)}
+        if picture.svg:
+            drawn["svg"] = picture.svg
+        else:
+            drawn.update(dot=picture.dot, hint=NO_RENDERER_HINT)
+        return drawn
+
     def _lay_out(self) -> None:
-        grouping = self._grouping = group_plan(self._plan)
-        self._grouped.set()
-        layout, svg = _laid_out(self._plan, grouping)
-        nodes, groups = {}, {}
-        positions = {tid: i for i, tid in enumerate(self._plan.tasks)}
-        for g in grouping.groups:
-            if len(g.task_ids) == 1:
-                nodes[g.task_ids[0]] = f"task-t{positions[g.task_ids[0]]}"
-            else:
-                element = f"group-{g.group_id}"
-                groups[element] = {"label": g.label, "size": len(g.task_ids)}
-                nodes.update(dict.fromkeys(g.task_ids, element))
-        self._alone = frozenset(t for g in grouping.groups if len(g.task_ids) == 1 for t in g.task_ids)
+        _lower_priority()
+        picture = self._picture = _pictures.get(self._plan, partial(draw, self._plan))
+        self._drawn.set()
         with self.hold_sync():
-            self.nodes, self.groups = nodes, groups
-            self.tooltips = self._board.tooltips(self._alone)
-            if svg:
-                self.svg = svg
-            else:
-                self.dot, self.hint = layout, NO_RENDERER_HINT
+            for name, value in self._drawing(picture).items():
+                setattr(self, name, value)
+
+    @property
+    def _alone(self) -> frozenset[str]:
+        return self._picture.alone if self._picture is not None else frozenset()
 
     @property
     def board(self) -> Board:
@@ -142,14 +197,20 @@ class DagWidget(anywidget.AnyWidget):
     def _catch_up(self, run: RunState, seen: int, *, last: bool = False) -> int:
         with run.changed:
             batch = run.messages[seen:]
+        for i in range(0, len(batch), FOLD_SLICE):
+            if i:
+                # Folding a busy run's thousand messages in one go would hold the interpreter
+                # for milliseconds while the scheduler's thread waits, and the workers with it.
+                time.sleep(0)
+            self._board.apply(batch[i:i + FOLD_SLICE])
         if batch or last:
-            self._board.apply(batch)
             self._publish(full=last)
         return seen + len(batch)
 
     def _watch(self, run: RunState, seen: int) -> None:
         # Poll rather than wait on every message: the run never waits for the
         # front end, and a burst of messages becomes one update.
+        _lower_priority()
         while not self._stop.is_set():
             ended = run.ended.wait(self._interval)
             seen = self._catch_up(run, seen, last=ended)
@@ -158,7 +219,8 @@ class DagWidget(anywidget.AnyWidget):
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the graph is laid out and the widget has shown the end of its run."""
-        self._layout.join(timeout)
+        if self._layout is not None:
+            self._layout.join(timeout)
         if self._watcher is not None:
             self._watcher.join(timeout)
 
@@ -191,8 +253,8 @@ class DagWidget(anywidget.AnyWidget):
         task_id = content.get("task")
         if content.get("type") == "task" and isinstance(task_id, str) and task_id in self._plan.tasks:
             self.send({"type": "detail", **self._board.detail(task_id)})
-        elif content.get("type") == "group" and self._grouping is not None:
-            group = next((g for g in self._grouping.groups if f"group-{g.group_id}" == content.get("group")), None)
+        elif content.get("type") == "group" and self._picture is not None:
+            group = next((g for g in self._picture.grouping.groups if f"group-{g.group_id}" == content.get("group")), None)
             if group is not None:
                 self.send({"type": "group", "group": content["group"], **self._group_detail(group.task_ids)})
 
@@ -215,9 +277,9 @@ class DagWidget(anywidget.AnyWidget):
 
     def static_svg(self) -> str | None:
         """The current picture as a standalone SVG (states and legend drawn in), drawn at low priority."""
-        self._grouped.wait()
-        states = self._board.states
-        return to_svg(to_dot(self._plan, states, self._board.tooltips(self._alone), grouping=self._grouping),
+        self._drawn.wait()
+        grouping = self._picture.grouping if self._picture is not None else None
+        return to_svg(to_dot(self._plan, self._board.states, self._board.tooltips(self._alone), grouping=grouping),
                       background=True)
 
     def static_html(self) -> str:
@@ -244,18 +306,6 @@ class DagWidget(anywidget.AnyWidget):
 
     def __repr__(self) -> str:  # keep ipywidgets from serializing every trait for a repr
         return self.text()
-
-
-def _laid_out(plan: Plan, grouping: Grouping) -> tuple[str, str | None]:
-    """The plan's DOT and SVG, shared by the widgets of an unchanged workflow's runs."""
-    def lay_out() -> tuple[str, str | None]:
-        layout = to_dot(plan, grouping=grouping)
-        return layout, to_svg(layout, background=True)
-
-    return _layouts.get(plan, lay_out)
-
-
-_layouts: PerPlan[tuple[str, str | None]] = PerPlan()
 
 
 def _dash(style: str) -> str:
