@@ -19,7 +19,7 @@ from itertools import islice
 from types import MappingProxyType
 from typing import Any, TextIO
 
-from . import graphviews, report
+from . import graphviews, progress, report
 from .errors import CycleError, RendererError, UnknownOutputError, UnknownRunError, WorkflowError
 from .messages import MessageLog
 from .plan import OutputRef, Plan, PlannedTask
@@ -30,21 +30,24 @@ from .task import TaskFunction
 
 
 def show_progress(run: RunState, viewer: Viewer | None, out: TextIO, verbose: bool | None) -> dict[str, Any]:
-    """``show_results``, for a workflow's run or a client's: the live DAG where a notebook shows it,
-    and a line per event where it does not (or with ``verbose=True``)."""
+    """``show_results``, for a workflow's run or a client's; the summary line at the end in every case.
+
+    Where a notebook shows the live DAG, only that line (the widget shows the rest). Elsewhere, a
+    run of at most ``progress.EVENT_LINES_UP_TO`` (20) tasks gets a line per event; a larger one a
+    single progress line (counts by state, done/total, elapsed, ETA), redrawn in place on a TTY at
+    most 5 times a second and printed at most every 5 s to a file or pipe, with task output and the
+    first failures still printed as lines. ``verbose=True``: a line per event, always;
+    ``verbose=False``: never (the progress line, or only the summary under the widget).
+    """
     shown = viewer is not None and viewer.watch(run)
-    return print_progress(run, run.log(), out, per_message=verbose if verbose is not None else not shown)
+    style = progress.choose_style(len(run.plan.tasks), verbose=verbose, shown=shown)
+    return print_progress(run, out, style=style)
 
 
-def print_progress(
-    run: RunState, messages: Iterable[dict[str, Any]], out: TextIO, *, per_message: bool = True,
-) -> dict[str, Any]:
-    """Print a line per message as it comes (unless ``per_message=False``), then the outcome line;
-    return the summary."""
-    for message in messages:
-        line = report.format_message(message) if per_message else None
-        if line is not None:
-            print(line, file=out, flush=True)
+def print_progress(run: RunState, out: TextIO, *, style: progress.Style = "events") -> dict[str, Any]:
+    """Follow the run to its end, printing to ``out`` in ``style`` (:mod:`maze.core.progress`: a line per event,
+    one self-updating progress line, or nothing), then the outcome line; return the summary."""
+    progress.follow(run, out, style)
     summary = run.summary()
     states = Counter(state.value for state in run.states.values())
     print(report.summary_line(summary, states), file=out, flush=True)
