@@ -1,0 +1,156 @@
+"""Sphinx configuration of maze's documentation site.
+
+Build it with ``bash scripts/docs.sh`` (or ``sphinx-build -W -n docs docs/_build/html``).
+
+The pages are the Markdown files in this folder (read by MyST), the tutorial notebooks
+(``docs/tutorials/`` links to ``notebooks/``), executed by myst-nb at build time so each page
+shows its outputs and the DAG pictures, and an API reference written from docstrings.
+
+The build works offline: intersphinx is off unless ``MAZE_DOCS_INTERSPHINX=1`` (under ``-W`` a
+failed inventory download would fail the build), and references to the standard library and to
+third-party types in signatures are accepted unresolved (see ``nitpick_ignore_regex``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import maze  # noqa: E402  (after the path is set, so a source checkout documents itself)
+
+# sphinx-autodoc-typehints still calls an API Sphinx 10 will remove; that is its concern, not a
+# problem of these pages, and the notice would repeat for every docstring.
+warnings.filterwarnings("ignore", message=".*set_application.*")
+
+project = "maze"
+author = "the maze authors"
+copyright = "2026, the maze authors"
+release = maze.__version__
+version = release
+
+extensions = [
+    "myst_nb",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx_autodoc_typehints",
+    "sphinx.ext.viewcode",
+]
+if os.environ.get("MAZE_DOCS_INTERSPHINX") == "1":
+    extensions.append("sphinx.ext.intersphinx")
+    intersphinx_mapping = {"python": ("https://docs.python.org/3", None)}
+
+exclude_patterns = ["_build", "jupyter_execute", "**.ipynb_checkpoints", "images/*.svg"]
+source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb", ".rst": "restructuredtext"}
+
+html_theme = "furo"
+html_title = f"maze {release}"
+html_static_path = ["_static"]
+html_css_files = ["maze.css"]
+
+# -- MyST and notebooks -------------------------------------------------------------
+
+myst_enable_extensions = ["colon_fence", "deflist"]
+myst_heading_anchors = 3
+
+# Every tutorial runs at each build, so its page shows what the code does today.
+nb_execution_mode = "force"
+nb_execution_timeout = 180  # per cell; the slowest tutorial cell takes a few seconds
+nb_execution_raise_on_error = True
+nb_execution_show_tb = True
+# The Ray tutorial starts a private Ray (several seconds, several processes); its page is
+# rendered from the outputs committed in notebooks/06-ray.ipynb.
+nb_execution_excludepatterns = ["tutorials/06-ray.ipynb"]
+# A static page has no widget front end: show each DAG widget's static picture
+# (its text/html, or image/svg+xml) instead of an empty widget placeholder.
+nb_mime_priority_overrides = [("*", "application/vnd.jupyter.widget-view+json", None)]
+nb_merge_streams = True
+
+# The tutorials' runs go to a private, throw-away history and result cache, not the reader's.
+_scratch = Path(tempfile.mkdtemp(prefix="maze-docs-"))
+os.environ["MAZE_HISTORY"] = str(_scratch / "runs.sqlite3")
+os.environ["MAZE_CACHE"] = str(_scratch / "cache")
+
+# -- API reference ------------------------------------------------------------------
+
+autodoc_member_order = "bysource"
+autodoc_default_options = {"show-inheritance": True}
+autodoc_typehints = "none"  # sphinx-autodoc-typehints writes the types into the descriptions
+typehints_use_signature = False
+typehints_use_signature_return = False
+always_document_param_types = False
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+
+nitpicky = True
+nitpick_ignore_regex = [
+    # The standard library and third-party packages: resolvable only with intersphinx.
+    ("py:.*", r"(typing|typing_extensions|collections\.abc|os|pathlib|io|types|threading|concurrent\.futures)\..*"),
+    ("py:.*", r"(numpy|ray|ipywidgets|anywidget|traitlets|joblib)\..*"),
+    ("py:class", r"(Any|Path|TextIO|Mapping|Iterator|Iterable|Callable|Sequence|PathLike|Future|NoneType|ModuleType)"),
+    ("py:class", r"(str|int|float|bool|bytes|dict|list|tuple|set|frozenset|object|type|Exception|BaseException)"),
+    ("py:(exc|class)", r"(ValueError|TypeError|KeyError|RuntimeError|TimeoutError|KeyboardInterrupt|ImportError|LookupError|OSError)"),
+    # MaClient(history=...)'s sentinel for "the default location" (documented in the parameter's text).
+    ("py:class", r"maze\.client\._Default"),
+]
+
+
+def _public_target(app: Any, env: Any, node: Any, contnode: Any) -> Any:
+    """Resolve a reference the way a reader of the docstring means it.
+
+    Type hints name a public class by its defining module (``maze.core.workflow.MaWorkflow``)
+    while the reference documents it where users import it (``maze.MaWorkflow``); docstrings
+    also say ``RunState.interrupted`` for short. A target that is unresolved as written is
+    tried as a public name, then as the unique documented object whose name ends with it.
+    """
+    target = node.get("reftarget", "")
+    if node.get("refdomain") != "py" or not target:
+        return None
+    domain = env.get_domain("py")
+    candidates: list[str] = []
+    parts = target.split(".")
+    if parts[0] == "maze":
+        candidates += [".".join(["maze", *parts[i:]]) for i, part in enumerate(parts) if part in maze.__all__]
+    suffix = "." + target.lstrip(".~")
+    candidates += [name for name in domain.objects if name.startswith("maze.") and name.endswith(suffix)]
+    found = sorted({c for c in candidates if c != target and c in domain.objects})
+    if len(found) != 1:
+        return None  # unknown, or ambiguous: let nitpicky report it
+    return domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], found[0], node, contnode)
+
+
+# Classes readers receive but never construct: their __init__ parameters are internal
+# (the engine, the viewer, ...), so the parameter list is left out of their entries.
+_NOT_CONSTRUCTED = {
+    "maze.MaWorkflow", "maze.MaTask", "maze.TaskOutputs", "maze.TaskOutput",
+    "maze.core.messages.MessageLog", "maze.core.run.RunState", "maze.core.plan.Plan",
+    "maze.core.task.TaskSpec", "maze.core.protocol.Backend",
+}
+
+
+def _drop_constructor_fields(app: Any, what: str, name: str, obj: Any, options: Any, lines: list[str]) -> None:
+    if what not in {"class", "exception"} or name not in _NOT_CONSTRUCTED:
+        return
+    kept: list[str] = []
+    skipping = False
+    for line in lines:
+        if line.startswith((":param ", ":type ")):
+            skipping = True
+            continue
+        if skipping and line.startswith("   "):
+            continue  # the continuation of a dropped field
+        skipping = False
+        kept.append(line)
+    lines[:] = kept
+
+
+def setup(app: Any) -> None:
+    app.connect("missing-reference", _public_target)
+    # After sphinx-autodoc-typehints (priority 500) has added the fields.
+    app.connect("autodoc-process-docstring", _drop_constructor_fields, priority=900)
