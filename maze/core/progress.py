@@ -30,7 +30,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Literal, TextIO, cast
 
 from . import report
@@ -90,7 +90,7 @@ def is_tty(out: TextIO) -> bool:
         return False
 
 
-def batches(run: RunState, wake_s: float) -> Iterator[list[Message]]:
+def batches(run: RunState, wake_s: float) -> Iterator[Sequence[Message]]:
     """The run's messages in order, a batch at a time, until its ``finish_workflow``.
 
     Unlike iterating ``run.log()``, a quiet run yields an empty batch every
@@ -103,7 +103,7 @@ def batches(run: RunState, wake_s: float) -> Iterator[list[Message]]:
             with run.changed:
                 if seen >= len(run.messages) and not run.ended.is_set():
                     run.changed.wait(wake_s)
-                batch = run.messages[seen:]
+                batch = list(run.messages[seen:])
                 done = run.ended.is_set()
         except KeyboardInterrupt:
             run.interrupted()
