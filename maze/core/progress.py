@@ -209,7 +209,11 @@ def _columns(out: TextIO) -> int:
 
 
 def progress_line(counts: Mapping[str, int], total: int, elapsed: float, *, bar: bool = False) -> str:
-    """``[██████░░░░] 412/1,000  400 finished · 2 failed · 10 running · 588 pending  0:07, ETA 0:10``."""
+    """``[██████░░░░] 412/1,000  0:07, ETA 0:10  400 finished · 2 failed · 10 running · 588 pending``.
+
+    The bar is for a TTY; ``done`` counts tasks in a terminal state, and the ETA assumes the rest go
+    at the pace so far (``?`` until one is done).
+    """
     done = sum(n for state, n in counts.items() if TaskView(state).terminal)
     parts = " · ".join(f"{counts[s.value]:,} {s.value}" for s in _ORDER if counts.get(s.value))
     head = f"{done:,}/{total:,}"
@@ -217,7 +221,8 @@ def progress_line(counts: Mapping[str, int], total: int, elapsed: float, *, bar:
         filled = round(_BAR_WIDTH * done / total) if total else _BAR_WIDTH
         head = f"[{'█' * filled}{'░' * (_BAR_WIDTH - filled)}] {head}"
     eta = clock_text(elapsed * (total - done) / done) if done else "?"
-    return f"{head}  {parts}  {clock_text(elapsed)}, ETA {eta}"
+    # Times before the counts: a line cut to the terminal's width loses counts, not the ETA.
+    return f"{head}  {clock_text(elapsed)}, ETA {eta}  {parts}"
 
 
 def clock_text(seconds: float) -> str:

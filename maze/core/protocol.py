@@ -27,7 +27,8 @@ scheduler hands them back unchanged in the ``inputs`` of dependent calls.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -38,9 +39,9 @@ from .shipping import ShippedCode
 from .task import TaskBody
 
 if TYPE_CHECKING:  # for annotations only: the run and the plan import this module
-    from .messages import Message
+    from .messages import Message, MessageLog
     from .plan import Plan
-    from .run import RunState
+    from .run import RunStatus, TaskState
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +160,46 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+# -- what a reader of a run sees ---------------------------------------------------------------
+
+
+class RunView(Protocol):
+    """A run as its readers see it (``show_results``, the widget, ``get_results``): read-only.
+
+    :class:`~maze.core.run.RunState` is the one implementation; only the
+    scheduler calls its transitions. Read ``messages`` under ``changed``.
+    """
+
+    changed: threading.Condition      # notified on every message
+    ended: threading.Event            # set after ``finish_workflow`` was recorded
+    prepared: threading.Event         # fingerprints and reuse decided
+
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def plan(self) -> Plan: ...
+    @property
+    def status(self) -> RunStatus: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def duration(self) -> float | None: ...
+    @property
+    def messages(self) -> Sequence[Message]: ...
+    @property
+    def states(self) -> Mapping[str, TaskState]: ...
+    @property
+    def reasons(self) -> Mapping[str, str]: ...
+
+    def log(self) -> MessageLog: ...
+    def follow_logs(self) -> Iterator[Message]: ...
+    def interrupted(self) -> None: ...
+    def resolve_task(self, task_id: str) -> str: ...
+    def wait_task(self, task_id: str, timeout: float | None = None) -> bool: ...
+    def task_result(self, task_id: str) -> dict[str, Any]: ...
+    def summary(self) -> dict[str, Any]: ...
+
+
 # -- the other plug-ins of the core ------------------------------------------------------------
 # Besides a backend, the core calls three things it does not implement: where
 # results are cached, where messages are recorded, and what draws a run.
@@ -181,8 +222,8 @@ class Recorder(Protocol):
 class Viewer(Protocol):
     """Pictures of a workflow and its runs (provided by the client; see ``maze.notebook``)."""
 
-    def graph(self, plan: Plan, run: RunState | None = None) -> Any:
+    def graph(self, plan: Plan, run: RunView | None = None) -> Any:
         """A displayable DAG, coloured by ``run``'s task states when given."""
 
-    def watch(self, run: RunState) -> bool:
+    def watch(self, run: RunView) -> bool:
         """Show ``run`` live where a notebook front end is listening; say whether it did."""

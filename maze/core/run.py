@@ -1,10 +1,16 @@
 """The state of one run, in one object.
 
 :class:`RunState` is the single owner of everything a run knows: each task's
-state, the results and output handles of finished tasks, and the ordered
-message list. The scheduler is the only writer, always under the engine lock;
-users, ``show_results`` and the notebook widget only *read* it, through the
-message stream and the query methods below.
+state, the results of finished tasks, why each task ran or was reused, and
+the ordered message list. It changes only through its transitions
+(:meth:`~RunState.launch`, :meth:`~RunState.start`, :meth:`~RunState.finish`,
+:meth:`~RunState.fail`, :meth:`~RunState.retry`, :meth:`~RunState.skip`, ...),
+each of which records the task's message and moves its state together; the
+scheduler calls them under the engine lock, and keeps its own working data
+(the topological sorter, output handles, resource grants) apart, in
+:mod:`maze.core.scheduler`. Everyone else reads, through the read-only view
+:class:`~maze.core.protocol.RunView`: the message stream, the task states and
+the query methods.
 """
 
 from __future__ import annotations
@@ -12,20 +18,18 @@ from __future__ import annotations
 import enum
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from functools import partial
-from graphlib import TopologicalSorter
+from types import MappingProxyType
 from typing import Any
 
 from . import messages
-from .admission import Grant
 from .errors import UnknownTaskError
 from .fingerprint import Fingerprint
 from .fold import RunFold, TaskView
 from .messages import Message, MessageLog, MessageType
 from .plan import Plan
-from .protocol import Recorder, TaskCall, TaskError, TaskLog, TaskStarted
-from .snapshot import Snapshot
+from .protocol import Recorder, TaskError, TaskLog, TaskStarted
 
 
 class TaskState(str, enum.Enum):
@@ -81,72 +85,139 @@ class RunStatus(str, enum.Enum):
 
 
 class RunState:
-    """Everything about one run. Written by the scheduler only, under ``lock``."""
+    """Everything about one run. Changed by its transitions only, under ``lock``."""
 
     def __init__(
         self, run_id: str, plan: Plan, lock: threading.RLock, *, fail_fast: bool,
-        recorder: Recorder | None = None,
+        recorder: Recorder | None = None, on_interrupt: Callable[[], None] | None = None,
     ) -> None:
-        self.run_id = run_id
-        self.plan = plan
-        self.fail_fast = fail_fast
-        self.status = RunStatus.RUNNING
-        self.started_at = time.time()
+        self._run_id = run_id
+        self._plan = plan
+        self._fail_fast = fail_fast
+        self._status = RunStatus.RUNNING
+        self._started_at = time.time()
         self._t0 = time.perf_counter()
-        self.duration: float | None = None          # set when the run ends
+        self._duration: float | None = None
+        self._cancelling = False
 
-        self.states: dict[str, TaskState] = dict.fromkeys(plan.tasks, TaskState.PENDING)
-        self.open = len(plan.tasks)                 # tasks not yet in a terminal state
-        self.results: dict[str, Mapping[str, Any]] = {}
-        self.errors: dict[str, TaskError] = {}
-        self.skip_reasons: dict[str, str] = {}
-        self.started: set[str] = set()              # tasks whose start_task was recorded
-        self.attempts: dict[str, int] = dict.fromkeys(plan.tasks, 0)
+        self._states: dict[str, TaskState] = dict.fromkeys(plan.tasks, TaskState.PENDING)
+        self._open = len(plan.tasks)                 # tasks not yet in a terminal state
+        self._results: dict[str, Mapping[str, Any]] = {}
+        self._errors: dict[str, TaskError] = {}
+        self._skip_reasons: dict[str, str] = {}
+        self._started: set[str] = set()              # tasks whose start_task was recorded
+        self._reused: set[str] = set()               # tasks whose result came from an earlier run or the cache
+        self._fingerprints: dict[str, Fingerprint] = {}
+        self._reasons: dict[str, str] = {}           # why each task ran, or was reused (resume, cache)
 
-        # Scheduling bookkeeping, kept here so that a run's state has one home.
-        self.sorter: TopologicalSorter[str] = TopologicalSorter(
-            {tid: t.upstream for tid, t in plan.tasks.items()}
-        )
-        self.sorter.prepare()                       # the plan was checked for cycles already
-        self.handles: dict[str, Mapping[str, Any]] = {}   # outputs of finished tasks, for dependents
-        self.consumers: dict[str, int] = {tid: 0 for tid in plan.tasks}
-        for t in plan.tasks.values():
-            for up in {ref.task_id for ref in t.refs.values()}:
-                self.consumers[up] += 1
-        self.snapshot = Snapshot({}, {}, {})          # code and constants as they were at run() (set by the scheduler)
-        self.fingerprints: dict[str, Fingerprint] = {}   # set by the scheduler at start
-        self.reusable: dict[str, tuple[Mapping[str, Any], str]] = {}  # task -> (result, where it came from)
-        self.reasons: dict[str, str] = {}           # why each task ran, or was reused (resume, cache)
-        self.reused: set[str] = set()               # tasks whose result came from an earlier run or the cache
-        self.calls: dict[str, TaskCall] = {}        # the current attempt of each admitted task
-        self.grants: dict[str, Grant] = {}          # resources held by admitted tasks
-        self.timers: dict[str, threading.Timer] = {}  # retries waiting for their delay
-        self.cancelling = False
-
-        self.recorder = recorder                    # durable history, when the client keeps one
+        self._recorder = recorder                    # durable history, when the client keeps one
         self._run_data: messages.RunData = {"workflow_id": plan.workflow_id, "run_id": run_id}
-        self.messages: list[Message] = []
+        self._messages: list[Message] = []
         self.changed = threading.Condition(lock)    # notified on every message
         self.attention = threading.Condition(lock)  # notified on task output and at the end only
         self.ended = threading.Event()
         self.prepared = threading.Event()           # fingerprints and reuse decided (see Engine.start)
         self._replay: RunFold | None = None          # the fold of a replayed run's messages
-        # What Ctrl-C while a reader waits on this run does (the engine sets it: cancel the run).
-        self.on_interrupt: Callable[[], None] | None = None
+        # What Ctrl-C while a reader waits on this run does (the engine's: cancel the run).
+        self._on_interrupt = on_interrupt
 
-    # -- transitions (the scheduler's only way to change a task) -------------------------
+    # -- the read-only view (see protocol.RunView) ---------------------------------------
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    @property
+    def plan(self) -> Plan:
+        return self._plan
+
+    @property
+    def fail_fast(self) -> bool:
+        return self._fail_fast
+
+    @property
+    def status(self) -> RunStatus:
+        return self._status
+
+    @property
+    def started_at(self) -> float:
+        """When the run started (``time.time()``)."""
+        return self._started_at
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to end; None until the run ends."""
+        return self._duration
+
+    @property
+    def cancelling(self) -> bool:
+        """The run was cancelled (or failed fast): nothing new starts."""
+        return self._cancelling
+
+    @property
+    def open(self) -> int:
+        """How many tasks are not in a terminal state yet."""
+        return self._open
+
+    @property
+    def states(self) -> Mapping[str, TaskState]:
+        return MappingProxyType(self._states)
+
+    @property
+    def results(self) -> Mapping[str, Mapping[str, Any]]:
+        return MappingProxyType(self._results)
+
+    @property
+    def errors(self) -> Mapping[str, TaskError]:
+        return MappingProxyType(self._errors)
+
+    @property
+    def fingerprints(self) -> Mapping[str, Fingerprint]:
+        return MappingProxyType(self._fingerprints)
+
+    @property
+    def reasons(self) -> Mapping[str, str]:
+        """Why each task ran, or was reused (what ``explain`` shows)."""
+        return MappingProxyType(self._reasons)
+
+    @property
+    def reused(self) -> Set[str]:
+        return frozenset(self._reused)
+
+    def is_reused(self, task_id: str) -> bool:
+        return task_id in self._reused
+
+    @property
+    def messages(self) -> Sequence[Message]:
+        """The run's messages so far, in order (read them under ``changed``)."""
+        return self._messages
+
+    # -- transitions (the only way to change a run) ----------------------------------------
     # Each records the task's message and changes its state together, so the
     # message stream and the states never disagree.
 
-    def launch(self, tid: str, call: TaskCall, grant: Grant) -> None:
+    def prepare(self, fingerprints: Mapping[str, Fingerprint]) -> None:
+        """The run's tasks were fingerprinted (code and inputs as they were at ``run()``)."""
+        self._fingerprints = dict(fingerprints)
+
+    def explain(self, task_id: str, reason: str, *, replace: bool = True) -> None:
+        """Say why ``task_id`` runs or is reused (``replace=False``: unless already said)."""
+        if replace:
+            self._reasons[task_id] = reason
+        else:
+            self._reasons.setdefault(task_id, reason)
+
+    def cancel(self) -> None:
+        """The run is being cancelled: nothing new starts, and it ends as cancelled."""
+        self._cancelling = True
+
+    def launch(self, tid: str) -> None:
         """The task's attempt was admitted and handed to the backend."""
-        self.calls[tid] = call
-        self.grants[tid] = grant
-        self.states[tid] = TaskState.RUNNING
+        self._states[tid] = TaskState.RUNNING
 
     def start(self, tid: str, event: TaskStarted, attempt: int) -> None:
         """The attempt started on a worker."""
-        self.started.add(tid)
+        self._started.add(tid)
         self._record(messages.start_task(self._run_data, tid, self._name(tid), at=event.at, node=event.node,
                                          worker=event.worker, gpu_ids=list(event.gpu_ids), attempt=attempt,
                                          node_id=event.node_id))
@@ -159,83 +230,81 @@ class RunState:
     def finish(self, tid: str, result: Mapping[str, Any], *, at: float | None, duration: float,
                reused_from: str | None = None) -> None:
         """The task returned ``result`` (or an earlier result was reused: ``reused_from`` says where)."""
-        self.results[tid] = result
+        self._results[tid] = result
         if reused_from:
-            self.reused.add(tid)
+            self._reused.add(tid)
         self._record(messages.finish_task(self._run_data, tid, self._name(tid), at=at, result=result,
-                                          duration=duration, fingerprint=self.fingerprints[tid].as_dict(),
+                                          duration=duration, fingerprint=self._fingerprints[tid].as_dict(),
                                           reused_from=reused_from))
         self._settle(tid, TaskState.FINISHED)
 
-    def fail(self, tid: str, error: TaskError) -> None:
-        """The task's last attempt failed."""
-        self.errors[tid] = error
-        self._exception_msg(tid, error)
+    def fail(self, tid: str, error: TaskError, attempt: int) -> None:
+        """The task's last attempt (number ``attempt``) failed."""
+        self._errors[tid] = error
+        self._exception_msg(tid, error, attempt)
         self._settle(tid, TaskState.FAILED)
 
-    def stop(self, tid: str, error: TaskError) -> None:
+    def stop(self, tid: str, error: TaskError, attempt: int) -> None:
         """The task's running attempt was stopped: its run was cancelled (or the scheduler failed)."""
-        self.errors[tid] = error
-        self._exception_msg(tid, error)
+        self._errors[tid] = error
+        self._exception_msg(tid, error, attempt)
         self._settle(tid, TaskState.CANCELLED)
 
-    def retry(self, tid: str, error: TaskError | None, delay: float, timer: threading.Timer) -> None:
-        """An attempt failed; the next one starts when ``timer`` fires."""
-        self._record(messages.task_retry(self._run_data, tid, self._name(tid), attempt=self.attempts[tid],
+    def retry(self, tid: str, error: TaskError | None, attempt: int, delay: float) -> None:
+        """Attempt ``attempt`` failed; the next one waits ``delay`` seconds."""
+        self._record(messages.task_retry(self._run_data, tid, self._name(tid), attempt=attempt,
                                          error=error.text if error else "", delay=delay))
-        self.states[tid] = TaskState.RETRYING
-        self.timers[tid] = timer
+        self._states[tid] = TaskState.RETRYING
 
     def requeue(self, tid: str) -> None:
         """A retry's delay is over: the task waits for resources again."""
-        self.states[tid] = TaskState.PENDING
+        self._states[tid] = TaskState.PENDING
 
     def skip(self, tid: str, reason: str, upstream: str | None, *, cancelled: bool) -> None:
         """The task will not run: a task it depends on failed, or the run was cancelled."""
-        self.skip_reasons[tid] = reason
+        self._skip_reasons[tid] = reason
         self._record(messages.task_skipped(self._run_data, tid, self._name(tid), reason=reason, upstream=upstream,
                                            cancelled=cancelled))
         self._settle(tid, TaskState.CANCELLED if cancelled else TaskState.SKIPPED)
 
-    def _exception_msg(self, tid: str, error: TaskError) -> None:
+    def _exception_msg(self, tid: str, error: TaskError, attempt: int) -> None:
         # Bounded copies: a 5 MB error message would otherwise travel whole into every
         # reader and the history; get_task_result keeps the full text (self.errors).
         self._record(messages.task_exception(self._run_data, tid, self._name(tid), traceback=error.traceback,
                                              error_type=error.error_type, error=error.error,
-                                             attempt=self.attempts[tid]))
+                                             attempt=attempt))
 
     def _record(self, message: Message) -> None:
-        self.messages.append(message)
-        if self.recorder is not None:
-            self.recorder.message(self.run_id, len(self.messages), message)
+        self._messages.append(message)
+        if self._recorder is not None:
+            self._recorder.message(self._run_id, len(self._messages), message)
         self.changed.notify_all()
         if message["type"] in _ATTENTION:
             self.attention.notify_all()
 
     def _name(self, task_id: str) -> str:
-        return self.plan.tasks[task_id].name
+        return self._plan.tasks[task_id].name
 
     def _settle(self, task_id: str, state: TaskState) -> None:
         """Move a task to a terminal state."""
-        assert state.terminal and not self.states[task_id].terminal, (task_id, state)
-        self.states[task_id] = state
-        self.open -= 1
-        self.calls.pop(task_id, None)
+        assert state.terminal and not self._states[task_id].terminal, (task_id, state)
+        self._states[task_id] = state
+        self._open -= 1
 
     def end(self) -> None:
         """Record ``finish_workflow``: the last message, whatever happened."""
         if self.ended.is_set():
             return
-        self.duration = time.perf_counter() - self._t0
-        failed = any(s is TaskState.FAILED for s in self.states.values())
-        if self.cancelling and not (self.fail_fast and failed):
-            self.status = RunStatus.CANCELLED
-        elif failed or any(s is not TaskState.FINISHED for s in self.states.values()):
-            self.status = RunStatus.FAILED
+        self._duration = time.perf_counter() - self._t0
+        failed = any(s is TaskState.FAILED for s in self._states.values())
+        if self._cancelling and not (self._fail_fast and failed):
+            self._status = RunStatus.CANCELLED
+        elif failed or any(s is not TaskState.FINISHED for s in self._states.values()):
+            self._status = RunStatus.FAILED
         else:
-            self.status = RunStatus.COMPLETED
-        self._record(messages.finish_workflow(self._run_data, status=self.status.value, has_exception=failed,
-                                              duration=self.duration))
+            self._status = RunStatus.COMPLETED
+        self._record(messages.finish_workflow(self._run_data, status=self._status.value, has_exception=failed,
+                                              duration=self._duration))
         self.ended.set()  # after the message: readers that saw it set must find it
 
     @classmethod
@@ -260,19 +329,19 @@ class RunState:
         fold = self._replay
         assert fold is not None, "only a replayed run takes recorded messages"
         with self.changed:
-            self.messages.extend(messages)
+            self._messages.extend(messages)
             fold.apply(messages)
-            self.states = {tid: _FROM_VIEW[view] for tid, view in fold.states.items()}
-            self.reused = set(fold.in_state(TaskView.CACHED))
-            self.results = dict(fold.results)
-            self.errors = dict(fold.errors)
-            self.skip_reasons = dict(fold.skip_reasons)
-            self.started = set(fold.started)
-            self.fingerprints = {tid: Fingerprint.from_dict(fp) for tid, fp in fold.fingerprints.items()}
+            self._states = {tid: _FROM_VIEW[view] for tid, view in fold.states.items()}
+            self._reused = set(fold.in_state(TaskView.CACHED))
+            self._results = dict(fold.results)
+            self._errors = dict(fold.errors)
+            self._skip_reasons = dict(fold.skip_reasons)
+            self._started = set(fold.started)
+            self._fingerprints = {tid: Fingerprint.from_dict(fp) for tid, fp in fold.fingerprints.items()}
             if fold.ended:
-                self.status = RunStatus(fold.status)
-                self.duration = fold.duration
-            self.open = sum(not s.terminal for s in self.states.values())
+                self._status = RunStatus(fold.status)
+                self._duration = fold.duration
+            self._open = sum(not s.terminal for s in self._states.values())
             self.changed.notify_all()
             self.attention.notify_all()
             if fold.ended:
@@ -281,12 +350,12 @@ class RunState:
     # -- reading ------------------------------------------------------------------
 
     def log(self) -> MessageLog:
-        return MessageLog(self.messages, self.changed, self.ended, on_interrupt=self.interrupted)
+        return MessageLog(self._messages, self.changed, self.ended, on_interrupt=self.interrupted)
 
     def interrupted(self) -> None:
         """A reader waiting on this run got Ctrl-C: cancel the run and let it end (bounded wait)."""
-        if self.on_interrupt is not None and not self.ended.is_set():
-            self.on_interrupt()
+        if self._on_interrupt is not None and not self.ended.is_set():
+            self._on_interrupt()
             self.ended.wait(30)
 
     def resolve_task(self, task_id: str) -> str:
@@ -310,8 +379,8 @@ class RunState:
             try:
                 with self.attention:
                     self.attention.wait_for(partial(self._has_news, seen))
-                    batch = self.messages[seen:]
-                    seen = len(self.messages)
+                    batch = self._messages[seen:]
+                    seen = len(self._messages)
                     done = self.ended.is_set()
             except KeyboardInterrupt:
                 self.interrupted()
@@ -321,37 +390,37 @@ class RunState:
                 return
 
     def _has_news(self, seen: int) -> bool:
-        return self.ended.is_set() or len(self.messages) > seen
+        return self.ended.is_set() or len(self._messages) > seen
 
     def wait_task(self, task_id: str, timeout: float | None = None) -> bool:
         with self.changed:
-            return self.changed.wait_for(lambda: self.states[task_id].terminal, timeout)
+            return self.changed.wait_for(lambda: self._states[task_id].terminal, timeout)
 
     def task_result(self, task_id: str) -> dict[str, Any]:
-        state = self.states[task_id]
+        state = self._states[task_id]
         out: dict[str, Any] = {
             "task_id": task_id,
-            "result": self.results.get(task_id),
+            "result": self._results.get(task_id),
             "status": RESULT_STATUS.get(state, state.value),
         }
-        if task_id in self.errors:
-            out["error"] = self.errors[task_id].text  # in full; messages carry a bounded copy
-        elif task_id in self.skip_reasons:
-            out["error"] = self.skip_reasons[task_id]
+        if task_id in self._errors:
+            out["error"] = self._errors[task_id].text  # in full; messages carry a bounded copy
+        elif task_id in self._skip_reasons:
+            out["error"] = self._skip_reasons[task_id]
         return out
 
     def summary(self) -> dict[str, Any]:
-        by_state = {s: [t for t, st in self.states.items() if st is s] for s in TaskState}
+        by_state = {s: [t for t, st in self._states.items() if st is s] for s in TaskState}
         return {
-            "run_id": self.run_id,
-            "workflow_completed": self.status is RunStatus.COMPLETED,
-            "status": self.status.value,
+            "run_id": self._run_id,
+            "workflow_completed": self._status is RunStatus.COMPLETED,
+            "status": self._status.value,
             "has_exception": bool(by_state[TaskState.FAILED]),
             "exception_tasks": by_state[TaskState.FAILED],
             "skipped_tasks": by_state[TaskState.SKIPPED],
             "cancelled_tasks": by_state[TaskState.CANCELLED],
             "interrupted_tasks": by_state[TaskState.INTERRUPTED],
-            "cached_tasks": [t for t in self.plan.tasks if t in self.reused],
-            "task_results": {t: self.results[t] for t in self.plan.tasks if t in self.results},
-            "duration": self.duration,
+            "cached_tasks": [t for t in self._plan.tasks if t in self._reused],
+            "task_results": {t: self._results[t] for t in self._plan.tasks if t in self._results},
+            "duration": self._duration,
         }

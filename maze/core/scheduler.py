@@ -9,10 +9,15 @@ driven by ``Future.add_done_callback`` instead of a result queue. Each
 callback, under the engine lock:
 
 1. gives the task's resources back to the shared :class:`ResourcePool`;
-2. records the task's messages in its :class:`RunState`;
+2. moves the task on in its :class:`RunState` (a transition records the message);
 3. marks it done in the run's ``graphlib.TopologicalSorter`` (or skips its
    descendants, or schedules a retry);
 4. admits whatever is ready and now fits, across all runs of the client.
+
+The run's state is its :class:`RunState`, which readers see; what only the
+scheduler needs to drive a run (the sorter, output handles waiting for their
+dependents, resource grants, the current attempt of each task, retry timers)
+is a :class:`_Work` beside it, never seen outside this module.
 
 Admission is first come, first served within one resource shape; a small
 task may start before a larger one that does not fit yet (backfilling).
@@ -30,8 +35,12 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Mapping
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from functools import partial
+from graphlib import TopologicalSorter
+from typing import Any
 
 from .admission import Grant, ResourcePool
 from .errors import BackendError, UnsatisfiableError
@@ -46,6 +55,33 @@ from .snapshot import Snapshot
 _log = logging.getLogger("maze")
 
 _NO_CODE = ShippedCode("", b"")  # in calls whose function could not be pickled (never submitted)
+
+
+@dataclass(eq=False)
+class _Work:
+    """What the scheduler keeps to drive one run; the run's own state is ``run``."""
+
+    run: RunState
+    snapshot: Snapshot                           # code and constants as they were at run()
+    sorter: TopologicalSorter[str]
+    consumers: dict[str, int]                    # dependents that have not yet taken each task's outputs
+    attempts: dict[str, int]
+    handles: dict[str, Mapping[str, Any]] = field(default_factory=dict)   # outputs of finished tasks
+    reusable: dict[str, tuple[Mapping[str, Any], str]] = field(default_factory=dict)  # task -> (result, source)
+    calls: dict[str, TaskCall] = field(default_factory=dict)      # the current attempt of each admitted task
+    grants: dict[str, Grant] = field(default_factory=dict)        # resources held by admitted tasks
+    timers: dict[str, threading.Timer] = field(default_factory=dict)  # retries waiting for their delay
+
+    @classmethod
+    def of(cls, run: RunState, snapshot: Snapshot) -> _Work:
+        plan = run.plan
+        sorter: TopologicalSorter[str] = TopologicalSorter({tid: t.upstream for tid, t in plan.tasks.items()})
+        sorter.prepare()   # the plan was checked for cycles already
+        consumers = dict.fromkeys(plan.tasks, 0)
+        for t in plan.tasks.values():
+            for up in {ref.task_id for ref in t.refs.values()}:
+                consumers[up] += 1
+        return cls(run, snapshot, sorter, consumers, dict.fromkeys(plan.tasks, 0))
 
 
 class Engine:
@@ -63,10 +99,10 @@ class Engine:
         self._pool = ResourcePool(capacity)
         # Ready tasks waiting for resources, one FIFO per resource shape, so that a
         # thousand identical tasks cost one failed fit per pass, not a thousand.
-        self._waiting: dict[Resources, deque[tuple[RunState, str]]] = {}
+        self._waiting: dict[Resources, deque[tuple[_Work, str]]] = {}
         self._dispatching = False
         self._dispatch_again = False
-        self._live: dict[str, RunState] = {}    # runs not ended yet, by id (for close())
+        self._live: dict[str, _Work] = {}       # runs not ended yet, by id (for cancel() and close())
         # Every run started here that someone (a workflow's records) still holds.
         self._runs: weakref.WeakValueDictionary[str, RunState] = weakref.WeakValueDictionary()
         self._closed = False
@@ -110,42 +146,46 @@ class Engine:
         if self._closed:
             raise BackendError("this MaClient is closed; create a new MaClient to run workflows")
         self.check(plan)
-        run = RunState(run_id, plan, self._lock, fail_fast=fail_fast, recorder=self.history)
-        run.snapshot = Snapshot.take(plan)
-        run.on_interrupt = partial(self.cancel, run, "interrupted while waiting")
+        snapshot = Snapshot.take(plan)
+        run = RunState(run_id, plan, self._lock, fail_fast=fail_fast, recorder=self.history,
+                       on_interrupt=lambda: self.cancel(run, "interrupted while waiting"))
+        work = _Work.of(run, snapshot)
         with self._lock:
-            self._live[run_id] = run
+            self._live[run_id] = work
             self._runs[run_id] = run
         if self.history is not None:
             self.history.run_started(run_id, plan)
-        threading.Thread(target=self._begin, args=(run, resume_from), name=f"maze-start-{run_id}", daemon=True).start()
+        threading.Thread(target=self._begin, args=(work, resume_from), name=f"maze-start-{run_id}", daemon=True).start()
         return run
 
-    def _begin(self, run: RunState, resume_from: RunState | None) -> None:
-        with self._guard(run):
+    def _begin(self, work: _Work, resume_from: RunState | None) -> None:
+        run = work.run
+        with self._guard(work):
             try:
-                run.fingerprints = run.snapshot.fingerprints(run.plan)
+                run.prepare(work.snapshot.fingerprints(run.plan))
                 if resume_from is not None:
                     resume_from.prepared.wait()  # its fingerprints, when it is itself just starting
-                    self._plan_reuse(run, resume_from)
+                    self._plan_reuse(work, resume_from)
             finally:
                 run.prepared.set()
             with self._lock:
                 if run.ended.is_set():
                     return  # cancelled (or the client closed) while we prepared
                 if run.plan.tasks:
-                    self._queue_ready(run)
+                    self._queue_ready(work)
                     self._dispatch()
                 if run.open == 0:  # nothing to run, or everything reused
-                    self._end(run)
+                    self._end(work)
 
     def cancel(self, run: RunState, reason: str = "run cancelled") -> None:
         """Nothing new starts; running attempts are stopped; the run ends as cancelled."""
-        with self._lock, self._guard(run):
-            if run.ended.is_set() or run.cancelling:
+        with self._lock:
+            work = self._live.get(run.run_id)
+            if work is None or run.ended.is_set() or run.cancelling:
                 return
-            run.cancelling = True
-            self._stop_everything(run, reason, upstream=None)
+            with self._guard(work):
+                run.cancel()
+                self._stop_everything(work, reason, upstream=None)
 
     def close(self, timeout: float = 10.0) -> None:
         """Refuse new runs, cancel the runs still going and wait (bounded) until they have ended.
@@ -155,65 +195,68 @@ class Engine:
         """
         with self._lock:
             self._closed = True
-            live = list(self._live.values())
+            live = [work.run for work in self._live.values()]
         for run in live:
             self.cancel(run, "the client was closed")
         deadline = time.monotonic() + timeout
         for run in live:
             run.ended.wait(max(0.0, deadline - time.monotonic()))
 
-    def _end(self, run: RunState) -> None:
-        run.end()
-        self._live.pop(run.run_id, None)
+    def _end(self, work: _Work) -> None:
+        work.run.end()
+        self._live.pop(work.run.run_id, None)
 
     # -- the loop -----------------------------------------------------------------
 
-    def _plan_reuse(self, run: RunState, old: RunState) -> None:
+    def _plan_reuse(self, work: _Work, old: RunState) -> None:
         """Decide, per task, whether ``old``'s result stands for this run, and say why."""
+        run = work.run
         for tid, fp in run.fingerprints.items():
             if tid not in old.plan.tasks:
-                run.reasons[tid] = f"not in run {old.run_id}"
+                run.explain(tid, f"not in run {old.run_id}")
             elif old.states[tid] is not TaskState.FINISHED:
-                run.reasons[tid] = f"it did not finish in run {old.run_id} ({old.states[tid].value})"
+                run.explain(tid, f"it did not finish in run {old.run_id} ({old.states[tid].value})")
             elif tid not in old.fingerprints:
-                run.reasons[tid] = f"run {old.run_id} recorded no fingerprint for it"
+                run.explain(tid, f"run {old.run_id} recorded no fingerprint for it")
             elif (why := fp.why_different(old.fingerprints[tid])) is not None:
-                run.reasons[tid] = why
+                run.explain(tid, why)
             elif any(isinstance(v, (Dropped, Stored)) for v in old.results[tid].values()):
-                run.reasons[tid] = "its result was not kept in the history (too large, or not picklable)"
+                run.explain(tid, "its result was not kept in the history (too large, or not picklable)")
             else:
-                run.reusable[tid] = (old.results[tid], f"run {old.run_id}")
-                run.reasons[tid] = f"reused: unchanged since run {old.run_id}"
+                work.reusable[tid] = (old.results[tid], f"run {old.run_id}")
+                run.explain(tid, f"reused: unchanged since run {old.run_id}")
 
-    def _queue_ready(self, run: RunState) -> None:
-        ready = run.sorter.get_ready()
+    def _queue_ready(self, work: _Work) -> None:
+        ready = work.sorter.get_ready()
         while ready:
             later = []
             for tid in ready:
-                if not self._reuse(run, tid):
-                    need = run.plan.tasks[tid].spec.resources
-                    self._waiting.setdefault(need, deque()).append((run, tid))
+                if not self._reuse(work, tid):
+                    need = work.run.plan.tasks[tid].spec.resources
+                    self._waiting.setdefault(need, deque()).append((work, tid))
                 else:
                     later.append(tid)
             # A reused task is done at once, which may make its dependents ready.
-            ready = run.sorter.get_ready() if later else ()
+            ready = work.sorter.get_ready() if later else ()
 
-    def _reuse(self, run: RunState, tid: str) -> bool:
+    def _reuse(self, work: _Work, tid: str) -> bool:
         """Settle ``tid`` from an earlier run or the result cache, if either holds it."""
-        found = run.reusable.get(tid)
+        run = work.run
+        found = work.reusable.get(tid)
         if found is None and self.store is not None and run.plan.tasks[tid].spec.options.cache:
-            cached = self.store.get(run.fingerprints[tid].digest)
+            fp = run.fingerprints[tid]
+            cached = self.store.get(fp.digest)
             if cached is not None:
                 found = (cached, "the result cache")
-                run.reasons[tid] = f"reused: in the result cache ({run.fingerprints[tid]})"
+                run.explain(tid, f"reused: in the result cache ({fp})")
             else:
-                run.reasons.setdefault(tid, f"not in the result cache yet ({run.fingerprints[tid]})")
+                run.explain(tid, f"not in the result cache yet ({fp})", replace=False)
         if found is None:
-            run.reasons.setdefault(tid, "ran: nothing to reuse")
+            run.explain(tid, "ran: nothing to reuse", replace=False)
             return False
         result, source = found
         run.finish(tid, result, at=None, duration=0.0, reused_from=source)
-        run.sorter.done(tid)
+        work.sorter.done(tid)
         return True
 
     def _dispatch(self) -> None:
@@ -229,99 +272,115 @@ class Engine:
                 self._dispatch_again = False
                 for need, queue in list(self._waiting.items()):
                     while queue:
-                        run, tid = queue[0]
-                        if run.cancelling or run.states[tid].terminal:
+                        work, tid = queue[0]
+                        if work.run.cancelling or work.run.states[tid].terminal:
                             queue.popleft()
                             continue
                         grant = self._pool.try_acquire(need)
                         if grant is None:
                             break
                         queue.popleft()
-                        self._launch(run, tid, grant)
+                        self._launch(work, tid, grant)
                     if not queue:
                         del self._waiting[need]
                 again = self._dispatch_again
         finally:
             self._dispatching = False
 
-    def _launch(self, run: RunState, tid: str, grant: Grant) -> None:
-        with self._guard(run):
-            run.attempts[tid] += 1
-            previous = run.calls.get(tid)
+    def _launch(self, work: _Work, tid: str, grant: Grant) -> None:
+        run = work.run
+        with self._guard(work):
+            work.attempts[tid] += 1
+            attempt = work.attempts[tid]
+            previous = work.calls.get(tid)
             if previous is None:
-                call = self._first_call(run, tid, grant)
+                call = self._first_call(work, tid, grant)
             else:
-                call = dataclasses.replace(
-                    previous, attempt=run.attempts[tid], gpu_ids=grant.gpu_ids,
-                    call_id=f"{run.run_id}:{tid}:{run.attempts[tid]}",
-                )
-            run.launch(tid, call, grant)
-            code = run.snapshot.code[tid]
+                call = dataclasses.replace(previous, attempt=attempt, gpu_ids=grant.gpu_ids,
+                                           call_id=f"{run.run_id}:{tid}:{attempt}")
+            work.calls[tid] = call
+            work.grants[tid] = grant
+            run.launch(tid)
+            code = work.snapshot.code[tid]
             if isinstance(code, TaskError):  # nothing a worker could run: fail like an attempt would
                 future: Future[TaskOutcome] = Future()
                 future.set_result(TaskOutcome(error=code))
             else:
-                future = self.backend.submit(call, partial(self._on_event, run, tid, call.call_id))
-            future.add_done_callback(partial(self._on_done, run, tid, call))
+                future = self.backend.submit(call, partial(self._on_event, work, tid, call.call_id))
+            future.add_done_callback(partial(self._on_done, work, tid, call))
 
-    def _first_call(self, run: RunState, tid: str, grant: Grant) -> TaskCall:
+    def _first_call(self, work: _Work, tid: str, grant: Grant) -> TaskCall:
+        run = work.run
         t = run.plan.tasks[tid]
-        code = run.snapshot.code[tid]
+        code = work.snapshot.code[tid]
         if isinstance(code, TaskError):
             code = _NO_CODE
         # Constants as they were at run(); outputs of reused tasks are plain values
         # (no backend holds them), passed as constants too.
-        constants = {key: frozen.value for key, frozen in run.snapshot.constants[tid].items()} | {
-            key: run.results[ref.task_id][ref.key] for key, ref in t.refs.items() if ref.task_id in run.reused
+        constants = {key: frozen.value for key, frozen in work.snapshot.constants[tid].items()} | {
+            key: run.results[ref.task_id][ref.key] for key, ref in t.refs.items() if run.is_reused(ref.task_id)
         }
-        inputs = {key: run.handles[ref.task_id][ref.key] for key, ref in t.refs.items() if ref.task_id not in run.reused}
-        for up in {ref.task_id for ref in t.refs.values()} - run.reused:
-            run.consumers[up] -= 1
-            if run.consumers[up] == 0:
-                del run.handles[up]  # every dependent holds what it needs; free big outputs early
+        inputs = {key: work.handles[ref.task_id][ref.key] for key, ref in t.refs.items()
+                  if not run.is_reused(ref.task_id)}
+        for up in {ref.task_id for ref in t.refs.values()}:
+            if run.is_reused(up):
+                continue
+            work.consumers[up] -= 1
+            if work.consumers[up] == 0:
+                del work.handles[up]  # every dependent holds what it needs; free big outputs early
+        attempt = work.attempts[tid]
         return TaskCall(
-            call_id=f"{run.run_id}:{tid}:{run.attempts[tid]}",
-            run_id=run.run_id, task_id=tid, task_name=t.name, attempt=run.attempts[tid],
+            call_id=f"{run.run_id}:{tid}:{attempt}",
+            run_id=run.run_id, task_id=tid, task_name=t.name, attempt=attempt,
             func=t.function, code=code, constants=constants, inputs=inputs, outputs=t.spec.outputs,
             resources=t.spec.resources, gpu_ids=grant.gpu_ids, timeout=t.spec.options.timeout,
         )
 
-    def _on_event(self, run: RunState, tid: str, call_id: str, event: WorkerEvent) -> None:
-        with self._lock, self._guard(run):
-            call = run.calls.get(tid)
-            if call is None or call.call_id != call_id or run.ended.is_set():
+    def _on_event(self, work: _Work, tid: str, call_id: str, event: WorkerEvent) -> None:
+        with self._lock, self._guard(work):
+            call = work.calls.get(tid)
+            if call is None or call.call_id != call_id or work.run.ended.is_set():
                 return  # a late event from an attempt that was already settled
             if isinstance(event, TaskStarted):
-                run.start(tid, event, call.attempt)
+                work.run.start(tid, event, call.attempt)
             else:
-                run.output(tid, event)
+                work.run.output(tid, event)
 
-    def _on_done(self, run: RunState, tid: str, call: TaskCall, future: Future[TaskOutcome]) -> None:
-        with self._lock, self._guard(run):
+    def _on_done(self, work: _Work, tid: str, call: TaskCall, future: Future[TaskOutcome]) -> None:
+        run = work.run
+        with self._lock, self._guard(work):
             outcome = future.result()
-            self._pool.release(run.grants.pop(tid))
-            if run.calls.get(tid) is not call or run.states[tid].terminal:
+            self._pool.release(work.grants.pop(tid))
+            if work.calls.get(tid) is not call or run.states[tid].terminal:
                 self._dispatch()
                 return
             if outcome.ok:
-                self._succeed(run, tid, outcome)
+                self._succeed(work, tid, outcome)
             elif outcome.error is not None and outcome.error.kind is Failure.CANCELLED:
-                run.stop(tid, outcome.error)
-            elif run.attempts[tid] <= run.plan.tasks[tid].spec.options.retries and not run.cancelling:
-                self._retry(run, tid, outcome.error)
+                self._settled(work, tid)
+                run.stop(tid, outcome.error, call.attempt)
+            elif call.attempt <= run.plan.tasks[tid].spec.options.retries and not run.cancelling:
+                self._retry(work, tid, outcome.error)
             else:
-                self._fail(run, tid, outcome.error)
+                self._fail(work, tid, outcome.error)
             self._dispatch()
             if run.open == 0:
-                self._end(run)
+                self._end(work)
 
     # -- outcomes -------------------------------------------------------------------
 
-    def _succeed(self, run: RunState, tid: str, outcome: TaskOutcome) -> None:
+    @staticmethod
+    def _settled(work: _Work, tid: str) -> None:
+        """The task's current attempt is over for good (it is about to reach a terminal state)."""
+        work.calls.pop(tid, None)
+
+    def _succeed(self, work: _Work, tid: str, outcome: TaskOutcome) -> None:
+        run = work.run
         result = outcome.result or {}
-        if run.consumers[tid]:
-            run.handles[tid] = outcome.handles
+        if work.consumers[tid]:
+            work.handles[tid] = outcome.handles
         duration = (outcome.finished_at or 0.0) - (outcome.started_at or 0.0)
+        self._settled(work, tid)
         run.finish(tid, result, at=outcome.finished_at, duration=duration)
         fp = run.fingerprints[tid]
         if self.store is not None and run.plan.tasks[tid].spec.options.cache and fp.inputs:
@@ -329,74 +388,81 @@ class Engine:
                 self.store.put(fp.digest, dict(result))
             except Exception:  # noqa: BLE001 - an unpicklable result is simply not cached
                 _log.warning("maze: the result of task %r could not be cached", tid, exc_info=True)
-        run.sorter.done(tid)
+        work.sorter.done(tid)
         if not run.cancelling:
-            self._queue_ready(run)
+            self._queue_ready(work)
 
-    def _fail(self, run: RunState, tid: str, error: TaskError | None) -> None:
-        run.fail(tid, error or TaskError.simple("RuntimeError", "the task failed without an error"))
+    def _fail(self, work: _Work, tid: str, error: TaskError | None) -> None:
+        run = work.run
+        self._settled(work, tid)
+        run.fail(tid, error or TaskError.simple("RuntimeError", "the task failed without an error"), work.attempts[tid])
         for child in run.plan.descendants(tid):
             if run.states[child] is TaskState.PENDING:
                 run.skip(child, f"upstream task {tid!r} failed", tid, cancelled=False)
         if run.fail_fast and not run.cancelling:
-            run.cancelling = True
-            self._stop_everything(run, f"fail_fast: task {tid!r} failed", upstream=tid)
+            run.cancel()
+            self._stop_everything(work, f"fail_fast: task {tid!r} failed", upstream=tid)
 
-    def _retry(self, run: RunState, tid: str, error: TaskError | None) -> None:
-        delay = run.plan.tasks[tid].spec.options.retry_delay
-        timer = threading.Timer(delay, self._requeue, (run, tid))
+    def _retry(self, work: _Work, tid: str, error: TaskError | None) -> None:
+        delay = work.run.plan.tasks[tid].spec.options.retry_delay
+        timer = threading.Timer(delay, self._requeue, (work, tid))
         timer.daemon = True
-        run.retry(tid, error, delay, timer)
+        work.timers[tid] = timer
+        work.run.retry(tid, error, work.attempts[tid], delay)
         timer.start()
 
-    def _requeue(self, run: RunState, tid: str) -> None:
-        with self._lock, self._guard(run):
-            if run.timers.pop(tid, None) is None or run.cancelling:
+    def _requeue(self, work: _Work, tid: str) -> None:
+        with self._lock, self._guard(work):
+            if work.timers.pop(tid, None) is None or work.run.cancelling:
                 return
-            run.requeue(tid)
-            need = run.plan.tasks[tid].spec.resources
-            self._waiting.setdefault(need, deque()).append((run, tid))
+            work.run.requeue(tid)
+            need = work.run.plan.tasks[tid].spec.resources
+            self._waiting.setdefault(need, deque()).append((work, tid))
             self._dispatch()
 
-    def _stop_everything(self, run: RunState, reason: str, upstream: str | None) -> None:
-        for tid, timer in list(run.timers.items()):
+    def _stop_everything(self, work: _Work, reason: str, upstream: str | None) -> None:
+        run = work.run
+        for tid, timer in list(work.timers.items()):
             timer.cancel()
-            del run.timers[tid]
+            del work.timers[tid]
+            self._settled(work, tid)
             run.skip(tid, reason, upstream, cancelled=True)
         for tid, state in run.states.items():
             if state is TaskState.PENDING:
                 run.skip(tid, reason, upstream, cancelled=True)
-        for call in list(run.calls.values()):
+        for call in list(work.calls.values()):
             self.backend.stop(call.call_id)  # its future settles the task as cancelled
         if run.open == 0:
-            self._end(run)
+            self._end(work)
 
-    def _guard(self, run: RunState) -> _Guard:
-        return _Guard(self, run)
+    def _guard(self, work: _Work) -> _Guard:
+        return _Guard(self, work)
 
-    def _abort(self, run: RunState, exc: BaseException) -> None:
+    def _abort(self, work: _Work, exc: BaseException) -> None:
         """The scheduler itself failed: end the run rather than leave it hanging."""
+        run = work.run
         _log.error("maze scheduler error in run %s", run.run_id, exc_info=exc)
         with self._lock:
             try:
-                for call in list(run.calls.values()):
+                for call in list(work.calls.values()):
                     self.backend.stop(call.call_id)
                 error = TaskError.simple(type(exc).__name__, f"internal scheduler error: {exc}")
-                for tid, state in run.states.items():
+                for tid, state in list(run.states.items()):
                     if not state.terminal:
-                        run.stop(tid, error)
+                        self._settled(work, tid)
+                        run.stop(tid, error, work.attempts[tid])
             finally:
-                self._end(run)
+                self._end(work)
 
 
 class _Guard:
-    """``with engine._guard(run):`` ends ``run`` if the block raises (a class: it is on the hot path)."""
+    """``with engine._guard(work):`` ends the run if the block raises (a class: it is on the hot path)."""
 
-    __slots__ = ("engine", "run")
+    __slots__ = ("engine", "work")
 
-    def __init__(self, engine: Engine, run: RunState) -> None:
+    def __init__(self, engine: Engine, work: _Work) -> None:
         self.engine = engine
-        self.run = run
+        self.work = work
 
     def __enter__(self) -> None:
         return None
@@ -404,7 +470,7 @@ class _Guard:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
         if exc is None:
             return False
-        self.engine._abort(self.run, exc)
+        self.engine._abort(self.work, exc)
         return isinstance(exc, Exception)  # swallow errors; let KeyboardInterrupt and friends through
 
 

@@ -11,7 +11,7 @@ import threading
 from typing import Any
 
 from maze.core.plan import Plan
-from maze.core.run import RunState
+from maze.core.protocol import RunView
 
 
 def in_notebook() -> bool:
@@ -29,7 +29,7 @@ def in_notebook() -> bool:
 class NotebookViewer:
     """What ``MaWorkflow`` calls to show runs; see :class:`maze.core.workflow.Viewer`."""
 
-    def graph(self, plan: Plan, run: RunState | None = None) -> Any:
+    def graph(self, plan: Plan, run: RunView | None = None) -> Any:
         try:
             from .widget import DagWidget
         except ImportError as exc:
@@ -39,7 +39,7 @@ class NotebookViewer:
             ) from exc
         return DagWidget(plan, run)
 
-    def watch(self, run: RunState) -> bool:
+    def watch(self, run: RunView) -> bool:
         """Display the live DAG of ``run`` in the current cell, if in a notebook; say whether it did."""
         if not in_notebook():
             return False

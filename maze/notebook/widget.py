@@ -41,7 +41,7 @@ import traitlets
 
 from maze.core.grouping import Grouping, group_plan
 from maze.core.plan import PerPlan, Plan
-from maze.core.run import RunState
+from maze.core.protocol import RunView
 
 from .render import LOOKS, NO_RENDERER_HINT, counts_text, to_dot, to_svg
 from .states import Board
@@ -123,7 +123,7 @@ class DagWidget(anywidget.AnyWidget):
     title = traitlets.Unicode("", help="Workflow name and run id.").tag(sync=True)
     hint = traitlets.Unicode("", help="Why there is no picture, if there is none.").tag(sync=True)
 
-    def __init__(self, plan: Plan, run: RunState | None = None, *, interval: float = 1 / UPDATES_PER_S,
+    def __init__(self, plan: Plan, run: RunView | None = None, *, interval: float = 1 / UPDATES_PER_S,
                  **kwargs: Any) -> None:
         self._plan = plan
         self._run = run
@@ -194,7 +194,7 @@ class DagWidget(anywidget.AnyWidget):
     def board(self) -> Board:
         return self._board
 
-    def _catch_up(self, run: RunState, seen: int, *, last: bool = False) -> int:
+    def _catch_up(self, run: RunView, seen: int, *, last: bool = False) -> int:
         with run.changed:
             batch = run.messages[seen:]
         for i in range(0, len(batch), FOLD_SLICE):
@@ -207,7 +207,7 @@ class DagWidget(anywidget.AnyWidget):
             self._publish(full=last)
         return seen + len(batch)
 
-    def _watch(self, run: RunState, seen: int) -> None:
+    def _watch(self, run: RunView, seen: int) -> None:
         # Poll rather than wait on every message: the run never waits for the
         # front end, and a burst of messages becomes one update.
         _lower_priority()
