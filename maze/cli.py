@@ -27,7 +27,7 @@ from typing import TextIO
 from maze import __version__
 from maze.client import MaClient
 from maze.core.errors import MazeError, RendererError, UnknownRunError, UnsafeHistoryError
-from maze.core.graphviews import render
+from maze.core.graphviews import find_dot, render
 from maze.core.history import default_path
 from maze.core.progress import clock_text
 from maze.core.workflow import show_progress
@@ -72,7 +72,7 @@ def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
     path = _existing_history(args)
     verbose = True if args.verbose else (False if args.compact else None)
     with _client(path) as client:
-        run_id = _resolve(client, path, args.run_id)
+        run_id = _resolve(client, args)
         try:
             summary = client.show_results(run_id, file=out, verbose=verbose)
         except UnsafeHistoryError as exc:
@@ -92,19 +92,21 @@ def cmd_graph(args: argparse.Namespace, out: TextIO) -> int:
     if not target.parent.resolve().is_dir():
         raise CliError(f"cannot write {str(target)!r}: the folder {str(target.parent)!r} does not exist")
     with _client(path) as client:
-        run_id = _resolve(client, path, args.run_id)
+        run_id = _resolve(client, args)
         run = client.run_state(run_id, values=False)  # colours need states only, never the pickled values
         states = {tid: "cached" if tid in run.reused else state.value for tid, state in run.states.items()}
     dot = to_dot(run.plan, states)
     if fmt == "dot":
         target.write_text(dot + "\n", encoding="utf-8")
     else:
+        if find_dot() is None:
+            raise CliError(f"drawing a .{fmt} needs Graphviz's `dot` program, which is not installed: install it "
+                           f"({_INSTALL_GRAPHVIZ}), or write the DOT source instead: "
+                           f"maze graph {args.run_id} -o {target.with_suffix('.dot')}")
         try:
             data = render(dot, fmt)
         except RendererError as exc:
-            raise CliError(f"drawing a .{fmt} needs Graphviz's `dot` program ({exc}). Install it ("
-                           f"{_INSTALL_GRAPHVIZ}), or write the DOT source instead: "
-                           f"maze graph {args.run_id} -o {target.with_suffix('.dot')}") from None
+            raise CliError(str(exc)) from None
         target.write_bytes(data)
     counts: dict[str, int] = {}
     for state in states.values():
@@ -146,8 +148,9 @@ def _client(path: Path) -> MaClient:
     return MaClient(backend="inline", history=path)
 
 
-def _resolve(client: MaClient, path: Path, text: str) -> str:
-    """A run id, or a unique prefix of one (with or without its ``run-``)."""
+def _resolve(client: MaClient, args: argparse.Namespace) -> str:
+    """``args.run_id``: a run id, or a unique prefix of one (with or without its ``run-``)."""
+    text, path = args.run_id, _history_path(args)
     ids = [r["run_id"] for r in client.runs()]
     if text in ids:
         return text
@@ -160,7 +163,8 @@ def _resolve(client: MaClient, path: Path, text: str) -> str:
             raise CliError(f"run id prefix {text!r} is ambiguous in {path}: it matches {shown}; give more of it")
         if prefix.startswith("run-"):
             break  # "run-..." already tried as is
-    raise CliError(f"no run {text!r} in the history at {path}; `maze runs --history {path}` lists the runs it holds")
+    listing = f"maze runs --history {path}" if args.history else "maze runs"
+    raise CliError(f"no run {text!r} in the history at {path}; `{listing}` lists the runs it holds")
 
 
 def _when(epoch: float) -> str:
