@@ -34,7 +34,7 @@ from .protocol import Recorder, TaskError, TaskLog, TaskStarted
 
 class TaskState(str, enum.Enum):
     PENDING = "pending"         # waiting for upstream tasks or for resources
-    RUNNING = "running"         # admitted and handed to the backend
+    SUBMITTED = "submitted"     # admitted and handed to the backend (its start_task may not have come yet)
     RETRYING = "retrying"       # an attempt failed; the next one waits for its delay
     FINISHED = "finished"
     FAILED = "failed"
@@ -56,12 +56,13 @@ RESULT_STATUS = {
     TaskState.SKIPPED: "skipped",
     TaskState.CANCELLED: "cancelled",
     TaskState.INTERRUPTED: "interrupted",
+    TaskState.SUBMITTED: "running",   # as the user sees it: no longer waiting
 }
 
 # How a replay maps what the messages show onto the scheduler's states.
 _FROM_VIEW = {
     TaskView.PENDING: TaskState.PENDING,
-    TaskView.RUNNING: TaskState.RUNNING,
+    TaskView.RUNNING: TaskState.SUBMITTED,
     TaskView.RETRYING: TaskState.RETRYING,
     TaskView.FINISHED: TaskState.FINISHED,
     TaskView.CACHED: TaskState.FINISHED,
@@ -213,7 +214,7 @@ class RunState:
 
     def launch(self, tid: str) -> None:
         """The task's attempt was admitted and handed to the backend."""
-        self._states[tid] = TaskState.RUNNING
+        self._states[tid] = TaskState.SUBMITTED
 
     def start(self, tid: str, event: TaskStarted, attempt: int) -> None:
         """The attempt started on a worker."""
