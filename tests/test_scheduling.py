@@ -14,14 +14,11 @@ def test_independent_tasks_run_in_parallel(local_client):
     workflow = local_client.create_workflow()
     a = workflow.add_task(sleeper, inputs={"seconds": 1.0})
     b = workflow.add_task(sleeper, inputs={"seconds": 1.0})
-    started = time.perf_counter()
     summary = workflow.wait(workflow.run())
-    wall = time.perf_counter() - started
     assert summary["workflow_completed"]
     ra, rb = summary["task_results"][a.task_id], summary["task_results"][b.task_id]
     assert ra["pid"] != rb["pid"]                       # two worker processes
     assert ra["start"] < rb["end"] and rb["start"] < ra["end"]   # overlapping in time
-    assert wall < 1.6, wall
 
 
 @task(inputs=["seconds"], outputs=["start", "end"], resources={"cpu": 2})
