@@ -154,6 +154,21 @@ def test_static_fallback_for_viewers_without_widgets(local_client, comms):
     assert "application/vnd.jupyter.widget-view+json" in data
     assert data["text/plain"] == f"<DAG tiny · {run_id}: completed; 1 finished>"
     assert data["text/html"].startswith('<div class="maze-static"><svg') and "✔ inc" in data["text/html"]
+    # the finished picture also as an image, for nbconvert, nbviewer, GitHub and the docs site
+    assert data["image/svg+xml"].lstrip().startswith("<svg") and "✔ inc" in data["image/svg+xml"]
+
+
+def test_a_live_run_has_no_static_picture_until_it_ends(local_client, comms):
+    wf = local_client.create_workflow("slow")
+    wf.add_task(sleeper, inputs={"seconds": 2.0})
+    run_id = wf.run()
+    widget = wf.show_graph(run_id)
+    data, _ = widget._repr_mimebundle_()
+    assert "image/svg+xml" not in data and "replaces this text when the run ends" in data["text/html"]
+    wf.wait(run_id)
+    widget.wait(30)
+    data, _ = widget._repr_mimebundle_()
+    assert "✔ sleeper" in data["image/svg+xml"]
 
 
 def test_without_graphviz_the_widget_shows_dot_and_a_hint(local_client, comms, monkeypatch, tmp_path):

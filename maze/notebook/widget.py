@@ -282,15 +282,19 @@ class DagWidget(anywidget.AnyWidget):
         return to_svg(to_dot(self._plan, self._board.states, self._board.tooltips(self._alone), grouping=grouping),
                       background=True)
 
-    def static_html(self) -> str:
-        if self._run is not None and not self._run.ended.is_set():
+    def static_html(self, svg: str | None = None) -> str:
+        """The cell's copy for viewers without a widget front end (``svg``: the picture, if made already)."""
+        if self._live():
             # A live run: the widget shows it; the cell's static copy is made once, when it ends
             # (display.NotebookViewer.watch updates it), not here on the caller's thread.
             return ('<div class="maze-static"><p>The live DAG of this run is shown by the maze widget; '
                     "the final picture replaces this text when the run ends.</p></div>")
-        svg = self.static_svg()
+        svg = svg or self.static_svg()
         body = svg if svg else f"<pre>{html.escape(to_dot(self._plan, self._board.states))}</pre><p>{html.escape(NO_RENDERER_HINT)}</p>"
         return f'<div class="maze-static">{body}{legend_html(self._board)}</div>'
+
+    def _live(self) -> bool:
+        return self._run is not None and not self._run.ended.is_set()
 
     def text(self) -> str:
         counts = ", ".join(f"{n} {s}" for s, n in self._board.counts().items())
@@ -301,7 +305,12 @@ class DagWidget(anywidget.AnyWidget):
         data, meta = bundle if isinstance(bundle, tuple) else (bundle or {}, {})
         data = dict(data or {})
         data["text/plain"] = self.text()
-        data["text/html"] = self.static_html()
+        # The finished picture travels with the widget view, so that nbconvert, nbviewer,
+        # GitHub and the docs site show the DAG with its final colours.
+        svg = None if self._live() else self.static_svg()
+        if svg:
+            data["image/svg+xml"] = svg
+        data["text/html"] = self.static_html(svg)
         return data, meta
 
     def __repr__(self) -> str:  # keep ipywidgets from serializing every trait for a repr
