@@ -71,8 +71,20 @@ def fingerprints(plan: Plan, code: Mapping[str, str], inputs: Mapping[str, str])
     taken when the run started (see :mod:`.code_version` and :mod:`.shipping`).
     """
     out: dict[str, Fingerprint] = {}
+    digests: dict[Fingerprint, str] = {}   # a fan-out's thousand tasks share a few fingerprints: hash each once
+    wiring: dict[str, str] = {}
     # A data input always names a task added before, so insertion order is upstream-first.
     for tid, t in plan.tasks.items():
-        ups = sorted(f"{key}<-{out[ref.task_id].digest}.{ref.key}" for key, ref in t.refs.items())
-        out[tid] = Fingerprint(code=code[tid], inputs=inputs[tid], upstream=digest("|".join(ups).encode()))
+        ups = []
+        for key, ref in t.refs.items():
+            fp = out[ref.task_id]
+            up = digests.get(fp)
+            if up is None:
+                up = digests[fp] = fp.digest
+            ups.append(f"{key}<-{up}.{ref.key}")
+        text = "|".join(sorted(ups))
+        upstream = wiring.get(text)
+        if upstream is None:
+            upstream = wiring[text] = digest(text.encode())
+        out[tid] = Fingerprint(code=code[tid], inputs=inputs[tid], upstream=upstream)
     return out

@@ -57,10 +57,15 @@ class Snapshot:
     def fingerprints(self, plan: Plan) -> dict[str, Fingerprint]:
         """Hash the frozen inputs (slow for large ones: called off the caller's thread)."""
         digests: dict[int, str] = {}
+        versions: dict[tuple[tuple[str, str], ...], str] = {}   # tasks given the same values: hashed once
         inputs = {}
         for tid, values in self.constants.items():
             for v in values.values():
                 if id(v) not in digests:
                     digests[id(v)] = v.digest()
-            inputs[tid] = inputs_version({k: digests[id(v)] for k, v in values.items()})
+            named = tuple((k, digests[id(v)]) for k, v in values.items())
+            version = versions.get(named)
+            if version is None:
+                version = versions[named] = inputs_version(dict(named))
+            inputs[tid] = version
         return fingerprints(plan, self.code_versions, inputs)
