@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import atexit
 import json
-import math
 import os
 import selectors
 import signal
@@ -65,7 +64,7 @@ from maze.backends._jobs import Job, sweep
 from maze.backends._worker import CallHeader, Done, Log, Ready, Started, decode, encode
 from maze.core.errors import BackendError
 from maze.core.protocol import Reporter, TaskCall, TaskError, TaskLog, TaskOutcome, TaskStarted
-from maze.core.resources import Capacity, detect_capacity
+from maze.core.resources import Capacity, detect_capacity, usable_cpus
 
 DeviceKey = tuple[int, ...] | None
 
@@ -114,8 +113,7 @@ class LocalBackend:
     name = "joblib"
 
     def __init__(self, *, max_workers: int | None = None, prestart: bool = True) -> None:
-        self._capacity = detect_capacity()
-        cpus = max(1, math.ceil(self._capacity.cpu))
+        cpus = usable_cpus()
         self.max_workers = max_workers or max(4, 2 * cpus)
         self._lock = threading.Lock()
         self._workers: list[_Worker] = []          # every worker process not yet reaped, retiring ones too
@@ -138,6 +136,9 @@ class LocalBackend:
             with self._lock:
                 for _ in range(min(cpus, self.max_workers)):
                     self._spawn(None)
+        # After the workers are on their way: asking NVML about GPUs takes a while,
+        # and a worker's interpreter boots meanwhile.
+        self._capacity = detect_capacity()
 
     # -- protocol -------------------------------------------------------------------
 

@@ -168,12 +168,17 @@ class Capacity:
         return f"{_plain(self.cpu)} cpu, {_plain(self.cpu_mem)} MB cpu_mem, {gpus}"
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def detect_capacity() -> Capacity:
     """This machine: usable cores, physical memory, NVIDIA GPUs through NVML."""
-    try:
-        cpu = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpu = os.cpu_count() or 1
+    cpu = usable_cpus()
     try:
         mem_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
     except (ValueError, OSError, AttributeError):
