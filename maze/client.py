@@ -145,7 +145,7 @@ class MaClient:
         """Show a run's progress (live, or replayed from the history); return its summary.
 
         As :meth:`MaWorkflow.show_results`: in a notebook the live DAG and one
-        summary line; a line per event in a terminal or with ``verbose=True``.
+        summary line; elsewhere event lines or a progress line, by the run's size.
         """
         return show_progress(self.run_state(run_id), self._viewer, file or sys.stdout, verbose)
 

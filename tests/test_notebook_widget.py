@@ -210,3 +210,22 @@ def test_show_results_in_a_notebook_prints_one_summary_line(local_client, capsys
     assert lines[0].startswith("■ workflow completed in ") and "50 finished" in lines[0]
     wf.show_results(wf.run(), verbose=True)          # every event on request
     assert len(capsys.readouterr().out.splitlines()) == 101
+
+
+def test_without_widget_libraries_a_notebook_is_told_once_why(local_client, monkeypatch, capsys):
+    import sys
+
+    from maze.notebook import display
+
+    monkeypatch.setattr(display, "in_notebook", lambda: True)
+    monkeypatch.setitem(sys.modules, "anywidget", None)            # as if it were not installed
+    monkeypatch.delitem(sys.modules, "maze.notebook.widget", raising=False)
+    wf = local_client.create_workflow()
+    wf.add_task(inc, inputs={"x": 1})
+    viewer = display.NotebookViewer()
+    for _ in range(2):
+        run = wf.run_state(wf.run())
+        assert viewer.watch(run) is False       # show_results falls back to printed progress
+        wf.wait(run.run_id)
+    err = capsys.readouterr().err
+    assert err.count("no live DAG in this notebook") == 1 and "anywidget" in err and "pip install" in err

@@ -386,8 +386,10 @@ class MaWorkflow:
         """Show the run's progress as it happens; return the summary dict.
 
         In a notebook the live DAG shows the progress (its log pane holds what
-        tasks print), and the cell gets one summary line at the end; in a
-        terminal, or with ``verbose=True``, a line per event is printed too.
+        tasks print), and the cell gets one summary line at the end. Elsewhere
+        a small run prints a line per event and a large one a self-updating
+        progress line (the rule: :func:`maze.core.workflow.show_progress`);
+        ``verbose=True`` prints every event, ``verbose=False`` never does.
         """
         return show_progress(self._run(run_id), self._viewer, file or sys.stdout, verbose)
 

@@ -27,15 +27,18 @@ def in_notebook() -> bool:
 
 
 class NotebookViewer:
-    """What ``MaWorkflow`` calls to show runs; see :class:`maze.core.workflow.Viewer`."""
+    """What ``MaWorkflow`` calls to show runs; see :class:`maze.core.protocol.Viewer`."""
+
+    def __init__(self) -> None:
+        self._told = False   # the user has been told why there is no widget (once is enough)
 
     def graph(self, plan: Plan, run: RunView | None = None) -> Any:
         try:
             from .widget import DagWidget
         except ImportError as exc:
             raise ImportError(
-                f"the DAG widget needs maze's notebook extra ({exc.name} is missing); "
-                "install it with: pip install 'maze[notebook]'"
+                f"the DAG widget needs {exc.name}, which is not installed (it comes with maze: "
+                "reinstall with: pip install --force-reinstall maze-dag)"
             ) from exc
         return DagWidget(plan, run)
 
@@ -45,8 +48,12 @@ class NotebookViewer:
             return False
         try:
             widget = self.graph(run.plan, run)
-        except ImportError:
-            return False  # no widget libraries: show_results prints every event instead
+        except ImportError as exc:
+            # No widget libraries: show_results prints progress lines instead; say why, once.
+            if not self._told:
+                self._told = True
+                print(f"maze: no live DAG in this notebook: {exc}", file=sys.stderr)
+            return False
         from IPython.display import display
 
         handle = display(widget, display_id=True)
