@@ -14,6 +14,7 @@ third-party types in signatures are accepted unresolved (see ``nitpick_ignore_re
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -128,7 +129,7 @@ def _public_target(app: Any, env: Any, node: Any, contnode: Any) -> Any:
 # Classes readers receive but never construct: their __init__ parameters are internal
 # (the engine, the viewer, ...), so the parameter list is left out of their entries.
 _NOT_CONSTRUCTED = {
-    "maze.MaWorkflow", "maze.MaTask", "maze.TaskOutputs", "maze.TaskOutput",
+    "maze.MaWorkflow", "maze.MaTask", "maze.TaskOutputs", "maze.TaskOutput", "maze.TaskFunction",
     "maze.core.messages.MessageLog", "maze.core.run.RunState", "maze.core.plan.Plan",
     "maze.core.task.TaskSpec", "maze.core.protocol.Backend",
 }
@@ -150,7 +151,19 @@ def _drop_constructor_fields(app: Any, what: str, name: str, obj: Any, options: 
     lines[:] = kept
 
 
+def _signature(app: Any, what: str, name: str, obj: Any, options: Any, signature: str | None,
+               return_annotation: str | None) -> tuple[str | None, str | None] | None:
+    if what == "class" and name in _NOT_CONSTRUCTED:
+        return "", None  # no constructor signature: readers receive these objects, never build them
+    if signature and "maze.client._Default" in signature:
+        # MaClient(history=...)'s sentinel reads as a class repr; say what it means instead.
+        return re.sub(r"<class 'maze\.client\._Default'>", "<default location>", signature), return_annotation
+    return None
+
+
 def setup(app: Any) -> None:
     app.connect("missing-reference", _public_target)
+    # Before sphinx-autodoc-typehints (priority 500), whose own signature would win otherwise.
+    app.connect("autodoc-process-signature", _signature, priority=400)
     # After sphinx-autodoc-typehints (priority 500) has added the fields.
     app.connect("autodoc-process-docstring", _drop_constructor_fields, priority=900)
