@@ -60,11 +60,11 @@ Default location: ``$MAZE_HISTORY`` if set, else
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import numbers
 import os
-import queue
 import socket
 import sqlite3
 import threading
@@ -73,8 +73,11 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from .errors import UnsafeHistoryError
-from .history_values import VALUE_LIMIT, Dropped, Stored, check_private, encode, json_text, load_value
+from .history_process import Link, pack
+from .history_store import DEFAULT_NAME as _DEFAULT_NAME
+from .history_store import FORMAT, Item, connect, default_path, start_time
+from .history_store import settle_orphans as _settle_orphans
+from .history_values import VALUE_LIMIT, Dropped, Stored, check_private, load_value
 from .messages import Message
 from .plan import OutputRef, Plan, PlannedTask
 from .resources import Resources
@@ -84,99 +87,10 @@ from .task import TaskFunction, TaskOptions, TaskSpec
 __all__ = ["FORMAT", "VALUE_LIMIT", "Dropped", "HistoryReader", "HistoryWriter", "Stored", "connect", "dag_json",
            "default_path", "plan_of"]
 
-FORMAT = 2
-_SCHEMA = f"""
-BEGIN IMMEDIATE;
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
-    workflow_id TEXT NOT NULL,
-    workflow_name TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    ended_at REAL,
-    status TEXT NOT NULL,
-    tasks INTEGER NOT NULL,
-    host TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    pid_started INTEGER,  -- the owner's start time in clock ticks since boot (Linux), else NULL
-    dag TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS messages (
-    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
-    seq INTEGER NOT NULL,
-    type TEXT NOT NULL,
-    task_id TEXT,
-    data TEXT NOT NULL,
-    PRIMARY KEY (run_id, seq)
-);
-CREATE TABLE IF NOT EXISTS vals (
-    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
-    seq INTEGER NOT NULL,
-    key TEXT NOT NULL,
-    data BLOB,  -- the pickle of result[key] of message seq; NULL: described only
-    PRIMARY KEY (run_id, seq, key)
-);
-PRAGMA user_version = {FORMAT};
-COMMIT;
-"""
-_DEFAULT_NAME = "runs.sqlite3"  # the first format's default was history.sqlite3: never opened now
 _BATCH_S = 0.05
 _log = logging.getLogger("maze")
-_TASK_ENDS = frozenset({"finish_task", "task_exception", "task_skipped"})
 _RUN_KEYS = ("run_id", "workflow_id", "workflow", "started_at", "ended_at", "status", "tasks", "host", "pid")
 _RUN_COLUMNS = "run_id, workflow_id, workflow_name, started_at, ended_at, status, tasks, host, pid"
-
-
-def _data_home() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "maze"
-
-
-def default_path() -> Path:
-    if os.environ.get("MAZE_HISTORY"):
-        return Path(os.environ["MAZE_HISTORY"])
-    return _data_home() / _DEFAULT_NAME
-
-
-def _prepare(path: Path) -> None:
-    """Create the directory (0700) and the file (0600) before SQLite does, with umask-proof modes."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.parent == _data_home() and path.parent.stat().st_mode & 0o077:
-        path.parent.chmod(0o700)  # maze's own directory: nobody else has business in it
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        pass
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    """Open (creating if needed) a history database in the current format."""
-    _prepare(path)
-    db = sqlite3.connect(path, timeout=30, check_same_thread=False)
-    try:
-        # One statement, one snapshot: a file another process is creating reads as empty or complete.
-        version, tables = db.execute(
-            "SELECT (SELECT user_version FROM pragma_user_version), (SELECT COUNT(*) FROM sqlite_master)"
-        ).fetchone()
-        if version != FORMAT and (version or tables):
-            raise UnsafeHistoryError(_format_problem(path, version))
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA foreign_keys=ON")
-        if version == 0:
-            db.executescript(_SCHEMA)
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
-def _format_problem(path: Path, version: int) -> str:
-    if version == 0:
-        return (f"{path} is not a run history this maze reads: it is in maze's old format, which stored every "
-                f"message as a pickle (loading one runs code), or it is not a maze history. Move it aside or "
-                f"delete it, and record runs in a new file (maze's default is now {_data_home() / _DEFAULT_NAME}).")
-    return (f"{path} is a run history in format {version}, written by a newer maze; this one reads format "
-            f"{FORMAT}. Use a newer maze, or record runs in another file.")
 
 
 def dag_json(plan: Plan) -> str:
@@ -188,74 +102,7 @@ def dag_json(plan: Plan) -> str:
     })
 
 
-# -- owners ------------------------------------------------------------------------------------------
-
-def _start_time(pid: int) -> int | None:
-    """Linux: when ``pid`` started, in clock ticks since boot (``None``: no such process, or no /proc)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(b")") + 2:].split()  # after the command name, which may hold spaces
-    if fields[0] == b"Z":
-        return None  # a zombie has ended; only its exit status is left
-    return int(fields[19])  # field 22 of the whole line
-
-
-def _alive(pid: int, started: int | None) -> bool:
-    if started is not None:  # recorded on Linux: /proc says whether that very process still runs
-        return _start_time(pid) == started
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the pid exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, as another user's process
-    return True
-
-
-def _settle_orphans(db: sqlite3.Connection, path: Path) -> None:
-    """Mark this host's ``running`` runs whose owner has ended as ``interrupted``."""
-    host = socket.gethostname()
-    rows = db.execute("SELECT run_id, pid, pid_started FROM runs WHERE status = 'running' AND host = ?",
-                      (host,)).fetchall()
-    orphans = [run_id for run_id, pid, started in rows if not _alive(pid, started)]
-    if not orphans or not os.access(path, os.W_OK):
-        return
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        for run_id in orphans:
-            _interrupt(db, run_id)
-        db.commit()
-    except BaseException:
-        db.rollback()
-        raise
-
-
-def _interrupt(db: sqlite3.Connection, run_id: str) -> None:
-    row = db.execute("SELECT workflow_id, started_at, host, pid FROM runs WHERE run_id = ? AND status = 'running'",
-                     (run_id,)).fetchone()
-    if row is None:
-        return  # another process settled it between our look and our lock
-    workflow_id, started_at, host, pid = row
-    last_seq, last_at, failed = db.execute(
-        "SELECT MAX(seq), MAX(json_extract(data, '$.time')), MAX(type = 'task_exception') FROM messages"
-        " WHERE run_id = ?", (run_id,)).fetchone()
-    ended_at = max(last_at or started_at, started_at)
-    data = {"workflow_id": workflow_id, "run_id": run_id, "status": "interrupted", "has_exception": bool(failed),
-            "duration": ended_at - started_at,
-            "interrupted": f"the process {pid} on {host} that drove the run ended before the run did"}
-    db.execute("INSERT INTO messages VALUES (?, ?, 'finish_workflow', NULL, ?)",
-               (run_id, (last_seq or 0) + 1, json_text(data)))
-    db.execute("UPDATE runs SET status = 'interrupted', ended_at = ? WHERE run_id = ?", (ended_at, run_id))
-
-
 # -- writing -----------------------------------------------------------------------------------------
-
-_Row = tuple[str, int, str, dict[str, Any]]  # run_id, seq, type, data
-_Item = tuple[str, tuple[Any, ...]]  # what the writer thread is handed: "run", "msg", "end", "flush" or "close"
-
 
 def _history_file(path: str | os.PathLike[str]) -> Path:
     """``path`` as a history file's :class:`Path`; a :class:`ValueError` saying what is accepted if it cannot be one."""
@@ -275,20 +122,8 @@ def _line_count(name: str, value: object) -> int:
                      f"each task to keep)")
 
 
-class _Output:
-    """One task's ``task_log`` messages: how many more go in whole, the held-back tail, what was left out."""
-
-    __slots__ = ("head_left", "tail", "lines_out", "first_out")
-
-    def __init__(self, head: int) -> None:
-        self.head_left = head
-        self.tail: deque[tuple[int, dict[str, Any]]] = deque()
-        self.lines_out = 0
-        self.first_out: tuple[int, dict[str, Any]] | None = None
-
-
 class HistoryWriter:
-    """Appends runs and messages from one process; a daemon thread does the writing.
+    """Appends runs and messages from one process; a writer process of its own does the writing.
 
     ``path`` is the database file; it and its folder are created if missing.
     Per run and task, the first ``log_head`` and the last ``log_tail``
@@ -296,168 +131,148 @@ class HistoryWriter:
 
     Recording never stops a run: a batch that cannot be committed is left out,
     with one warning per writer on the ``maze`` logger, and the next batch is
-    written; what comes for a run no longer in the file is dropped.
+    written; what comes for a run no longer in the file is dropped. A writer
+    process that ends before it is closed is said once, too, and what comes
+    after is dropped.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, log_head: int = 1000, log_tail: int = 1000) -> None:
         self.path = _history_file(path)
         self._log_head = _line_count("log_head", log_head)
         self._log_tail = _line_count("log_tail", log_tail)
-        # Opened here, so that a file maze will not write raises to the caller; from now on the thread's alone.
-        self._db = connect(self.path)
-        _settle_orphans(self._db, self.path)
-        self._owner = (socket.gethostname(), os.getpid(), _start_time(os.getpid()))
-        self._outputs: dict[str, dict[str | None, _Output]] = {}  # run -> task -> output (writer thread only)
-        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
-        self._warned = False  # writer thread only
+        # Opened here, so that a file maze will not write raises to the caller; the writer opens its own.
+        db = connect(self.path)
+        try:
+            _settle_orphans(db, self.path)
+        finally:
+            db.close()
+        # The driver owns its runs (not the writer process): a run is interrupted when the driver dies.
+        self._owner = (socket.gethostname(), os.getpid(), start_time(os.getpid()))
+        # What the scheduler hands over, in order, until the sender takes it: appending to a deque is
+        # atomic, so message() takes no lock.
+        self._items: deque[Item] = deque()
+        self._wake = threading.Event()  # something was handed over
+        self._hurry = threading.Event()  # a flush or close waits: send now, not at the end of the batch
+        self._lock = threading.Lock()  # the start, the flush tokens, the loss
+        self._sender: threading.Thread | None = None
+        self._link: Link | None = None
+        self._tokens = itertools.count(1)
+        self._flushes: dict[int, threading.Event] = {}
+        self._lost = False  # the writer has ended: what comes now is dropped
         self._closed = False
-        self._thread = threading.Thread(target=self._write_loop, name="maze-history", daemon=True)
-        self._thread.start()
+
+    @property
+    def writer_pid(self) -> int | None:
+        """The pid of the writer process, once the first run started it (``None`` before, or in a thread)."""
+        return self._link.pid if self._link is not None else None
 
     def run_started(self, run_id: str, plan: Plan) -> None:
-        self._queue.put(("run", (run_id, plan.workflow_id, plan.name, time.time(), len(plan.tasks), *self._owner,
-                                 dag_json(plan))))
+        self._hand(("run", (run_id, plan.workflow_id, plan.name, time.time(), len(plan.tasks), *self._owner,
+                            dag_json(plan))))
 
     def message(self, run_id: str, seq: int, message: Message) -> None:
-        # Encoding waits for the writer thread: here is the scheduler's time.
-        self._queue.put(("msg", (run_id, seq, message["type"], message["data"])))
+        # The scheduler's time, under its lock: an append, and a wake-up when the sender sleeps.
+        self._items.append((run_id, seq, message))
         if message["type"] == "finish_workflow":
-            self._queue.put(("end", (message["data"]["status"], time.time(), run_id)))
+            self._items.append(("end", (message["data"]["status"], time.time(), run_id)))
+        if not self._wake.is_set():
+            self._wake.set()
 
     def flush(self, timeout: float = 10) -> None:
         """Wait, at most ``timeout`` s, until everything handed over so far is committed (held-back output excepted).
 
-        Once the writer is closed there is nothing to wait for: it returns at once.
+        Once the writer is closed (or its process has ended) there is nothing to
+        wait for: it returns at once. So it does before the first run.
         """
+        if self._sender is None:
+            return
         done = threading.Event()
-        self._queue.put(("flush", (done,)))
-        deadline = time.monotonic() + timeout
-        # Short waits, each after a look at the thread: one closed meanwhile (by another thread) never answers.
-        while self._thread.is_alive() and not done.is_set() and time.monotonic() < deadline:
-            done.wait(_BATCH_S)
+        with self._lock:
+            if self._closed or self._lost:
+                return
+            token = next(self._tokens)
+            self._flushes[token] = done
+        self._hand(("flush", (token,)), hurry=True)
+        done.wait(timeout)
+        with self._lock:
+            self._flushes.pop(token, None)
 
     def close(self, timeout: float = 10) -> None:
         """Commit everything handed over, the output held back for runs still going included, then stop.
 
         A second call does nothing, so a process can both close the writer and
-        leave that to an :mod:`atexit` hook (the writer thread still runs while
+        leave that to an :mod:`atexit` hook (the writer process still runs while
         the hooks do). Waits at most ``timeout`` s for the writing to end.
         """
         if self._closed:
             return
         self._closed = True
-        self._queue.put(("close", ()))
-        self._thread.join(timeout)
-        if self._thread.is_alive():
+        if self._sender is None:
+            return  # no run was ever handed over: no writer was started
+        deadline = time.monotonic() + timeout
+        self._hand(("close", ()), hurry=True)
+        self._sender.join(timeout)
+        link = self._link
+        if self._sender.is_alive() or link is None or not link.ended(max(0.0, deadline - time.monotonic())):
             _log.warning("maze: the run history %s was still being written %s s after the writer was closed; what "
                          "is left of it may be lost", self.path, timeout)
 
-    def _write_loop(self) -> None:
-        # Wake once per batch, not once per message: waking this thread on every
-        # message would take the interpreter lock from the scheduler each time.
-        closing = False
+    def _hand(self, item: Item, *, hurry: bool = False) -> None:
+        if self._sender is None:
+            with self._lock:
+                if self._sender is None:  # the first run: the sender starts the writer, the run does not wait
+                    self._sender = threading.Thread(target=self._send_loop, name="maze-history", daemon=True)
+                    self._sender.start()
+        self._items.append(item)
+        if hurry:
+            self._hurry.set()
+        self._wake.set()
+
+    def _send_loop(self) -> None:
+        link = Link(self.path, self._log_head, self._log_tail, on_flushed=self._flushed,
+                    on_warning=lambda text: _log.warning("%s", text), on_end=self._ended)
         try:
-            while not closing:
-                batch = [self._queue.get()]
-                time.sleep(_BATCH_S)
-                while True:
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
+            link.start()
+        except Exception as exc:  # noqa: BLE001 - e.g. no pipe left: runs go on, unrecorded
+            self._lose(f"it could not start: {type(exc).__name__}: {exc}")
+        self._link = link
+        while True:
+            self._wake.wait()
+            # Send once per batch, not once per message: each send takes the interpreter lock from the scheduler.
+            self._hurry.wait(_BATCH_S)
+            # Cleared before taking the items: an item handed over from now on sets them again.
+            self._wake.clear()
+            self._hurry.clear()
+            items = self._items
+            batch = [items.popleft() for _ in range(len(items))]
+            if batch and not self._lost:
                 try:
-                    self._commit(batch)
-                except Exception as exc:  # noqa: BLE001 - the batch is lost, the thread and the later batches not
-                    self._warn(exc)
-                for kind, args in batch:
-                    if kind == "flush":
-                        args[0].set()
-                    closing |= kind == "close"
-        finally:
-            self._db.close()
+                    link.send(pack(batch))
+                except OSError as exc:  # the writer process has gone (a broken pipe)
+                    self._lose(f"{type(exc).__name__}: {exc}")
+            if any(len(item) == 2 and item[0] == "close" for item in batch):
+                return
 
-    def _warn(self, error: Exception) -> None:
-        if not self._warned:  # once: a full disk would otherwise say so every 50 ms
-            self._warned = True
-            _log.warning("maze could not write to the run history %s (%s: %s), so messages of this process's runs "
-                         "are missing from it; it goes on writing and will not say so again", self.path,
-                         type(error).__name__, error)
+    def _flushed(self, token: int) -> None:
+        with self._lock:
+            done = self._flushes.pop(token, None)
+        if done is not None:
+            done.set()
 
-    def _commit(self, batch: list[_Item]) -> None:
-        # Rows keep their order: a run's row before its messages, its end after them.
-        with self._db:
-            rows: list[_Row] = []
-            for kind, item in batch:
-                if kind == "msg":
-                    rows += self._admit(*item)
-                    continue
-                self._insert(rows)
-                rows = []
-                if kind == "run":
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO runs (run_id, workflow_id, workflow_name, started_at, status, tasks,"
-                        " host, pid, pid_started, dag) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)", item)
-                elif kind == "end":
-                    self._db.execute("UPDATE runs SET status = ?, ended_at = ? WHERE run_id = ?", item)
-                elif kind == "close":
-                    rows = [r for run_id in list(self._outputs) for r in self._release_run(run_id)]
-            self._insert(rows)
+    def _ended(self) -> None:
+        self._lose(None if self._closed else "it ended")
 
-    def _insert(self, rows: list[_Row]) -> None:
-        messages, vals = [], []
-        for run_id, seq, kind, data in rows:
-            text, described = encode(kind, data)
-            messages.append((run_id, seq, kind, data.get("task_id"), text, run_id))
-            vals += [(run_id, seq, key, blob, run_id) for key, blob in described]
-        # Only rows of runs still in the file: delete() spares runs still going, but rows of one deleted by other
-        # means would fail their foreign key, and with it every batch they are in.
-        exists = "WHERE EXISTS (SELECT 1 FROM runs WHERE run_id = ?)"
-        self._db.executemany(f"INSERT OR REPLACE INTO messages SELECT ?, ?, ?, ?, ? {exists}", messages)
-        self._db.executemany(f"INSERT OR REPLACE INTO vals SELECT ?, ?, ?, ? {exists}", vals)
-
-    def _admit(self, run_id: str, seq: int, kind: str, data: dict[str, Any]) -> list[_Row]:
-        """The rows to write now for this message: bounded output, and held-back output it releases."""
-        if kind == "task_log":
-            return self._log_line(run_id, seq, data)
-        if kind in _TASK_ENDS:
-            output = self._outputs.get(run_id, {}).pop(data.get("task_id"), None)
-            rows = self._release(run_id, output) if output else []
-        elif kind == "finish_workflow":
-            rows = self._release_run(run_id)
-        else:
-            rows = []
-        rows.append((run_id, seq, kind, data))
-        return rows
-
-    def _log_line(self, run_id: str, seq: int, data: dict[str, Any]) -> list[_Row]:
-        task_id = data.get("task_id")
-        output = self._outputs.setdefault(run_id, {}).get(task_id)
-        if output is None:
-            output = self._outputs[run_id][task_id] = _Output(self._log_head)
-        if output.head_left:
-            output.head_left -= 1
-            return [(run_id, seq, "task_log", data)]
-        output.tail.append((seq, data))
-        if len(output.tail) > self._log_tail:
-            gone = output.tail.popleft()
-            text = gone[1].get("text", "")
-            output.lines_out += text.count("\n") + (not text.endswith("\n"))
-            if output.first_out is None:
-                output.first_out = gone
-        return []
-
-    def _release_run(self, run_id: str) -> list[_Row]:
-        return [r for output in self._outputs.pop(run_id, {}).values() for r in self._release(run_id, output)]
-
-    @staticmethod
-    def _release(run_id: str, output: _Output) -> list[_Row]:
-        rows: list[_Row] = []
-        if output.first_out is not None:
-            seq, data = output.first_out
-            text = f"[maze: {output.lines_out:,} lines of output not kept in the history]\n"
-            rows.append((run_id, seq, "task_log", {**data, "stream": "stderr", "text": text}))
-        rows += [(run_id, seq, "task_log", data) for seq, data in output.tail]
-        return rows
+    def _lose(self, why: str | None) -> None:
+        """The writer has ended (``why``: before it was closed): drop what comes, release who waits, say so once."""
+        with self._lock:
+            said, self._lost = self._lost, True
+            waiting, self._flushes = list(self._flushes.values()), {}
+        if why is not None and not said:
+            pid = self._link.pid if self._link is not None else None
+            _log.warning("maze: the writer of the run history %s (process %s) is gone (%s), so this process's runs "
+                         "are recorded no further; they go on", self.path, pid, why)
+        for done in waiting:  # nothing more will be committed: no flush waits for it
+            done.set()
 
 
 # -- reading -----------------------------------------------------------------------------------------

@@ -5,6 +5,16 @@ docstring, "Safe to open", says why): :func:`json_text` turns any data into
 JSON, :func:`encode` also picks out the ``finish_task`` result values kept as
 pickles, :func:`check_private` refuses a file others could have written before
 a pickle is loaded from it, and :func:`load_value` gives a kept value back.
+
+Handing values to the writer process. The driver pickles messages for the
+writer process (see :mod:`maze.core.history_process`), which must not import
+the user's code to read them: so only builtin values cross as themselves. The
+driver replaces each ``finish_task`` result value that is not exactly JSON by
+a :class:`Kept` (:func:`with_kept_results`: its descriptor and pickle, made as
+the history stores them), and any other object by a :class:`Foreign`
+(:func:`foreign`: what JSON makes of it, and its text as a dict key). The
+writer's :func:`encode` takes both for what they stand for, so a message is
+stored exactly as if it had been encoded in the driver.
 """
 
 from __future__ import annotations
@@ -35,7 +45,47 @@ class Stored(str):
 
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), default=short_repr)
+class Kept:
+    """A ``finish_task`` result value, as the driver hands it to the writer: its descriptor and pickle.
+
+    ``blob`` is ``None`` for a value only described (:class:`Dropped`).
+    """
+
+    __slots__ = ("descriptor", "blob")
+
+    def __init__(self, descriptor: str, blob: bytes | None) -> None:
+        self.descriptor = str(descriptor)
+        self.blob = blob
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Kept, (self.descriptor, self.blob)
+
+
+class Foreign:
+    """Any other object that is not a builtin value, as the driver hands it to the writer.
+
+    ``plain`` is the value JSON makes of it (built of builtins only), ``key``
+    its text as a dict key (``None`` for an unhashable object, never a key).
+    """
+
+    __slots__ = ("plain", "key")
+
+    def __init__(self, plain: Any, key: str | None) -> None:
+        self.plain = plain
+        self.key = key
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Foreign, (self.plain, self.key)
+
+
+def _default(value: Any) -> Any:
+    """What JSON cannot hold: a :class:`Foreign`'s JSON value, else the short repr text."""
+    if type(value) is Foreign:
+        return value.plain
+    return short_repr(value)
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_default)
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
@@ -53,6 +103,8 @@ def json_text(value: Any, depth: int = 0) -> str:
 
 def _key(key: Any) -> str:
     """A dict key as JSON text holds it: its ``str``, else (``__str__`` raised) its short repr."""
+    if type(key) is Foreign and key.key is not None:
+        return key.key
     try:
         return str(key)
     except Exception:  # noqa: BLE001 - whatever a user's __str__ raises, the message is still recorded
@@ -73,6 +125,8 @@ def _is_json(value: Any) -> bool:
 
 def _pickled(value: Any) -> tuple[str, bytes | None]:
     """A result value that is not JSON: its descriptor, and its pickle (``None`` when not kept)."""
+    if type(value) is Kept:  # made by the driver, which has the value itself
+        return (Dropped if value.blob is None else Stored)(value.descriptor), value.blob
     name = type(value).__name__
     buffers: list[pickle.PickleBuffer] = []
     try:
@@ -90,6 +144,37 @@ def _pickled(value: Any) -> tuple[str, bytes | None]:
 
 def _too_large(name: str, size: int) -> Dropped:
     return Dropped(f"<{name} of {size / 2**20:.1f} MB, not kept in the history>")
+
+
+def with_kept_results(data: dict[str, Any]) -> dict[str, Any]:
+    """A ``finish_task``'s ``data`` with each result value that is not exactly JSON replaced by its :class:`Kept`.
+
+    ``data`` is left as it is (it is the live run's message); a copy is made only when a value is replaced.
+    """
+    result = data.get("result")
+    if type(result) is not dict:
+        return data
+    odd = [key for key, value in result.items() if type(value) not in _SCALARS and not _plain(value)]
+    if not odd:
+        return data
+    result = dict(result)
+    for key in odd:
+        result[key] = Kept(*_pickled(result[key]))
+    return {**data, "result": result}
+
+
+def foreign(value: Any) -> Foreign:
+    """The :class:`Foreign` that stands for ``value`` (an object that is not a builtin value) in the writer."""
+    plain = json.loads(json_text(value))
+    try:
+        hash(value)
+    except Exception:  # noqa: BLE001 - unhashable (or a broken __hash__): never a dict key
+        return Foreign(plain, None)
+    try:  # the key JSON itself would write (an int subclass gives its number), else _key's text
+        key: str = json.loads(_ENCODER.encode({value: 0})).popitem()[0]
+    except (TypeError, ValueError, RecursionError):
+        key = _key(value)
+    return Foreign(plain, key)
 
 
 def encode(kind: str, data: dict[str, Any]) -> tuple[str, list[tuple[str, bytes | None]]]:
