@@ -13,6 +13,7 @@ third-party types in signatures are accepted unresolved (see ``nitpick_ignore_re
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import sys
@@ -121,9 +122,32 @@ def _public_target(app: Any, env: Any, node: Any, contnode: Any) -> Any:
     suffix = "." + target.lstrip(".~")
     candidates += [name for name in domain.objects if name.startswith("maze.") and name.endswith(suffix)]
     found = sorted({c for c in candidates if c != target and c in domain.objects})
-    if len(found) != 1:
-        return None  # unknown, or ambiguous: let nitpicky report it
-    return domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], found[0], node, contnode)
+    if len(found) == 1:
+        return domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], found[0], node, contnode)
+    if len(found) == 0 and _exists(target):
+        # A docstring naming an internal object that really exists (``maze.core.workflow.show_progress``):
+        # shown as code without a link, since internals have no page. A name that exists nowhere
+        # (a typo, a renamed function) is still an error under nitpicky.
+        return contnode
+    return None
+
+
+def _exists(dotted: str) -> bool:
+    """Whether ``dotted`` names an object inside maze (a module, then attributes)."""
+    parts = dotted.lstrip("~.").split(".")
+    if parts[0] != "maze":
+        return False
+    for i in range(len(parts), 0, -1):
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
 
 
 # Classes readers receive but never construct: their __init__ parameters are internal
