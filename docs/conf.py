@@ -13,9 +13,11 @@ third-party types in signatures are accepted unresolved (see ``nitpick_ignore_re
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import os
 import re
+import shutil
 import sys
 import tempfile
 import warnings
@@ -76,6 +78,7 @@ nb_merge_streams = True
 
 # The tutorials' runs go to a private, throw-away history and result cache, not the reader's.
 _scratch = Path(tempfile.mkdtemp(prefix="maze-docs-"))
+atexit.register(shutil.rmtree, _scratch, ignore_errors=True)
 os.environ["MAZE_HISTORY"] = str(_scratch / "runs.sqlite3")
 os.environ["MAZE_CACHE"] = str(_scratch / "cache")
 
