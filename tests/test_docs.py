@@ -99,4 +99,3 @@ def test_the_first_tutorial_page_shows_the_finished_dag():
         assert name in text, name
     # The picture is the run's final state, not a placeholder drawn while it was still going.
     assert "maze-finished" in text or "(finished)" in text, text[:2000]
-    assert "live DAG of this run is shown by the maze widget" not in page
