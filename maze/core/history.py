@@ -70,6 +70,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ from .history_store import FORMAT, Item, connect, default_path, start_time
 from .history_store import settle_orphans as _settle_orphans
 from .history_values import VALUE_LIMIT, Dropped, Stored, check_private, load_value
 from .messages import Message
-from .plan import OutputRef, Plan, PlannedTask
+from .plan import OutputRef, PerPlan, Plan, PlannedTask
 from .resources import Resources
 from .run import RunState
 from .task import TaskFunction, TaskOptions, TaskSpec
@@ -88,6 +89,7 @@ __all__ = ["FORMAT", "VALUE_LIMIT", "Dropped", "HistoryReader", "HistoryWriter",
            "default_path", "plan_of"]
 
 _BATCH_S = 0.05
+_dags: PerPlan[str] = PerPlan()  # the DAG JSON of the plans last run: an unchanged workflow's runs share it
 _log = logging.getLogger("maze")
 _RUN_KEYS = ("run_id", "workflow_id", "workflow", "started_at", "ended_at", "status", "tasks", "host", "pid")
 _RUN_COLUMNS = "run_id, workflow_id, workflow_name, started_at, ended_at, status, tasks, host, pid"
@@ -167,8 +169,8 @@ class HistoryWriter:
         return self._link.pid if self._link is not None else None
 
     def run_started(self, run_id: str, plan: Plan) -> None:
-        self._hand(("run", (run_id, plan.workflow_id, plan.name, time.time(), len(plan.tasks), *self._owner,
-                            dag_json(plan))))
+        # The plan goes as it is: the sender makes its DAG's JSON, once per plan (reruns share it).
+        self._hand(("run", (run_id, plan.workflow_id, plan.name, time.time(), len(plan.tasks), *self._owner, plan)))
 
     def message(self, run_id: str, seq: int, message: Message) -> None:
         # The scheduler's time, under its lock: an append, and a wake-up when the sender sleeps.
@@ -246,6 +248,8 @@ class HistoryWriter:
             items = self._items
             batch = [items.popleft() for _ in range(len(items))]
             if batch and not self._lost:
+                batch = [("run", (*item[1][:-1], _dags.get(item[1][-1], partial(dag_json, item[1][-1]))))
+                         if len(item) == 2 and item[0] == "run" else item for item in batch]
                 try:
                     link.send(pack(batch))
                 except OSError as exc:  # the writer process has gone (a broken pipe)

@@ -211,7 +211,12 @@ class Link:
         """Read the writer's replies until it ends. ``last``: no other writer is tried if this one never starts."""
         try:
             for line in replies:
-                reply = json.loads(line)
+                try:
+                    reply = json.loads(line)
+                except ValueError:
+                    continue  # not the writer's: something printed before the writer took its stdout over
+                if not isinstance(reply, dict):
+                    continue
                 if "flushed" in reply:
                     self._on_flushed(reply["flushed"])
                 elif "warning" in reply:
@@ -232,6 +237,8 @@ class Link:
 def main(argv: list[str]) -> None:
     """The writer process: ``path log_head log_tail parent_pid``; frames on stdin, replies on stdout."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when recording ends
+    if os.environ.get("MAZE_WRITER_NICE"):
+        os.nice(int(os.environ["MAZE_WRITER_NICE"]))
     replies = os.dup(1)
     os.dup2(2, 1)  # anything printed goes to stderr, never into the replies
     path, head, tail, parent = argv
