@@ -463,3 +463,35 @@ def test_a_constant_mutated_between_runs_is_sent_anew(client):
     assert results(wf)[t.task_id]["n"] == 1
     values.append(2)
     assert results(wf)[t.task_id]["n"] == 2
+
+
+def test_large_values_go_where_maze_shm_dir_says_and_are_removed(tmp_path):
+    """Without a /dev/shm (macOS) or with a small one (containers), values travel through another directory."""
+    shared = tmp_path / "shm"
+    shared.mkdir(mode=0o700)
+    script = textwrap.dedent(f"""
+        import os, numpy as np
+        from maze import MaClient, task
+
+        @task(inputs=["n"], outputs=["a"])
+        def make(params):
+            return {{"a": np.arange(params["n"], dtype=np.float64)}}
+
+        @task(inputs=["a"], outputs=["total", "files"])
+        def total(params):
+            return {{"total": float(params["a"].sum()), "files": len(os.listdir({str(shared)!r}))}}
+
+        with MaClient(history=None) as client:
+            wf = client.create_workflow()
+            a = wf.add_task(make, inputs={{"n": 1_000_000}})   # 8 MB: through shared memory
+            t = wf.add_task(total, inputs={{"a": a.outputs["a"]}})
+            r = wf.wait(wf.run())["task_results"][t.task_id]
+            print(r["total"], r["files"])
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, MAZE_SHM_DIR=str(shared)))
+    assert out.returncode == 0, out.stderr
+    total, files = out.stdout.split()
+    assert float(total) == float(sum(range(1_000_000)))
+    assert int(files) >= 1                      # the array was in that directory while the task read it
+    assert list(shared.iterdir()) == []         # and nothing is left once the client closed

@@ -41,7 +41,27 @@ import cloudpickle
 from maze.backends._jobs import pid_exists
 
 SHARED_THRESHOLD = 1 << 20
-_SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+
+
+def _shared_dir() -> str:
+    """Where large buffers go: ``$MAZE_SHM_DIR`` if set, else ``/dev/shm``, else the temp directory.
+
+    ``/dev/shm`` is memory on Linux. Where there is none (macOS) the user's
+    temporary directory serves: a mapped file there is read through the page
+    cache, still one copy for every reader, and it can be listed and swept like
+    ``/dev/shm`` (POSIX shared-memory names on macOS cannot be listed, so an
+    orphan could never be found). ``$MAZE_SHM_DIR`` is for machines whose
+    ``/dev/shm`` is small (a container's default is 64 MB); workers inherit it.
+    """
+    chosen = os.environ.get("MAZE_SHM_DIR")
+    if chosen:
+        return chosen
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+        return "/dev/shm"
+    return tempfile.gettempdir()
+
+
+_SHM_DIR = _shared_dir()
 FILE_PREFIX = "maze-"
 
 
