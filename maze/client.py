@@ -25,8 +25,11 @@ from maze.notebook.display import NotebookViewer
 class _Default:
     """The default history location (see :func:`maze.core.history.default_path`)."""
 
+    def __repr__(self) -> str:   # as signatures show it
+        return "<default location>"
 
-_DEFAULT = _Default
+
+_DEFAULT = _Default()
 
 
 class MaClient:
@@ -57,7 +60,7 @@ class MaClient:
         *,
         address: str | None = None,
         resources: Mapping[str, Any] | None = None,
-        history: str | os.PathLike[str] | None | type[_Default] = _DEFAULT,
+        history: str | os.PathLike[str] | None | _Default = _DEFAULT,
         cache_dir: str | os.PathLike[str] | None = None,
         history_log_lines: tuple[int, int] = (1000, 1000),
         **backend_options: Any,
@@ -94,6 +97,7 @@ class MaClient:
 
     @property
     def backend(self) -> Backend:
+        """The backend that runs this client's tasks."""
         return self._backend
 
     @property
@@ -105,12 +109,14 @@ class MaClient:
         return {k: values[k] for k in RESOURCE_KEYS}
 
     def create_workflow(self, name: str | None = None) -> MaWorkflow:
+        """A new, empty workflow run by this client (``name`` defaults to a generated one)."""
         return MaWorkflow(self._engine, name, viewer=self._viewer)
 
     # -- run history -------------------------------------------------------------------
 
     @property
     def history_path(self) -> Path | None:
+        """The SQLite file of the run history; None with ``history=None``."""
         return self._history_path
 
     def _reader(self) -> HistoryReader:
@@ -125,7 +131,7 @@ class MaClient:
         return self._reader().runs(workflow, limit)
 
     def run_state(self, run_id: str, *, values: bool = True) -> RunState:
-        """A run of this client's workflows, or one rebuilt from the history (see ``Engine.find_run``)."""
+        """A run of this client's workflows, or one rebuilt from the history."""
         if self._history_path is None:
             found = self._engine.find_run(run_id)
             if found is None:

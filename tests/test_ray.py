@@ -19,7 +19,7 @@ def test_missing_ray_says_how_to_install():
     code = "import sys; sys.modules['ray'] = None\nfrom maze import MaClient\nMaClient(backend='ray')"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode != 0
-    assert "backend='ray' needs Ray, which is not installed; install it with: pip install 'maze[ray]'" in proc.stderr
+    assert "backend='ray' needs Ray, which is not installed; install it with: pip install 'maze-dag[ray]'" in proc.stderr
 
 
 @task(inputs=["seconds"], outputs=["visible"], resources={"cpu": 0.5, "gpu": 1})

@@ -95,7 +95,7 @@ try:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise BackendError(
-        "backend='ray' needs Ray, which is not installed; install it with: pip install 'maze[ray]'"
+        "backend='ray' needs Ray, which is not installed; install it with: pip install 'maze-dag[ray]'"
     ) from exc
 
 GPU_MEM_RESOURCE = "maze_gpu_mem_mb"

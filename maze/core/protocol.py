@@ -225,5 +225,9 @@ class Viewer(Protocol):
     def graph(self, plan: Plan, run: RunView | None = None) -> Any:
         """A displayable DAG, coloured by ``run``'s task states when given."""
 
-    def watch(self, run: RunView) -> bool:
-        """Show ``run`` live where a notebook front end is listening; say whether it did."""
+    def watch(self, run: RunView) -> Callable[[], None] | None:
+        """Show ``run`` live where a notebook front end is listening.
+
+        Returns what to call once the run has ended (it leaves the final picture in
+        the cell, for viewers without a widget front end), or None if nothing is shown.
+        """

@@ -39,9 +39,12 @@ def show_progress(run: RunState, viewer: Viewer | None, out: TextIO, verbose: bo
     first failures still printed as lines. ``verbose=True``: a line per event, always;
     ``verbose=False``: never (the progress line, or only the summary under the widget).
     """
-    shown = viewer is not None and viewer.watch(run)
-    style = progress.choose_style(len(run.plan.tasks), verbose=verbose, shown=shown)
-    return print_progress(run, out, style=style)
+    shown = viewer.watch(run) if viewer is not None else None
+    style = progress.choose_style(len(run.plan.tasks), verbose=verbose, shown=shown is not None)
+    summary = print_progress(run, out, style=style)
+    if shown is not None:
+        shown()   # the final picture, from this thread, before the cell ends
+    return summary
 
 
 def print_progress(run: RunState, out: TextIO, *, style: progress.Style = "events") -> dict[str, Any]:

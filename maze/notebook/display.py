@@ -7,7 +7,7 @@ imported only when a picture is actually made.
 from __future__ import annotations
 
 import sys
-import threading
+from collections.abc import Callable
 from typing import Any
 
 from maze.core.plan import Plan
@@ -42,10 +42,17 @@ class NotebookViewer:
             ) from exc
         return DagWidget(plan, run)
 
-    def watch(self, run: RunView) -> bool:
-        """Display the live DAG of ``run`` in the current cell, if in a notebook; say whether it did."""
+    def watch(self, run: RunView) -> Callable[[], None] | None:
+        """Display the live DAG of ``run`` in the current cell, if in a notebook.
+
+        Returns what ``show_results`` calls when the run has ended: it re-sends the
+        cell's output from the caller's thread, so that viewers without a widget
+        front end (nbconvert, nbviewer, GitHub) keep the final picture, not the
+        first; sent later, from another thread, a notebook runner may already have
+        moved on to the next cell and drop it. None if nothing was shown.
+        """
         if not in_notebook():
-            return False
+            return None
         try:
             widget = self.graph(run.plan, run)
         except ImportError as exc:
@@ -53,20 +60,15 @@ class NotebookViewer:
             if not self._told:
                 self._told = True
                 print(f"maze: no live DAG in this notebook: {exc}", file=sys.stderr)
-            return False
+            return None
         from IPython.display import display
 
         handle = display(widget, display_id=True)
         if handle is None:
-            return False
-        if run.ended.is_set():
-            return True
+            return None
 
-        def refresh_at_end() -> None:
-            # Re-send the output once the run ends, so viewers without a widget
-            # front end (nbconvert, GitHub) keep the final picture, not the first.
+        def show_final() -> None:
             widget.wait()
             handle.update(widget)
 
-        threading.Thread(target=refresh_at_end, name="maze-widget-final", daemon=True).start()
-        return True
+        return show_final
