@@ -78,6 +78,7 @@ class TaskOutputs(Mapping[str, TaskOutput]):
 
     @property
     def task_id(self) -> str:
+        """The id of the task these outputs belong to."""
         return self._task_id
 
     def __getitem__(self, key: str) -> TaskOutput:
@@ -124,11 +125,13 @@ class MaTask:
 
     @property
     def inputs(self) -> Mapping[str, Any]:
+        """The task's inputs: constants as given, wired inputs as :class:`TaskOutput` references (read-only)."""
         p = self._planned
         return MappingProxyType({**p.constants, **{k: TaskOutput(self.workflow_id, r.task_id, r.key) for k, r in p.refs.items()}})
 
     @property
     def resources(self) -> dict[str, float]:
+        """What the task asks for: ``{"cpu", "cpu_mem", "gpu", "gpu_mem"}``."""
         return self._planned.spec.resources.as_dict()
 
     def __repr__(self) -> str:
@@ -320,6 +323,7 @@ class MaWorkflow:
         self._tasks[task_id] = dataclasses.replace(t, upstream=upstream)
 
     def get_tasks(self) -> list[dict[str, str]]:
+        """The tasks, in the order they were added: ``[{"id", "name"}]``."""
         return [{"id": tid, "name": t.name} for tid, t in self._tasks.items()]
 
     def plan(self) -> Plan:
@@ -430,6 +434,7 @@ class MaWorkflow:
         self._engine.cancel(self._run(run_id))
 
     def list_cached_runs(self) -> list[str]:
+        """The ids of this workflow's runs whose messages this workflow still holds (see ``clear_cache``)."""
         return list(self._runs)
 
     def clear_cache(self, run_id: str | None = None) -> None:
@@ -446,18 +451,23 @@ class MaWorkflow:
     # -- views ----------------------------------------------------------------------
 
     def get_graph_ascii(self) -> str:
+        """The DAG as indented text, one line per task."""
         return graphviews.to_text(self.plan())
 
     def print_graph(self) -> None:
+        """Print :meth:`get_graph_ascii`."""
         print(self.get_graph_ascii())
 
     def get_graph_mermaid(self) -> str:
+        """The DAG in Mermaid's ``flowchart`` syntax (renders on GitHub and in many Markdown viewers)."""
         return graphviews.to_mermaid(self.plan())
 
     def get_graph_info(self) -> dict[str, Any]:
+        """The DAG as plain data: its nodes (id, name, inputs, outputs, resources) and edges."""
         return graphviews.graph_info(self.plan())
 
     def get_graph_dot(self) -> str:
+        """The DAG in Graphviz's DOT language."""
         return graphviews.to_dot(self.plan())
 
     def show_graph(self, run_id: str | None = None) -> Any:
