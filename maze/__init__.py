@@ -52,7 +52,13 @@ if _TYPE_CHECKING:
     from maze.core.workflow import MaTask, MaWorkflow, TaskOutput, TaskOutputs
 
 
+# Subpackages reachable as attributes after a plain ``import maze``, as they were before it was lazy.
+_SUBMODULES = frozenset({"backends", "cache", "cli", "client", "core", "notebook"})
+
+
 def __getattr__(name: str) -> _Any:
+    if name in _SUBMODULES:
+        return _importlib.import_module(f"maze.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'maze' has no attribute {name!r}")

@@ -27,6 +27,7 @@ from typing import TextIO
 from maze import __version__
 from maze.client import MaClient
 from maze.core.errors import MazeError, RendererError, UnknownRunError, UnsafeHistoryError
+from maze.core.fold import RunFold
 from maze.core.graphviews import find_dot, render
 from maze.core.history import default_path
 from maze.core.progress import clock_text
@@ -94,7 +95,12 @@ def cmd_graph(args: argparse.Namespace, out: TextIO) -> int:
     with _client(path) as client:
         run_id = _resolve(client, args)
         run = client.run_state(run_id, values=False)  # colours need states only, never the pickled values
-        states = {tid: "cached" if tid in run.reused else state.value for tid, state in run.states.items()}
+        with run.changed:
+            recorded = list(run.messages)
+    # As every picture reads a run: its messages, by the one fold (a run still going has running tasks).
+    fold = RunFold(tuple(run.plan.tasks))
+    fold.apply(recorded)
+    states = {tid: view.value for tid, view in fold.states.items()}
     dot = to_dot(run.plan, states)
     if fmt == "dot":
         target.write_text(dot + "\n", encoding="utf-8")

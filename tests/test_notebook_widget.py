@@ -229,3 +229,49 @@ def test_without_widget_libraries_a_notebook_is_told_once_why(local_client, monk
         wf.wait(run.run_id)
     err = capsys.readouterr().err
     assert err.count("no live DAG in this notebook") == 1 and "anywidget" in err and "pip install" in err
+
+
+def test_a_broken_graphviz_gives_the_dot_text_never_a_hang(local_client, comms, monkeypatch, tmp_path):
+    dot = tmp_path / "dot"
+    dot.write_text("#!/no/such/interpreter\n")   # on PATH, but cannot start
+    dot.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    wf = local_client.create_workflow()
+    wf.add_task(inc, inputs={"x": 1})
+    run_id = wf.run()
+    wf.wait(run_id)
+    widget = wf.show_graph(run_id)
+    widget.wait(30)
+    data, _ = widget._repr_mimebundle_()           # returned at all: the static forms never wait forever
+    assert "<pre>digraph" in data["text/html"] and widget.dot.startswith("digraph")
+
+
+def test_the_picture_right_after_the_run_ended_shows_its_end(local_client, comms):
+    for _ in range(5):
+        wf = local_client.create_workflow()
+        wf.add_task(inc, inputs={"x": 1})
+        wf.add_task(sleeper, inputs={"seconds": 0.2})
+        run_id = wf.run()
+        widget = wf.show_graph(run_id)
+        wf.wait(run_id)
+        data, _ = widget._repr_mimebundle_()
+        assert "completed" in data["text/plain"] and "▶" not in data["image/svg+xml"]
+
+
+def test_a_closed_widget_frees_its_plan_and_the_plan_s_inputs(local_client, comms):
+    import gc
+    import weakref
+
+    class Big:
+        pass
+
+    wf = local_client.create_workflow()
+    big = Big()
+    gone = weakref.ref(big)
+    wf.add_task(inc, inputs={"x": big})
+    widget = wf.show_graph()
+    widget.wait(30)
+    widget.close()
+    del widget, wf, big
+    gc.collect()
+    assert gone() is None

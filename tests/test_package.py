@@ -41,3 +41,9 @@ def test_py_typed_ships():
     from pathlib import Path
 
     assert (Path(maze.__file__).parent / "py.typed").exists()
+
+
+def test_subpackages_are_attributes_after_a_plain_import():
+    code = "import maze; print(maze.core.__name__, maze.client.__name__, maze.notebook.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["maze.core", "maze.client", "maze.notebook"]

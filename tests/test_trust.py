@@ -615,3 +615,38 @@ def test_a_run_going_on_in_another_process_is_followed_to_its_end(tmp_path):
             assert widget.status == "completed" and set(widget.board.states.values()) == {"finished"}
     finally:
         driver.wait(60)
+
+
+def test_what_a_reader_is_handed_can_be_changed_without_changing_the_run(tmp_path):
+    with MaClient(history=tmp_path / "h.sqlite3") as c:
+        wf = c.create_workflow()
+        t = wf.add_task(inc, inputs={"x": 1})
+        run_id = wf.run()
+        summary = wf.wait(run_id)
+        summary["task_results"][t.task_id]["y"] = "edited"              # a reader edits what it got
+        wf.get_task_result(run_id, t.task_id)["result"]["y"] = "edited too"
+        for m in wf.get_results(run_id):
+            m["type"] = "seen"
+            m["data"].pop("result", None)
+        assert wf.wait(run_id)["task_results"][t.task_id] == {"y": 2}
+        assert wf.get_task_result(run_id, t.task_id)["result"] == {"y": 2}
+        assert [m["type"] for m in wf.get_results(run_id)] == ["start_task", "finish_task", "finish_workflow"]
+        with pytest.raises((TypeError, AttributeError)):
+            wf.run_state(run_id).messages.append({})   # the run's own list is not handed out
+    with MaClient(history=tmp_path / "h.sqlite3") as later:                 # what the history kept
+        assert later.run_state(run_id).summary()["task_results"][t.task_id] == {"y": 2}
+
+
+def test_a_run_is_drawn_as_it_was_run_after_the_workflow_is_edited(local_client):
+    wf = local_client.create_workflow()
+    a = wf.add_task(inc, inputs={"x": 1})
+    wf.add_task(inc, inputs={"x": a.outputs["y"]})
+    first = wf.run()
+    wf.wait(first)
+    wf.add_task(inc, inputs={"x": 5})                                   # edited afterwards
+    widget = wf.show_graph(first)
+    widget.wait(30)
+    assert sorted(widget.nodes) == sorted(wf.run_state(first).plan.tasks) and len(widget.nodes) == 2
+    assert set(widget.states.values()) == {"finished"}
+    wf.name = "renamed"
+    assert wf.plan().name == "renamed"                                  # the next run carries the new name

@@ -177,7 +177,10 @@ def render(dot_source: str, fmt: str = "svg", dpi: int | None = None, *, backgro
         )
     args = [exe, f"-T{fmt}"] + ([f"-Gdpi={dpi}"] if dpi and fmt == "png" else [])
     nice = (lambda: os.nice(10)) if background and hasattr(os, "nice") else None
-    proc = subprocess.run(args, input=dot_source.encode(), capture_output=True, timeout=300, preexec_fn=nice)
+    try:
+        proc = subprocess.run(args, input=dot_source.encode(), capture_output=True, timeout=300, preexec_fn=nice)
+    except (OSError, subprocess.TimeoutExpired) as exc:  # a broken install, or a graph too large to lay out
+        raise RendererError(f"{os.path.basename(exe)} could not draw the graph: {exc}") from exc
     if proc.returncode != 0:
         raise RendererError(f"{os.path.basename(exe)} failed: {proc.stderr.decode(errors='replace').strip()}")
     return proc.stdout

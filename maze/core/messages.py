@@ -12,7 +12,7 @@ import enum
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 Message = dict[str, Any]
 
@@ -180,12 +180,25 @@ def finish_workflow(run: RunData, *, status: str, has_exception: bool, duration:
     return _message(MessageType.FINISH_WORKFLOW, data)
 
 
+def copy_message(message: Message) -> Message:
+    """A copy of ``message`` that its reader may change: its data, and a result dict in it, are new.
+
+    The values inside stay the task's own objects: a large array is not copied
+    for each reader.
+    """
+    data = dict(message["data"])
+    if isinstance(data.get("result"), dict):
+        data["result"] = dict(data["result"])
+    return cast(Message, {"type": message["type"], "data": data})
+
+
 class MessageLog:
     """The messages of one run, in order: a live, re-iterable, list-like view.
 
     Iterating yields each message as it is recorded and stops after
     ``finish_workflow``; a second iteration starts again from the first
-    message. Ctrl-C while an iteration waits cancels the run. ``len()``, indexing and ``==`` wait for the run to end, because
+    message. What it yields are copies (:func:`copy_message`): changing one
+    never changes the run's record, its history or what another reader sees. Ctrl-C while an iteration waits cancels the run. ``len()``, indexing and ``==`` wait for the run to end, because
     their answer would change otherwise.
     """
 
@@ -210,7 +223,7 @@ class MessageLog:
             except KeyboardInterrupt:
                 self._interrupted()
                 raise
-            yield from batch
+            yield from map(copy_message, batch)
             index += len(batch)
             if done and index >= len(self._records):
                 return
@@ -232,7 +245,8 @@ class MessageLog:
         return len(self._complete())
 
     def __getitem__(self, index: Any) -> Any:
-        return self._complete()[index]
+        found = self._complete()[index]
+        return [copy_message(m) for m in found] if isinstance(index, slice) else copy_message(found)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, MessageLog):

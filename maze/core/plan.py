@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
@@ -51,6 +51,9 @@ class Plan:
     name: str
     tasks: Mapping[str, PlannedTask]          # in insertion order
     edges: tuple[Edge, ...]
+    # What readers derived from this plan (its grouping, its picture: see PerPlan); it lives and
+    # dies with the plan, so a cache never keeps an edited workflow's old plan and inputs alive.
+    derived: dict[object, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(
@@ -98,33 +101,29 @@ T = TypeVar("T")
 
 
 class PerPlan(Generic[T]):
-    """What was made from the last few plans, kept while those plans are the ones in use.
+    """One kind of thing derived from plans, made once per plan and kept on it.
 
     A workflow hands out the same plan until it is edited, so the runs of an
-    unchanged workflow can share what is derived from their plan (its grouping,
-    its picture). Entries hold their plan, so that its ``id`` is not reused
-    while kept. Thread-safe: widgets derive in their own threads.
+    unchanged workflow share what is derived from their plan (its grouping,
+    its picture). It is kept in the plan's ``derived`` map, so it goes when the
+    plan goes. Thread-safe: widgets derive in their own threads, and two of
+    them asking at once make it once.
     """
 
-    def __init__(self, keep: int = 8) -> None:
-        self._keep = keep
-        self._made: dict[tuple[int, object], tuple[Plan, T]] = {}
+    def __init__(self) -> None:
         self._lock = threading.Lock()
 
     def find(self, plan: Plan, variant: object = None) -> T | None:
-        """What was made from ``plan``, if it is still kept; else None."""
-        with self._lock:
-            found = self._made.get((id(plan), variant))
-        return found[1] if found is not None and found[0] is plan else None
+        """What was made from ``plan``, if it was made already; else None."""
+        found: T | None = plan.derived.get((self, variant))
+        return found
 
     def get(self, plan: Plan, make: Callable[[], T], variant: object = None) -> T:
         found = self.find(plan, variant)
         if found is not None:
             return found
-        made = make()
-        key = (id(plan), variant)
         with self._lock:
-            self._made[key] = (plan, made)
-            while len(self._made) > self._keep:
-                del self._made[next(iter(self._made))]
-        return made
+            found = self.find(plan, variant)
+            if found is None:
+                found = plan.derived[(self, variant)] = make()
+        return found

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from functools import partial
 from types import MappingProxyType
-from typing import Any
+from typing import Any, overload
 
 from . import messages
 from .errors import UnknownTaskError
@@ -190,8 +190,8 @@ class RunState:
 
     @property
     def messages(self) -> Sequence[Message]:
-        """The run's messages so far, in order (read them under ``changed``)."""
-        return self._messages
+        """The run's messages so far, in order (read them under ``changed``; do not change them)."""
+        return _ReadOnly(self._messages)
 
     # -- transitions (the only way to change a run) ----------------------------------------
     # Each records the task's message and changes its state together, so the
@@ -401,7 +401,7 @@ class RunState:
         state = self._states[task_id]
         out: dict[str, Any] = {
             "task_id": task_id,
-            "result": self._results.get(task_id),
+            "result": _copy(self._results.get(task_id)),
             "status": RESULT_STATUS.get(state, state.value),
         }
         if task_id in self._errors:
@@ -422,6 +422,31 @@ class RunState:
             "cancelled_tasks": by_state[TaskState.CANCELLED],
             "interrupted_tasks": by_state[TaskState.INTERRUPTED],
             "cached_tasks": [t for t in self._plan.tasks if t in self._reused],
-            "task_results": {t: self._results[t] for t in self._plan.tasks if t in self._results},
+            "task_results": {t: dict(self._results[t]) for t in self._plan.tasks if t in self._results},
             "duration": self._duration,
         }
+
+
+def _copy(result: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A result dict the caller may change without changing the run's (the values are the task's own)."""
+    return dict(result) if result is not None else None
+
+
+class _ReadOnly(Sequence[Message]):
+    """The run's message list, readable only: indexing and slicing (a slice is a new list), ``len``."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: list[Message]) -> None:
+        self._items = items
+
+    @overload
+    def __getitem__(self, index: int) -> Message: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Message]: ...
+
+    def __getitem__(self, index: int | slice) -> Message | list[Message]:
+        return self._items[index]
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -142,8 +142,8 @@ class MaWorkflow:
     """A DAG of tasks that can be run any number of times."""
 
     def __init__(self, engine: Engine, name: str | None = None, *, viewer: Viewer | None = None) -> None:
-        self.name = name or "workflow"
-        self.workflow_id = f"{self.name}-{uuid.uuid4().hex[:8]}"
+        self._name = name or "workflow"
+        self.workflow_id = f"{self._name}-{uuid.uuid4().hex[:8]}"
         self._engine = engine
         self._viewer = viewer
         self._tasks: dict[str, PlannedTask] = {}
@@ -155,6 +155,16 @@ class MaWorkflow:
         self._plan: Plan | None = None                   # the last plan, while the workflow is unchanged
         self._runs: dict[str, RunState] = {}
         self._name_counts: dict[str, int] = {}   # where the search for a free id resumes
+
+    @property
+    def name(self) -> str:
+        """The workflow's name, shown in pictures and the run history (it may be changed)."""
+        return self._name
+
+    @name.setter
+    def name(self, name: str) -> None:
+        self._name = name
+        self._plan = None   # the next run and picture carry the new name
 
     # -- building -------------------------------------------------------------------
 
@@ -332,7 +342,7 @@ class MaWorkflow:
             for task_id in self._stale:
                 self._refresh_upstream(task_id)
             self._stale.clear()
-            self._plan = Plan.build(self.workflow_id, self.name, list(self._tasks.values()), set(self._ordering))
+            self._plan = Plan.build(self.workflow_id, self._name, list(self._tasks.values()), set(self._ordering))
         return self._plan
 
     # -- running --------------------------------------------------------------------
@@ -471,10 +481,16 @@ class MaWorkflow:
         return graphviews.to_dot(self.plan())
 
     def show_graph(self, run_id: str | None = None) -> Any:
-        """The DAG as a notebook widget, live-coloured by a run's task states when given."""
+        """The DAG as a notebook widget, live-coloured by a run's task states when given.
+
+        A run is drawn as it was run (the workflow may have been edited since).
+        """
         if self._viewer is None:
             raise RuntimeError("this workflow has no viewer; create it with MaClient().create_workflow()")
-        return self._viewer.graph(self.plan(), self._run(run_id) if run_id is not None else None)
+        if run_id is None:
+            return self._viewer.graph(self.plan())
+        run = self._run(run_id)
+        return self._viewer.graph(run.plan, run)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         """Rich display: the DAG as SVG where Graphviz is installed, and as text."""

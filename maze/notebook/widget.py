@@ -104,8 +104,10 @@ def _lower_priority() -> None:
 class DagWidget(anywidget.AnyWidget):
     """A workflow's DAG, coloured by the states of one run's tasks."""
 
-    _esm = _HERE / "dag.js"
-    _css = _HERE / "dag.css"
+    # The sources themselves, not their paths: anywidget watches a path for edits and keeps
+    # every widget ever made alive through that watch (with its plan and the plan's inputs).
+    _esm = (_HERE / "dag.js").read_text(encoding="utf-8")
+    _css = (_HERE / "dag.css").read_text(encoding="utf-8")
 
     svg = traitlets.Unicode("", help="The laid-out graph; set once.").tag(sync=True)
     dot = traitlets.Unicode("", help="DOT source, shown when Graphviz is missing.").tag(sync=True)
@@ -180,8 +182,10 @@ class DagWidget(anywidget.AnyWidget):
 
     def _lay_out(self) -> None:
         _lower_priority()
-        picture = self._picture = _pictures.get(self._plan, partial(draw, self._plan))
-        self._drawn.set()
+        try:
+            picture = self._picture = _pictures.get(self._plan, partial(draw, self._plan))
+        finally:
+            self._drawn.set()   # whatever happened: the static forms wait for this, never forever
         with self.hold_sync():
             for name, value in self._drawing(picture).items():
                 setattr(self, name, value)
@@ -219,10 +223,10 @@ class DagWidget(anywidget.AnyWidget):
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the graph is laid out and the widget has shown the end of its run."""
-        if self._layout is not None:
-            self._layout.join(timeout)
-        if self._watcher is not None:
-            self._watcher.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in (self._layout, self._watcher):
+            if thread is not None:
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def _publish(self, *, full: bool = False) -> None:
         """Send what changed: a diff of the changed tasks; now and then (and at the end) the full map."""
@@ -301,6 +305,8 @@ class DagWidget(anywidget.AnyWidget):
         return f"<DAG {self.title}: {self._board.status}; {counts}>"
 
     def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[Any, Any], dict[Any, Any]]:
+        if self._run is not None and not self._live() and self._watcher is not None:
+            self._watcher.join()   # the run has ended: let the board take in its last messages first
         bundle = super()._repr_mimebundle_(**kwargs)
         data, meta = bundle if isinstance(bundle, tuple) else (bundle or {}, {})
         data = dict(data or {})
