@@ -1,14 +1,27 @@
 """Durable run history: every run's DAG and messages in a SQLite database.
 
-Writing. Messages are written as they happen, by one background thread per
-client that commits in small batches, so recording never slows the scheduler.
-The database is in WAL mode with a busy timeout, so several processes (two
+Writing. Messages are written as they happen, by a writer process of each
+client's own, so recording never slows the scheduler: the scheduler appends
+each message to a list (no lock, no encoding), a sender thread hands what
+gathered over every 50 ms as one pickle over a private pipe, and the writer
+process encodes it and commits it in one transaction
+(:mod:`maze.core.history_process`). The writer starts with the first run, not
+with the client, and the driver never waits for it; it runs in a session of
+its own (a Ctrl-C in the terminal stops the run, not its recording). The
+database is in WAL mode with a busy timeout, so several processes (two
 notebooks, a script and a notebook) can write to it at once. Recording never
 stops a run: a batch that cannot be committed is left out, with one warning
-per writer on the ``maze`` logger, and the next one is written.
-``HistoryWriter.close()`` commits everything handed over, held-back output
-included; a second call does nothing, so it can also be an ``atexit`` hook,
-and a process that ends without closing its client loses nothing.
+per writer on the driver's ``maze`` logger, and the next one is written; a
+writer process that dies is said once, and the runs go on unrecorded.
+``HistoryWriter.flush()`` returns once what was handed over is committed, so a
+reader sees it. ``HistoryWriter.close()`` commits everything handed over,
+held-back output included, and waits for the writer to end; a second call does
+nothing, so it can also be an ``atexit`` hook, and a process that ends without
+closing its client loses nothing. A driver killed outright (SIGKILL) loses only
+what it had not handed over yet (its last 50 ms): the writer sees the pipe
+close, or its parent change, commits everything it got and ends. Where no
+Python process can be started (an interpreter embedded in another program),
+the same writer runs in a thread of the driver.
 
 Deleting. ``HistoryReader.delete`` never deletes a run still going, whose
 process would go on recording it; one deleted by other means (by hand) has its
@@ -27,7 +40,10 @@ Pickles are loaded only when asked for (``HistoryReader.messages(values=True)``)
 and only from a file, and ``-wal`` file, owned by this user and writable by no
 one else, else :class:`~maze.core.errors.UnsafeHistoryError`. Listing runs,
 reading a DAG and reading messages with ``values=False`` (which gives
-:class:`Stored` placeholders) read JSON only, from any readable file.
+:class:`Stored` placeholders) read JSON only, from any readable file. The
+writer process loads no user object either: the driver pickles the result
+values and stands in for other objects, so what it hands over holds builtin
+values only.
 
 Format. ``PRAGMA user_version`` is 2. The first format (0) pickled every
 message and is never read: the default file name changed from
@@ -40,13 +56,15 @@ directory is set back to 0700 if it is wider; the database is created 0600
 before SQLite opens it, and SQLite gives its ``-wal`` and ``-shm`` files the
 same mode. Existing files and directories the user chose keep their modes.
 
-Interrupted runs. Each run row names its owner: host, pid and, on Linux, the
-process's start time, so that a reused pid is not taken for the owner. A run
-still ``running`` whose owner on this host has ended is marked ``interrupted``
-by the next reader that lists, reads or deletes runs and by the next writer
-that opens the file: its ``ended_at`` becomes the time of its last message and a
-``finish_workflow`` is appended, so a replay ends. Both happen in one
-transaction that re-checks the status, so two processes never both do it.
+Interrupted runs. Each run row names its owner, the driver (not its writer
+process): host, pid and, on Linux, the process's start time, so that a reused
+pid is not taken for the owner. A run still ``running`` whose owner on this
+host has ended is marked ``interrupted`` by the next reader that lists, reads
+or deletes runs and by the next writer that opens the file: its ``ended_at``
+becomes the time of its last message and a ``finish_workflow`` is appended, so
+a replay ends. Both happen in one
+transaction that re-checks the status, so two processes never both do it. What
+a dead driver's writer commits after that is dropped: the run has ended.
 
 Bounded output. Per run and task, the first ``log_head`` ``task_log`` messages
 are written as they come and the last ``log_tail`` are held back until the
@@ -88,7 +106,8 @@ from .task import TaskFunction, TaskOptions, TaskSpec
 __all__ = ["FORMAT", "VALUE_LIMIT", "Dropped", "HistoryReader", "HistoryWriter", "Stored", "connect", "dag_json",
            "default_path", "plan_of"]
 
-_BATCH_S = 0.05
+_QUIET_S = 0.05  # the scheduler has paused when nothing was handed over for this long ...
+_LATEST_S = 1.0  # ... and what it handed over is sent at the latest this long after it woke the sender
 _dags: PerPlan[str] = PerPlan()  # the DAG JSON of the plans last run: an unchanged workflow's runs share it
 _log = logging.getLogger("maze")
 _RUN_KEYS = ("run_id", "workflow_id", "workflow", "started_at", "ended_at", "status", "tasks", "host", "pid")
@@ -240,8 +259,7 @@ class HistoryWriter:
         self._link = link
         while True:
             self._wake.wait()
-            # Send once per batch, not once per message: each send takes the interpreter lock from the scheduler.
-            self._hurry.wait(_BATCH_S)
+            self._gather()
             # Cleared before taking the items: an item handed over from now on sets them again.
             self._wake.clear()
             self._hurry.clear()
@@ -256,6 +274,21 @@ class HistoryWriter:
                     self._lose(f"{type(exc).__name__}: {exc}")
             if any(len(item) == 2 and item[0] == "close" for item in batch):
                 return
+
+    def _gather(self) -> None:
+        """Wait until the scheduler pauses (no item for :data:`_QUIET_S`), :data:`_LATEST_S` passed, or a flush hurries.
+
+        Packing a batch holds the interpreter lock for a while: done in a pause, it
+        does not stall the scheduler in the middle of a burst of tasks.
+        """
+        began = time.monotonic()
+        seen = -1
+        while not self._hurry.is_set() and time.monotonic() - began < _LATEST_S:
+            count = len(self._items)
+            if count == seen:
+                return
+            seen = count
+            self._hurry.wait(_QUIET_S)
 
     def _flushed(self, token: int) -> None:
         with self._lock:

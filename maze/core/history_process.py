@@ -45,7 +45,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from .history_values import Foreign, Kept, foreign, json_text, with_kept_results
+from .history_values import Foreign, Kept, foreign, json_text, plain_result, with_kept_results
 
 if TYPE_CHECKING:
     from .history_store import Recording
@@ -80,8 +80,13 @@ def _dumps(value: Any) -> bytes:
 
 def pack(batch: list[tuple[Any, ...]]) -> bytes:
     """One frame for the writer: ``batch`` pickled with stand-ins for what is not a builtin value."""
-    items = [(item[0], item[1], {"type": "finish_task", "data": with_kept_results(item[2]["data"])})
-             if len(item) == 3 and item[2]["type"] == "finish_task" else item for item in batch]
+    items = batch
+    for at, item in enumerate(batch):
+        # The common case, a result of plain values, costs a look at each value and no copy.
+        if len(item) == 3 and item[2]["type"] == "finish_task" and not plain_result(item[2]["data"]):
+            if items is batch:
+                items = list(batch)
+            items[at] = item[0], item[1], {"type": "finish_task", "data": with_kept_results(item[2]["data"])}
     try:
         payload = _dumps(items)
     except Exception:  # noqa: BLE001 - e.g. data nested too deep for pickle: only the items that have it change
@@ -237,8 +242,6 @@ class Link:
 def main(argv: list[str]) -> None:
     """The writer process: ``path log_head log_tail parent_pid``; frames on stdin, replies on stdout."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when recording ends
-    if os.environ.get("MAZE_WRITER_NICE"):
-        os.nice(int(os.environ["MAZE_WRITER_NICE"]))
     replies = os.dup(1)
     os.dup2(2, 1)  # anything printed goes to stderr, never into the replies
     path, head, tail, parent = argv
@@ -271,20 +274,23 @@ def serve(frames: int, replies: int, path: Path, log_head: int, log_tail: int, p
     recording = Recording(connect(path), path, log_head, log_tail, warn=lambda text: reply(warning=text))
     reply(ready=os.getpid())
     buffer = bytearray()
+    arrived: list[bytes] = []  # whole frames, each written as soon as it has come
     try:
         while True:
             if parent is not None and not select.select([frames], [], [], _PARENT_CHECK_S)[0]:
                 if os.getppid() != parent:
-                    buffer += _drain(frames)  # the driver is gone, but something holds the pipe open
-                    _write(recording, _complete_frames(buffer, recording), reply)
+                    _take_frames(buffer + _drain(frames), arrived)  # the driver is gone; something holds the pipe
                     break
                 continue
             chunk = os.read(frames, 1 << 20)
             if not chunk:
                 break  # end of file: the driver closed the pipe or is gone
             buffer += chunk
-            if _write(recording, _complete_frames(buffer, recording), reply):
+            _take_frames(buffer, arrived)
+            if _write(recording, arrived, reply):
                 return
+            arrived.clear()
+        _write(recording, arrived, reply)
         recording.finish()
     finally:
         recording.db.close()
@@ -301,26 +307,27 @@ def _drain(fd: int) -> bytes:
     return bytes(out)
 
 
-def _complete_frames(buffer: bytearray, recording: Recording) -> list[tuple[Any, ...]]:
-    """The items of the whole frames at the start of ``buffer``, which loses them."""
-    items: list[tuple[Any, ...]] = []
+def _take_frames(buffer: bytearray, arrived: list[bytes]) -> None:
+    """Move the whole frames at the start of ``buffer`` to ``arrived``."""
     at = 0
     while len(buffer) - at >= _HEADER.size:
         (size,) = _HEADER.unpack_from(buffer, at)
-        if len(buffer) - at - _HEADER.size < size:
-            break
         start = at + _HEADER.size
-        try:
-            items += unpack(bytes(buffer[start:start + size]))
-        except Exception as exc:  # noqa: BLE001 - never from maze's own driver; the writer goes on all the same
-            recording.warn_once(exc)
+        if len(buffer) - start < size:
+            break
+        arrived.append(bytes(buffer[start:start + size]))
         at = start + size
     del buffer[:at]
-    return items
 
 
-def _write(recording: Recording, items: list[tuple[Any, ...]], reply: Callable[..., None]) -> bool:
-    """Commit ``items`` as one transaction, answer their flush tokens; whether they closed the writer."""
+def _write(recording: Recording, frames: list[bytes], reply: Callable[..., None]) -> bool:
+    """Commit the items of ``frames`` as one transaction, answer their flush tokens; whether they close the writer."""
+    items: list[tuple[Any, ...]] = []
+    for frame in frames:
+        try:
+            items += unpack(frame)
+        except Exception as exc:  # noqa: BLE001 - never from maze's own driver; the writer goes on all the same
+            recording.warn_once(exc)
     if not items:
         return False
     recording.write(items)

@@ -146,6 +146,17 @@ def _too_large(name: str, size: int) -> Dropped:
     return Dropped(f"<{name} of {size / 2**20:.1f} MB, not kept in the history>")
 
 
+def plain_result(data: dict[str, Any]) -> bool:
+    """Whether a ``finish_task``'s ``data`` has no result value to keep as a pickle (:func:`with_kept_results`)."""
+    result = data.get("result")
+    if type(result) is not dict:
+        return True
+    for value in result.values():
+        if type(value) not in _SCALARS and not _plain(value):
+            return False
+    return True
+
+
 def with_kept_results(data: dict[str, Any]) -> dict[str, Any]:
     """A ``finish_task``'s ``data`` with each result value that is not exactly JSON replaced by its :class:`Kept`.
 
