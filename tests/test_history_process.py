@@ -98,6 +98,8 @@ def test_data_of_any_type_is_stored_as_the_driver_would_have_encoded_it(tmp_path
     writer = HistoryWriter(path)
     writer.run_started(RUN, plan())
     writer.message(RUN, 1, msg(MessageType.START_TASK, **ODD_DATA))
+    writer.flush()  # through the writer process (a writer closed before it started writes in a thread)
+    assert writer.writer_pid is not None
     writer.close()
 
     [stored] = HistoryReader(path).messages(RUN)
@@ -113,8 +115,9 @@ def test_the_writer_never_loads_a_pickle_of_the_users_objects(tmp_path):
     writer.run_started(RUN, plan())
     writer.message(RUN, 1, msg(MessageType.START_TASK, where=Mkdir(in_data)))
     writer.message(RUN, 2, msg(MessageType.FINISH_TASK, result={"y": Mkdir(in_result)}, duration=0.1))
-    writer.close()
+    writer.flush()
     assert writer.writer_pid is not None  # it was a process of its own
+    writer.close()
     assert not in_data.exists() and not in_result.exists()
 
     reader = HistoryReader(path)
@@ -147,8 +150,9 @@ def test_the_writer_starts_with_the_first_run_and_leaves_nothing_behind(tmp_path
         assert [r["status"] for r in client.runs()] == ["completed"]
         pid = client._history.writer_pid
         assert pid is not None and pid != os.getpid()
-        # in a session of its own: a Ctrl-C in the driver's terminal does not reach it
+        # in a session of its own: a Ctrl-C in the driver's terminal does not reach it; and in the background
         assert os.getsid(pid) != os.getsid(0)
+        assert os.getpriority(os.PRIO_PROCESS, pid) >= 10
     assert start_time(pid) is None  # ended and reaped by close()
     assert sorted(os.listdir(tmp_path)) == ["h.sqlite3"]
     assert [r["run_id"] for r in HistoryReader(path).runs()] == [run_id]
@@ -224,6 +228,16 @@ def test_a_driver_killed_with_sigkill_takes_its_writer_along(tmp_path, pipe):
         "line 0\n", "[maze: 1 lines of output not kept in the history]\n", "line 2\n", "finish_workflow"]
     assert messages[-1]["data"]["status"] == "interrupted"
     assert messages[-1]["data"]["interrupted"].startswith(f"the process {proc.pid} on ")  # the driver owned it
+
+
+def test_a_writer_closed_before_it_started_writes_in_a_thread(tmp_path):
+    path = tmp_path / "h.sqlite3"
+    writer = HistoryWriter(path)
+    writer.run_started(RUN, plan())
+    writer.message(RUN, 1, msg(MessageType.FINISH_TASK, result={"y": (1, 2)}, duration=0.1))
+    writer.close()  # a short script: no process is started just to write this
+    assert writer.writer_pid is None
+    assert HistoryReader(path).messages(RUN)[0]["data"]["result"] == {"y": (1, 2)}
 
 
 # -- when no writer process can be started ---------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Writing. Messages are written as they happen, by a writer process of each
 client's own, so recording never slows the scheduler: the scheduler appends
-each message to a list (no lock, no encoding), a sender thread hands what
-gathered over every 50 ms as one pickle over a private pipe, and the writer
+each message to a list (no lock, no encoding); a sender thread hands what
+gathered over as one pickle on a private pipe when the scheduler pauses (50 ms
+without a message) or, in a long burst of tasks, once a second; and the writer
 process encodes it and commits it in one transaction
 (:mod:`maze.core.history_process`). The writer starts with the first run, not
 with the client, and the driver never waits for it; it runs in a session of
@@ -18,8 +19,9 @@ reader sees it. ``HistoryWriter.close()`` commits everything handed over,
 held-back output included, and waits for the writer to end; a second call does
 nothing, so it can also be an ``atexit`` hook, and a process that ends without
 closing its client loses nothing. A driver killed outright (SIGKILL) loses only
-what it had not handed over yet (its last 50 ms): the writer sees the pipe
-close, or its parent change, commits everything it got and ends. Where no
+what it had not handed over yet (at most its last second of messages): the
+writer sees the pipe close, or its parent change, commits everything it got
+and ends. Where no
 Python process can be started (an interpreter embedded in another program),
 the same writer runs in a thread of the driver.
 
@@ -180,6 +182,7 @@ class HistoryWriter:
         self._tokens = itertools.count(1)
         self._flushes: dict[int, threading.Event] = {}
         self._lost = False  # the writer has ended: what comes now is dropped
+        self._a_run_ended = False  # the writer starts after the first run's end (or a flush, or a second)
         self._closed = False
 
     @property
@@ -196,6 +199,7 @@ class HistoryWriter:
         self._items.append((run_id, seq, message))
         if message["type"] == "finish_workflow":
             self._items.append(("end", (message["data"]["status"], time.time(), run_id)))
+            self._a_run_ended = True
         if not self._wake.is_set():
             self._wake.set()
 
@@ -250,21 +254,23 @@ class HistoryWriter:
         self._wake.set()
 
     def _send_loop(self) -> None:
-        link = Link(self.path, self._log_head, self._log_tail, on_flushed=self._flushed,
-                    on_warning=lambda text: _log.warning("%s", text), on_end=self._ended)
-        try:
-            link.start()
-        except Exception as exc:  # noqa: BLE001 - e.g. no pipe left: runs go on, unrecorded
-            self._lose(f"it could not start: {type(exc).__name__}: {exc}")
-        self._link = link
+        link = self._link = Link(self.path, self._log_head, self._log_tail, on_flushed=self._flushed,
+                                 on_warning=lambda text: _log.warning("%s", text), on_end=self._ended)
         while True:
             self._wake.wait()
-            self._gather()
+            self._gather(starting=not link.started)
             # Cleared before taking the items: an item handed over from now on sets them again.
             self._wake.clear()
             self._hurry.clear()
             items = self._items
             batch = [items.popleft() for _ in range(len(items))]
+            if batch and not link.started and not self._lost:
+                try:
+                    # A writer closed before it started (a short script) writes in a thread: it
+                    # would be a process started only to write one batch.
+                    link.start(in_thread=self._closed)
+                except Exception as exc:  # noqa: BLE001 - e.g. no pipe left: runs go on, unrecorded
+                    self._lose(f"it could not start: {type(exc).__name__}: {exc}")
             if batch and not self._lost:
                 batch = [("run", (*item[1][:-1], _dags.get(item[1][-1], partial(dag_json, item[1][-1]))))
                          if len(item) == 2 and item[0] == "run" else item for item in batch]
@@ -275,17 +281,20 @@ class HistoryWriter:
             if any(len(item) == 2 and item[0] == "close" for item in batch):
                 return
 
-    def _gather(self) -> None:
+    def _gather(self, *, starting: bool) -> None:
         """Wait until the scheduler pauses (no item for :data:`_QUIET_S`), :data:`_LATEST_S` passed, or a flush hurries.
 
         Packing a batch holds the interpreter lock for a while: done in a pause, it
-        does not stall the scheduler in the middle of a burst of tasks.
+        does not stall the scheduler in the middle of a burst of tasks. Before the
+        writer has started (``starting``), only a pause after a run's end counts:
+        a process starting takes a share of the cores, which the first run's tasks
+        need more.
         """
         began = time.monotonic()
         seen = -1
         while not self._hurry.is_set() and time.monotonic() - began < _LATEST_S:
             count = len(self._items)
-            if count == seen:
+            if count == seen and (self._a_run_ended or not starting):
                 return
             seen = count
             self._hurry.wait(_QUIET_S)

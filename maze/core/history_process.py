@@ -19,14 +19,14 @@ interpreter lock. Each side has one job here:
   ``warning`` (logged on the driver's ``maze`` logger). If no Python process
   can be started (an interpreter embedded in another program), the same loop
   runs in a thread of the driver instead, with the same pipes.
-- The writer (:func:`serve`) reads frames, commits each lot that has arrived
-  as one transaction (:class:`~maze.core.history_store.Recording`), and
-  answers flush tokens once what came before them is committed. It ends when
+- The writer (:func:`serve`) reads frames, commits what has arrived as one
+  transaction (:class:`~maze.core.history_store.Recording`), and answers
+  flush tokens once what came before them is committed. It ends when
   told to close, or when its parent is gone: end of file on the pipe, or a
   changed parent pid (a forked child of the driver may hold the pipe open). In
   both cases it first commits everything handed over, held-back output
-  included, so a driver killed with SIGKILL loses only the messages of its
-  last 50 ms, which it had not handed over yet.
+  included, so a driver killed with SIGKILL loses only the messages it had
+  not handed over yet.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 _log = logging.getLogger("maze")
 _HEADER = struct.Struct("<Q")  # the length of the pickle that follows
 _READY_S = 30.0  # how long a starting writer may take to say it is ready before one runs in a thread instead
+_NICE = 10  # the writer's nice value: background work, it yields the cores to the driver and its workers
 _PARENT_CHECK_S = 1.0  # how often a writer with nothing to read checks that its parent is still there
 _WIRE = {("maze.core.history_values", "Kept"): Kept, ("maze.core.history_values", "Foreign"): Foreign}
 # The writer's command line: the maze package's own folder comes first on the path, so the writer runs
@@ -151,9 +152,9 @@ class Link:
         self._out: IO[bytes] | None = None
         self.pid: int | None = None  # the writer process's pid (None: a thread of this process)
 
-    def start(self) -> None:
-        """Start the writer and wait until it is ready; a thread of this process if no process will do."""
-        if not (sys.executable and self._start_process()):
+    def start(self, *, in_thread: bool = False) -> None:
+        """Start the writer and wait until it is ready: a process, else (or ``in_thread``) a thread of this one."""
+        if in_thread or not (sys.executable and self._start_process()):
             self._start_thread()
 
     def _start_process(self) -> bool:
@@ -161,13 +162,17 @@ class Link:
 
         root = str(Path(__file__).resolve().parents[2])
         try:
-            process = subprocess.Popen([sys.executable, "-I", "-c", _BOOT, root, *self._args, str(os.getpid())],
+            process = subprocess.Popen([sys.executable, "-I", "-S", "-c", _BOOT, root, *self._args, str(os.getpid())],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
         except OSError as exc:
             _log.warning("maze could not start its run history writer process (%s); it writes in a thread of this "
                          "process instead", exc)
             return False
         assert process.stdin is not None and process.stdout is not None
+        try:
+            os.setpriority(os.PRIO_PROCESS, process.pid, _NICE)
+        except OSError:
+            pass  # it has ended already (the replies will say so) or the system says no: it runs at our priority
         heard = threading.Event()
         replies = threading.Thread(target=self._hear, args=(process.stdout, heard, False),
                                    name="maze-history-replies", daemon=True)
@@ -197,6 +202,11 @@ class Link:
                          name="maze-history-replies", daemon=True).start()
         self._out = os.fdopen(to_writer, "wb")
         heard.wait()
+
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` has run (the writer may have ended since)."""
+        return self._out is not None
 
     def send(self, frame: bytes) -> None:
         """Hand ``frame`` over; :class:`OSError` (a broken pipe) if the writer has gone."""
