@@ -6,9 +6,11 @@ each message to a list (no lock, no encoding); a sender thread hands what
 gathered over as one pickle on a private pipe when the scheduler pauses (50 ms
 without a message) or, in a long burst of tasks, once a second; and the writer
 process encodes it and commits it in one transaction
-(:mod:`maze.core.history_process`). The writer starts with the first run, not
-with the client, and the driver never waits for it; it runs in a session of
-its own (a Ctrl-C in the terminal stops the run, not its recording). The
+(:mod:`maze.core.history_process`). The writer starts neither with the client
+nor at the first run's start, but once that run has ended (or at the first
+flush, or a second into a long run), so it takes no cores from the first
+tasks; the scheduler never waits for it. It runs in a session of its own (a
+Ctrl-C in the terminal stops the run, not its recording), at nice 10. The
 database is in WAL mode with a busy timeout, so several processes (two
 notebooks, a script and a notebook) can write to it at once. Recording never
 stops a run: a batch that cannot be committed is left out, with one warning

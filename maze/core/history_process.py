@@ -1,9 +1,12 @@
 """The history writer process: what crosses to it, how it is started, and its loop.
 
 :class:`~maze.core.history.HistoryWriter` hands batches of messages to a
-process of its own (started with the first run), so that encoding them and
-committing them to SQLite never competes with the scheduler for the driver's
-interpreter lock. Each side has one job here:
+process of its own, so that encoding them and committing them to SQLite never
+competes with the scheduler for the driver's interpreter lock. The process
+starts once the first run has ended (or at a flush, or a second into a long
+first run), so that its start does not take cores from the first run's
+tasks; a writer closed before then writes its one batch in a thread instead.
+Each side has one job here:
 
 - The driver packs a batch (:func:`pack`): one pickle of the raw items, where
   only builtin values cross as themselves, each ``finish_task`` result value
@@ -12,9 +15,11 @@ interpreter lock. Each side has one job here:
   (:mod:`maze.core.history_values`). The writer never imports the user's
   code: it unpickles only frames from its own parent, over its private pipe,
   and even those only with builtins and those two classes (:func:`unpack`).
-- :class:`Link` starts the writer (``python -I``, the maze package's folder
-  first on its path, in a session of its own so a terminal's Ctrl-C stops the
-  driver's run, not the recording), sends frames, and reads the writer's
+- :class:`Link` starts the writer (``python -I -S``: only the standard
+  library and the maze package's own folder on its path, so it starts
+  quickly and runs the driver's maze; in a session of its own, so a
+  terminal's Ctrl-C stops the driver's run, not the recording; at nice 10, as
+  background work), sends frames, and reads the writer's
   replies on a thread of its own: ``ready``, ``flushed`` (a flush token) and
   ``warning`` (logged on the driver's ``maze`` logger). If no Python process
   can be started (an interpreter embedded in another program), the same loop
@@ -57,7 +62,7 @@ _NICE = 10  # the writer's nice value: background work, it yields the cores to t
 _PARENT_CHECK_S = 1.0  # how often a writer with nothing to read checks that its parent is still there
 _WIRE = {("maze.core.history_values", "Kept"): Kept, ("maze.core.history_values", "Foreign"): Foreign}
 # The writer's command line: the maze package's own folder comes first on the path, so the writer runs
-# the same maze as the driver (not whatever an isolated interpreter would find).
+# the same maze as the driver (an isolated interpreter without site-packages would find none).
 _BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from maze.core.history_process import main; main(sys.argv[2:])"
 
 
