@@ -173,7 +173,8 @@ def test_a_killed_writer_stops_neither_the_run_nor_flush_nor_close(tmp_path, cap
         with caplog.at_level(logging.WARNING, logger="maze"):
             os.kill(client._history.writer_pid, signal.SIGKILL)
             assert wf.wait(run_id)["workflow_completed"]
-            assert finishes(client.runs)  # flushes: returns though no writer will answer
+            # returns though no writer will answer (its own timeout is far beyond the guard's)
+            assert finishes(lambda: client._history.flush(timeout=600))
             assert [r["run_id"] for r in client.runs()] == [run_id]
             assert wf.get_task_result(wf.run(), last.task_id)["result"] == {"y": 2}  # later runs go on too
             assert finishes(client.close)
@@ -228,6 +229,7 @@ def test_a_driver_killed_with_sigkill_takes_its_writer_along(tmp_path, pipe):
         "line 0\n", "[maze: 1 lines of output not kept in the history]\n", "line 2\n", "finish_workflow"]
     assert messages[-1]["data"]["status"] == "interrupted"
     assert messages[-1]["data"]["interrupted"].startswith(f"the process {proc.pid} on ")  # the driver owned it
+    assert sorted(os.listdir(tmp_path)) == ["h.sqlite3"]  # the writer closed its database: no -wal, no -shm
 
 
 def test_a_writer_closed_before_it_started_writes_in_a_thread(tmp_path):
