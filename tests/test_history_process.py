@@ -8,6 +8,7 @@ import logging
 import os
 import pickle
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -261,3 +262,23 @@ def test_without_a_writer_process_a_thread_writes(tmp_path, monkeypatch, caplog,
         assert "could not start its run history writer process (/bin/true did not answer)" in warning.getMessage()
     else:
         assert caplog.records == []
+
+
+def test_what_comes_for_a_run_already_marked_interrupted_is_dropped(tmp_path):
+    path = tmp_path / "h.sqlite3"
+    writer = HistoryWriter(path)
+    writer.run_started(RUN, plan())
+    writer.message(RUN, 1, msg(MessageType.START_TASK))
+    writer.flush()
+    db = sqlite3.connect(path)
+    with db:  # what a reader does once the driver is dead: its writer may still be committing its last words
+        db.execute("UPDATE runs SET status = 'interrupted'")
+        db.execute("INSERT INTO messages VALUES (?, 2, 'finish_workflow', NULL, '{}')", (RUN,))
+    db.close()
+    writer.message(RUN, 2, msg(MessageType.FINISH_TASK, result={"y": 1}, duration=0.1))
+    writer.message(RUN, 3, {"type": "finish_workflow", "data": {"workflow_id": WF, "run_id": RUN,
+                                                                "status": "completed"}})
+    writer.close()
+    reader = HistoryReader(path)
+    assert [r["status"] for r in reader.runs()] == ["interrupted"]
+    assert [m["type"] for m in reader.messages(RUN)] == ["start_task", "finish_workflow"]
