@@ -3,13 +3,14 @@
 Writing. Messages are written as they happen, by a writer process of each
 client's own, so recording never slows the scheduler: the scheduler appends
 each message to a list (no lock, no encoding); a sender thread hands what
-gathered over as one pickle on a private pipe when the scheduler pauses (50 ms
-without a message) or, in a long burst of tasks, once a second; and the writer
-process encodes it and commits it in one transaction
+gathered over as one pickle on a private pipe when a run ends, when a flush
+or close asks, and otherwise once a second (so it never interrupts a burst of
+short tasks); and the writer process encodes it and commits it in one
+transaction
 (:mod:`maze.core.history_process`). The writer starts neither with the client
-nor at the first run's start, but once that run has ended (or at the first
-flush, or a second into a long run), so it takes no cores from the first
-tasks; the scheduler never waits for it. It runs in a session of its own (a
+nor at the first run's start, but with the first batch (once that run has
+ended, or at the first flush, or a second into a long run), so it takes no
+cores from the first tasks; the scheduler never waits for it. It runs in a session of its own (a
 Ctrl-C in the terminal stops the run, not its recording), at nice 10. The
 database is in WAL mode with a busy timeout, so several processes (two
 notebooks, a script and a notebook) can write to it at once. Recording never
@@ -110,8 +111,7 @@ from .task import TaskFunction, TaskOptions, TaskSpec
 __all__ = ["FORMAT", "VALUE_LIMIT", "Dropped", "HistoryReader", "HistoryWriter", "Stored", "connect", "dag_json",
            "default_path", "plan_of"]
 
-_QUIET_S = 0.05  # the scheduler has paused when nothing was handed over for this long ...
-_LATEST_S = 1.0  # ... and what it handed over is sent at the latest this long after it woke the sender
+_LATEST_S = 1.0  # what was handed over is sent when a run ends, a flush or close asks, or this long after
 _dags: PerPlan[str] = PerPlan()  # the DAG JSON of the plans last run: an unchanged workflow's runs share it
 _log = logging.getLogger("maze")
 _RUN_KEYS = ("run_id", "workflow_id", "workflow", "started_at", "ended_at", "status", "tasks", "host", "pid")
@@ -177,14 +177,13 @@ class HistoryWriter:
         # atomic, so message() takes no lock.
         self._items: deque[Item] = deque()
         self._wake = threading.Event()  # something was handed over
-        self._hurry = threading.Event()  # a flush or close waits: send now, not at the end of the batch
+        self._hurry = threading.Event()  # a run ended, or a flush or close waits: send now
         self._lock = threading.Lock()  # the start, the flush tokens, the loss
         self._sender: threading.Thread | None = None
         self._link: Link | None = None
         self._tokens = itertools.count(1)
         self._flushes: dict[int, threading.Event] = {}
         self._lost = False  # the writer has ended: what comes now is dropped
-        self._a_run_ended = False  # the writer starts after the first run's end (or a flush, or a second)
         self._closed = False
 
     @property
@@ -201,7 +200,7 @@ class HistoryWriter:
         self._items.append((run_id, seq, message))
         if message["type"] == "finish_workflow":
             self._items.append(("end", (message["data"]["status"], time.time(), run_id)))
-            self._a_run_ended = True
+            self._hurry.set()  # the run's burst is over: hand it over now
         if not self._wake.is_set():
             self._wake.set()
 
@@ -260,7 +259,9 @@ class HistoryWriter:
                                  on_warning=lambda text: _log.warning("%s", text), on_end=self._ended)
         while True:
             self._wake.wait()
-            self._gather(starting=not link.started)
+            # Not woken again before a run ends, a flush or close asks, or a second passed: packing a
+            # batch holds the interpreter lock, and even a look at the list takes it from the scheduler.
+            self._hurry.wait(_LATEST_S)
             # Cleared before taking the items: an item handed over from now on sets them again.
             self._wake.clear()
             self._hurry.clear()
@@ -282,24 +283,6 @@ class HistoryWriter:
                     self._lose(f"{type(exc).__name__}: {exc}")
             if any(len(item) == 2 and item[0] == "close" for item in batch):
                 return
-
-    def _gather(self, *, starting: bool) -> None:
-        """Wait until the scheduler pauses (no item for :data:`_QUIET_S`), :data:`_LATEST_S` passed, or a flush hurries.
-
-        Packing a batch holds the interpreter lock for a while: done in a pause, it
-        does not stall the scheduler in the middle of a burst of tasks. Before the
-        writer has started (``starting``), only a pause after a run's end counts:
-        a process starting takes a share of the cores, which the first run's tasks
-        need more.
-        """
-        began = time.monotonic()
-        seen = -1
-        while not self._hurry.is_set() and time.monotonic() - began < _LATEST_S:
-            count = len(self._items)
-            if count == seen and (self._a_run_ended or not starting):
-                return
-            seen = count
-            self._hurry.wait(_QUIET_S)
 
     def _flushed(self, token: int) -> None:
         with self._lock:
