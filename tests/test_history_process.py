@@ -138,7 +138,7 @@ def test_the_writer_reads_builtin_values_and_its_stand_ins_only(tmp_path):
 
 # -- the writer process's life ---------------------------------------------------------------------------
 
-def test_the_writer_starts_with_the_first_run_and_leaves_nothing_behind(tmp_path):
+def test_the_writer_process_starts_lazily_and_leaves_nothing_behind(tmp_path):
     from tasks_misc import inc
 
     path = tmp_path / "h.sqlite3"

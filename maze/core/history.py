@@ -8,9 +8,10 @@ or close asks, and otherwise once a second (so it never interrupts a burst of
 short tasks); and the writer process encodes it and commits it in one
 transaction
 (:mod:`maze.core.history_process`). The writer starts neither with the client
-nor at the first run's start, but with the first batch (once that run has
-ended, or at the first flush, or a second into a long run), so it takes no
-cores from the first tasks; the scheduler never waits for it. It runs in a session of its own (a
+nor at the first run's start, but at the first flush, or a second after the
+first message, so it takes no cores from the first tasks; the scheduler never
+waits for it. A writer closed before then (a short script) writes its one
+batch in a thread instead. It runs in a session of its own (a
 Ctrl-C in the terminal stops the run, not its recording), at nice 10. The
 database is in WAL mode with a busy timeout, so several processes (two
 notebooks, a script and a notebook) can write to it at once. Recording never
@@ -178,6 +179,7 @@ class HistoryWriter:
         self._items: deque[Item] = deque()
         self._wake = threading.Event()  # something was handed over
         self._hurry = threading.Event()  # a run ended, or a flush or close waits: send now
+        self._asked = threading.Event()  # a flush or close waits
         self._lock = threading.Lock()  # the start, the flush tokens, the loss
         self._sender: threading.Thread | None = None
         self._link: Link | None = None
@@ -251,6 +253,7 @@ class HistoryWriter:
                     self._sender.start()
         self._items.append(item)
         if hurry:
+            self._asked.set()
             self._hurry.set()
         self._wake.set()
 
@@ -261,10 +264,13 @@ class HistoryWriter:
             self._wake.wait()
             # Not woken again before a run ends, a flush or close asks, or a second passed: packing a
             # batch holds the interpreter lock, and even a look at the list takes it from the scheduler.
-            self._hurry.wait(_LATEST_S)
+            # The first batch waits for a flush or close, or the second: a script that closes right
+            # after its run has its history written in a thread, not by a process started for it.
+            (self._hurry if link.started else self._asked).wait(_LATEST_S)
             # Cleared before taking the items: an item handed over from now on sets them again.
             self._wake.clear()
             self._hurry.clear()
+            self._asked.clear()
             items = self._items
             batch = [items.popleft() for _ in range(len(items))]
             if batch and not link.started and not self._lost:

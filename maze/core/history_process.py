@@ -3,9 +3,9 @@
 :class:`~maze.core.history.HistoryWriter` hands batches of messages to a
 process of its own, so that encoding them and committing them to SQLite never
 competes with the scheduler for the driver's interpreter lock. The process
-starts once the first run has ended (or at a flush, or a second into a long
-first run), so that its start does not take cores from the first run's
-tasks; a writer closed before then writes its one batch in a thread instead.
+starts at the first flush, or a second after the first message, so that its
+start does not take cores from the first run's tasks; a writer closed before
+then writes its one batch in a thread instead.
 Each side has one job here:
 
 - The driver packs a batch (:func:`pack`): one pickle of the raw items, where
