@@ -42,7 +42,6 @@ import logging
 import os
 import pickle
 import select
-import signal
 import struct
 import sys
 import threading
@@ -256,6 +255,8 @@ class Link:
 
 def main(argv: list[str]) -> None:
     """The writer process: ``path log_head log_tail parent_pid``; frames on stdin, replies on stdout."""
+    import signal  # noqa: PLC0415 - the writer's alone: the driver need not import it
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when recording ends
     replies = os.dup(1)
     os.dup2(2, 1)  # anything printed goes to stderr, never into the replies
