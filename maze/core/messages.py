@@ -197,7 +197,7 @@ class MessageLog:
 
     Iterating yields each message as it is recorded and stops after
     ``finish_workflow``; a second iteration starts again from the first
-    message. What it yields are copies (:func:`copy_message`): changing one
+    message. What it yields are copies (``copy_message``): changing one
     never changes the run's record, its history or what another reader sees. Ctrl-C while an iteration waits cancels the run. ``len()``, indexing and ``==`` wait for the run to end, because
     their answer would change otherwise.
     """

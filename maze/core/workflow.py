@@ -125,13 +125,13 @@ class MaTask:
 
     @property
     def inputs(self) -> Mapping[str, Any]:
-        """The task's inputs: constants as given, wired inputs as :class:`TaskOutput` references (read-only)."""
+        """The task's inputs, read-only (constants as given, wired inputs as :class:`TaskOutput` references)."""
         p = self._planned
         return MappingProxyType({**p.constants, **{k: TaskOutput(self.workflow_id, r.task_id, r.key) for k, r in p.refs.items()}})
 
     @property
     def resources(self) -> dict[str, float]:
-        """What the task asks for: ``{"cpu", "cpu_mem", "gpu", "gpu_mem"}``."""
+        """The resources the task asks for, as ``{"cpu", "cpu_mem", "gpu", "gpu_mem"}``."""
         return self._planned.spec.resources.as_dict()
 
     def __repr__(self) -> str:
