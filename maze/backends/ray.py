@@ -85,7 +85,7 @@ import cloudpickle
 from maze.backends._jobs import Job, pid_exists, sweep, wrapped_error
 from maze.core.errors import BackendError
 from maze.core.execute import error_of
-from maze.core.protocol import Reporter, TaskCall, TaskError, TaskLog, TaskOutcome, TaskStarted
+from maze.core.protocol import Reporter, Submitted, TaskCall, TaskError, TaskLog, TaskOutcome, TaskStarted
 from maze.core.resources import Capacity, Resources
 from maze.core.shipping import ShippedCode
 from maze.core.task import TaskBody
@@ -119,6 +119,13 @@ class RayCall(NamedTuple):
     constants: dict[str, Any]         # inputs given as plain values
     input_keys: list[str]             # the names of the inputs that follow this argument, in order
     outputs: tuple[str, ...]          # declared outputs, checked by the worker
+    # after the inputs come this many reports of upstream calls it only waits for (TaskCall.after)
+
+
+class Failed(NamedTuple):
+    """What each output of a call that did not succeed holds: a dependent submitted ahead skips its body on it."""
+
+    task_id: str
 
 
 class StartNote(NamedTuple):
@@ -136,7 +143,7 @@ class StartNote(NamedTuple):
 class Report(NamedTuple):
     """A call's first return value; one object per declared output follows it."""
 
-    start: StartNote
+    start: StartNote | None           # None: skipped, an upstream call failed (the driver skips the task itself)
     ok: bool
     keys: list[str]                   # what the task returned, in order (empty when not ok)
     inline: dict[str, Any]            # the values small enough to ride here (see INLINE_LIMIT)
@@ -163,13 +170,25 @@ class _Hub:
 _functions: OrderedDict[str, TaskBody] = OrderedDict()  # per Ray worker process: unpickled task functions by code key
 
 
-def _run(session: tuple[Any, list[str]], code: bytes, call: RayCall, *inputs: Any) -> Any:
+def _run(session: tuple[Any, list[str]], code: bytes, call: RayCall, *args: Any) -> Any:
     """The body of every maze task on Ray (runs in a Ray worker): a :class:`Report`, then the outputs.
 
     Few arguments on purpose: Ray serializes each one separately on submit.
+    ``args`` are the inputs, then the reports of the upstream calls it only
+    waits for. An upstream call that failed shows as a :class:`Failed` input
+    or a report that is not ok: then the body does not run.
     """
-    hub, sys_path = session  # put in the object store once per client, not pickled per call
     outputs = call.outputs
+    n = len(call.input_keys)
+    inputs = args[:n]
+    failed = next((v.task_id for v in inputs if isinstance(v, Failed)), None)
+    if failed is None and any(not r.ok for r in args[n:]):
+        failed = "an upstream task"
+    if failed is not None:
+        report = Report(None, False, [], {}, TaskError.simple("UpstreamFailed", f"upstream task {failed!r} failed"),
+                        [], time.time())
+        return (report, *[Failed(call.task_id)] * len(outputs)) if outputs else report
+    hub, sys_path = session  # put in the object store once per client, not pickled per call
     from maze.core.execute import captured_output, gather_params, run_body
 
     ctx = ray.get_runtime_context()
@@ -188,7 +207,7 @@ def _run(session: tuple[Any, list[str]], code: bytes, call: RayCall, *inputs: An
     else:
         with captured_output(lambda stream, text: logs.append(TaskLog(call.call_id, stream, text, time.time()))):
             result, error = run_body(func, params, outputs, call.task_id)
-    values = [None] * len(outputs)
+    values: list[Any] = [Failed(call.task_id)] * len(outputs)
     inline: dict[str, Any] = {}
     if result is not None:
         try:
@@ -300,7 +319,11 @@ class RayBackend:
     name = "ray"
 
     def __init__(self, *, address: str | None = None, resources: Mapping[str, Any] | None = None,
-                 **init_options: Any) -> None:
+                 eager: bool = True, **init_options: Any) -> None:
+        # Dependents are submitted with the object references of upstream tasks still
+        # queued or running (see maze.core.protocol.EagerBackend); eager=False: only
+        # once their upstream tasks have finished, as on the other backends.
+        self.resolves_submitted = eager
         self._owns_ray = False
         self._temp_dir: str | None = None
         if ray.is_initialized():
@@ -370,6 +393,10 @@ class RayBackend:
         return Capacity.of_nodes(tuple(nodes), managed=True)
 
     def submit(self, call: TaskCall, report: Reporter) -> Future[TaskOutcome]:
+        return self.submit_ahead(call, report)[0]
+
+    def submit_ahead(self, call: TaskCall, report: Reporter) -> tuple[Future[TaskOutcome], Submitted | None]:
+        """Submit a call; with its future, the references of its outputs and of its report (None: not sent)."""
         if self._closed:
             raise BackendError("the Ray backend is closed; create a new MaClient")
         if call.resources.gpu_mem:
@@ -379,7 +406,7 @@ class RayBackend:
             refs = self._remote_for(call.resources, len(call.outputs)).remote(
                 self._session, self._code_ref(call.code),
                 RayCall(call.code.key, call.call_id, call.task_id, dict(call.constants), keys, call.outputs),
-                *[call.inputs[k] for k in keys],
+                *[call.inputs[k] for k in keys], *call.after,
             )
         except Exception as exc:  # noqa: BLE001 - e.g. an input Ray cannot serialize
             failed: Future[TaskOutcome] = Future()
@@ -387,7 +414,7 @@ class RayBackend:
             failed.set_result(TaskOutcome(error=TaskError.simple(
                 root.error_type, f"task {call.task_id!r} could not be sent to Ray: {root.error}"
             )))
-            return failed
+            return failed, None
         refs = refs if isinstance(refs, list) else [refs]
         job = _Job(call, report, Future(), refs=refs)
         job.future.set_running_or_notify_cancel()
@@ -396,7 +423,7 @@ class RayBackend:
             self._by_ref[refs[0]] = job
         # Ray calls back when the report is ready; no polling over all pending refs.
         refs[0].future().add_done_callback(lambda done, ref=refs[0]: self._ready.put((ref, done)))
-        return job.future
+        return job.future, Submitted(dict(zip(call.outputs, refs[1:])), refs[0])
 
     def stop(self, call_id: str) -> None:
         with self._lock:
@@ -579,6 +606,8 @@ class RayBackend:
             report: Report = done.result()  # Ray fetched the (small) report already
         except Exception as exc:  # noqa: BLE001 - cancelled, worker or node died
             return TaskOutcome(error=job.stop_reason or _ray_error(job.call, exc))
+        if report.start is None:  # an upstream call failed: the scheduler has skipped this task already
+            return TaskOutcome(error=job.stop_reason or report.error)
         # The group comes with the hub's note only: a report means the task is over.
         self._started(job, report.start._replace(group=None))
         for log in report.logs:
