@@ -111,9 +111,17 @@ _WARNED_RUNS = 1024       # runs remembered as warned about gpu_mem (the oldest 
 
 
 class RayCall(NamedTuple):
-    """What a worker needs of a call besides its code and inputs (one argument: Ray serializes each separately)."""
+    """What a worker needs of a call besides its inputs (one argument: Ray serializes each separately).
 
+    The client's session and the call's code travel as keys, with their object
+    references *nested* in a tuple: Ray passes a nested reference without
+    fetching it, and a worker fetches it only the first time it meets the key
+    (a top-level reference would cost a fetch from the object store per call).
+    """
+
+    session: str                      # the client's session key
     code_key: str
+    stash: tuple[Any, Any]            # (reference of the session, reference of the code bytes), fetched on a miss
     call_id: str
     task_id: str
     constants: dict[str, Any]         # inputs given as plain values
@@ -159,18 +167,69 @@ class _Hub:
     def __init__(self) -> None:
         self._notes: list[StartNote] = []
 
-    def started(self, note: StartNote) -> None:
-        self._notes.append(note)
+    def started(self, notes: list[StartNote]) -> None:
+        self._notes.extend(notes)
 
     def drain(self) -> list[StartNote]:
         notes, self._notes = self._notes, []
         return notes
 
 
-_functions: OrderedDict[str, TaskBody] = OrderedDict()  # per Ray worker process: unpickled task functions by code key
+# -- in each Ray worker process ----------------------------------------------------------------
+
+_functions: OrderedDict[str, TaskBody] = OrderedDict()  # unpickled task functions by code key
+_sessions: dict[str, tuple[Any, list[str]]] = {}        # session key -> (hub, the driver's sys.path)
+_where: tuple[str, str, str] | None = None               # (node IP, node id, worker id): fixed for the process
+_NOTE_DELAY_S = 0.02  # a call still running after this long has its start note sent (see _Notes)
 
 
-def _run(session: tuple[Any, list[str]], code: bytes, call: RayCall, *args: Any) -> Any:
+class _Notes:
+    """Sends the start notes of the calls still running, a batch per hub call.
+
+    A note waits ``_NOTE_DELAY_S`` in this worker: a call over by then sends
+    none (its report carries the start), so a short task costs no actor call,
+    and the notes of a longer one go in one call with whatever else started.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[str, tuple[str, StartNote]] = {}   # call id -> (session key, note)
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def started(self, session: str, note: StartNote) -> None:
+        with self._lock:
+            self._pending[note.call_id] = (session, note)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._send, name="maze-notes", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def ended(self, call_id: str) -> None:
+        with self._lock:
+            self._pending.pop(call_id, None)
+
+    def _send(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(_NOTE_DELAY_S)
+            with self._lock:
+                self._wake.clear()
+                pending, self._pending = self._pending, {}
+            by_session: dict[str, list[StartNote]] = {}
+            for session, note in pending.values():
+                by_session.setdefault(session, []).append(note)
+            for session, notes in by_session.items():
+                try:
+                    _sessions[session][0].started.remote(notes)
+                except Exception:  # noqa: BLE001 - the driver left; its reports carry the starts anyway
+                    pass
+
+
+_notes = _Notes()
+
+
+def _run(call: RayCall, *args: Any) -> Any:
     """The body of every maze task on Ray (runs in a Ray worker): a :class:`Report`, then the outputs.
 
     Few arguments on purpose: Ray serializes each one separately on submit.
@@ -188,25 +247,30 @@ def _run(session: tuple[Any, list[str]], code: bytes, call: RayCall, *args: Any)
         report = Report(None, False, [], {}, TaskError.simple("UpstreamFailed", f"upstream task {failed!r} failed"),
                         [], time.time())
         return (report, *[Failed(call.task_id)] * len(outputs)) if outputs else report
-    hub, sys_path = session  # put in the object store once per client, not pickled per call
     from maze.core.execute import captured_output, gather_params, run_body
 
-    ctx = ray.get_runtime_context()
+    global _where
+    if _where is None:
+        ctx = ray.get_runtime_context()
+        _where = (ray.util.get_node_ip_address(), ctx.get_node_id(), ctx.get_worker_id())
     group = _lead_process_group()
-    start = StartNote(call.call_id, ray.util.get_node_ip_address(), ctx.get_node_id(), ctx.get_worker_id(),
-                      tuple(int(g) for g in ray.get_gpu_ids()), time.time(), group)
-    hub.started.remote(start)
+    start = StartNote(call.call_id, *_where, tuple(int(g) for g in ray.get_gpu_ids()), time.time(), group)
     logs: list[TaskLog] = []
     result: dict[str, Any] | None = None
     error = None
     try:
-        func = _load(call.code_key, code, sys_path)
+        session = _sessions.get(call.session)
+        if session is None:
+            session = _sessions[call.session] = ray.get(call.stash[0])
+        _notes.started(call.session, start)
+        func = _load(call.code_key, call.stash[1], session[1])
         params = gather_params(call.constants, dict(zip(call.input_keys, inputs)))
     except BaseException as exc:  # noqa: BLE001
         error = error_of(exc)
     else:
         with captured_output(lambda stream, text: logs.append(TaskLog(call.call_id, stream, text, time.time()))):
             result, error = run_body(func, params, outputs, call.task_id)
+    _notes.ended(call.call_id)
     values: list[Any] = [Failed(call.task_id)] * len(outputs)
     inline: dict[str, Any] = {}
     if result is not None:
@@ -224,12 +288,12 @@ def _run(session: tuple[Any, list[str]], code: bytes, call: RayCall, *args: Any)
     return (report, *values) if outputs else report
 
 
-def _load(key: str, code: bytes, sys_path: list[str]) -> TaskBody:
-    """The task function for a code key: unpickled once per worker, the last few kept."""
+def _load(key: str, code: Any, sys_path: list[str]) -> TaskBody:
+    """The task function for a code key (``code``: the reference of its bytes): unpickled once per worker, the last few kept."""
     func = _functions.get(key)
     if func is None:
         sys.path.extend(p for p in sys_path if p not in sys.path)  # where the driver found its modules
-        func = _functions[key] = cloudpickle.loads(code)
+        func = _functions[key] = cloudpickle.loads(ray.get(code))
         if len(_functions) > CODE_CACHE:
             _functions.popitem(last=False)
     else:
@@ -335,6 +399,7 @@ class RayBackend:
         self._remote = ray.remote(max_retries=0)(_run)
         self._killer = ray.remote(num_cpus=0, max_retries=0)(_kill_group)
         self._hub = _Hub.remote()  # type: ignore[attr-defined]
+        self._session_key = os.urandom(8).hex()
         self._session = ray.put((self._hub, list(sys.path)))
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
@@ -404,8 +469,8 @@ class RayBackend:
         keys = list(call.inputs)
         try:
             refs = self._remote_for(call.resources, len(call.outputs)).remote(
-                self._session, self._code_ref(call.code),
-                RayCall(call.code.key, call.call_id, call.task_id, dict(call.constants), keys, call.outputs),
+                RayCall(self._session_key, call.code.key, (self._session, self._code_ref(call.code)), call.call_id,
+                        call.task_id, dict(call.constants), keys, call.outputs),
                 *[call.inputs[k] for k in keys], *call.after,
             )
         except Exception as exc:  # noqa: BLE001 - e.g. an input Ray cannot serialize

@@ -153,8 +153,9 @@ class Engine:
         self._closed = False
         # Submit dependents ahead only where the backend says it can, and queues by resources itself:
         # a task waiting for its upstream tasks must not hold resources of this engine's pool.
-        self._eager = (isinstance(backend, EagerBackend) and bool(backend.resolves_submitted)
-                       and capacity.managed)
+        self._ahead: EagerBackend | None = (
+            backend if isinstance(backend, EagerBackend) and backend.resolves_submitted and capacity.managed else None
+        )
 
     # -- public -----------------------------------------------------------------
 
@@ -198,7 +199,7 @@ class Engine:
         snapshot = Snapshot.take(plan)
         run = RunState(run_id, plan, self._lock, fail_fast=fail_fast, recorder=self.history,
                        on_interrupt=lambda: self.cancel(run, "interrupted while waiting"))
-        work = _Work.of(run, snapshot, eager=self._eager)
+        work = _Work.of(run, snapshot, eager=self._ahead is not None)
         with self._lock:
             self._live[run_id] = work
             self._runs[run_id] = run
@@ -408,9 +409,8 @@ class Engine:
             if isinstance(code, TaskError):  # nothing a worker could run: fail like an attempt would
                 future: Future[TaskOutcome] = Future()
                 future.set_result(TaskOutcome(error=code))
-            elif work.eager:
-                assert isinstance(self.backend, EagerBackend)
-                future, submitted = self.backend.submit_ahead(call, partial(self._on_event, work, tid, call.call_id))
+            elif work.eager and self._ahead is not None:
+                future, submitted = self._ahead.submit_ahead(call, partial(self._on_event, work, tid, call.call_id))
             else:
                 future = self.backend.submit(call, partial(self._on_event, work, tid, call.call_id))
             if submitted is not None and not run.plan.tasks[tid].spec.options.retries:
