@@ -100,7 +100,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 GPU_MEM_RESOURCE = "maze_gpu_mem_mb"
 INLINE_LIMIT = 64 * 1024  # outputs smaller than this ride along in the report
-CODE_CACHE = 64           # task functions kept, by code key, on the driver (as refs) and in each worker
+CODE_CACHE = 64           # task functions kept, by code key, in each worker (and as "sent" on the driver)
+HUB_CODE = 1024           # code keys the hub keeps (more than the driver remembers sending: see _ship)
 _POLL_S = 0.05
 _NOTES_S = 0.1
 _KILL_WAIT_S = 10.0       # how long a group kill waits for the stopped worker to be gone
@@ -113,15 +114,15 @@ _WARNED_RUNS = 1024       # runs remembered as warned about gpu_mem (the oldest 
 class RayCall(NamedTuple):
     """What a worker needs of a call besides its inputs (one argument: Ray serializes each separately).
 
-    The client's session and the call's code travel as keys, with their object
-    references *nested* in a tuple: Ray passes a nested reference without
-    fetching it, and a worker fetches it only the first time it meets the key
-    (a top-level reference would cost a fetch from the object store per call).
+    Sent as a plain tuple (pickling this class by reference costs more per
+    call); an object reference in it would cost an ownership record per call,
+    and a top-level one a fetch from the object store per call. The
+    client's session and the call's code travel as keys: a worker asks the
+    client's hub (a named actor) for them the first time it meets a key.
     """
 
-    session: str                      # the client's session key
+    session: str                      # the client's session key (its hub is named after it)
     code_key: str
-    stash: tuple[Any, Any]            # (reference of the session, reference of the code bytes), fetched on a miss
     call_id: str
     task_id: str
     constants: dict[str, Any]         # inputs given as plain values
@@ -162,10 +163,12 @@ class Report(NamedTuple):
 
 @ray.remote(num_cpus=0)
 class _Hub:
-    """Collects start notes from workers; the driver drains it."""
+    """One per client: collects start notes from workers (the driver drains it), and hands workers the session and code."""
 
-    def __init__(self) -> None:
+    def __init__(self, sys_path: list[str]) -> None:
         self._notes: list[StartNote] = []
+        self._sys_path = sys_path
+        self._code: OrderedDict[str, bytes] = OrderedDict()
 
     def started(self, notes: list[StartNote]) -> None:
         self._notes.extend(notes)
@@ -173,6 +176,22 @@ class _Hub:
     def drain(self) -> list[StartNote]:
         notes, self._notes = self._notes, []
         return notes
+
+    def sys_path(self) -> list[str]:
+        return self._sys_path
+
+    def add_code(self, key: str, data: bytes) -> None:
+        self._code[key] = data
+        self._code.move_to_end(key)
+        if len(self._code) > HUB_CODE:
+            self._code.popitem(last=False)
+
+    def code(self, key: str) -> bytes | None:
+        return self._code.get(key)
+
+
+def _hub_name(session: str) -> str:
+    return f"maze-hub-{session}"
 
 
 # -- in each Ray worker process ----------------------------------------------------------------
@@ -229,7 +248,7 @@ class _Notes:
 _notes = _Notes()
 
 
-def _run(call: RayCall, *args: Any) -> Any:
+def _run(packed: tuple[Any, ...], *args: Any) -> Any:
     """The body of every maze task on Ray (runs in a Ray worker): a :class:`Report`, then the outputs.
 
     Few arguments on purpose: Ray serializes each one separately on submit.
@@ -237,6 +256,7 @@ def _run(call: RayCall, *args: Any) -> Any:
     waits for. An upstream call that failed shows as a :class:`Failed` input
     or a report that is not ok: then the body does not run.
     """
+    call = RayCall._make(packed)
     outputs = call.outputs
     n = len(call.input_keys)
     inputs = args[:n]
@@ -261,9 +281,10 @@ def _run(call: RayCall, *args: Any) -> Any:
     try:
         session = _sessions.get(call.session)
         if session is None:
-            session = _sessions[call.session] = ray.get(call.stash[0])
+            hub = ray.get_actor(_hub_name(call.session))
+            session = _sessions[call.session] = (hub, ray.get(hub.sys_path.remote()))
         _notes.started(call.session, start)
-        func = _load(call.code_key, call.stash[1], session[1])
+        func = _load(call.code_key, *session)
         params = gather_params(call.constants, dict(zip(call.input_keys, inputs)))
     except BaseException as exc:  # noqa: BLE001
         error = error_of(exc)
@@ -288,12 +309,16 @@ def _run(call: RayCall, *args: Any) -> Any:
     return (report, *values) if outputs else report
 
 
-def _load(key: str, code: Any, sys_path: list[str]) -> TaskBody:
-    """The task function for a code key (``code``: the reference of its bytes): unpickled once per worker, the last few kept."""
+def _load(key: str, hub: Any, sys_path: list[str]) -> TaskBody:
+    """The task function for a code key: fetched from the hub and unpickled once per worker, the last few kept."""
     func = _functions.get(key)
     if func is None:
         sys.path.extend(p for p in sys_path if p not in sys.path)  # where the driver found its modules
-        func = _functions[key] = cloudpickle.loads(ray.get(code))
+        data = ray.get(hub.code.remote(key))
+        if data is None:
+            raise BackendError(f"the code of this task (key {key}) is no longer held by the client's hub; "
+                               f"more than {HUB_CODE} task functions were sent since it was submitted")
+        func = _functions[key] = cloudpickle.loads(data)
         if len(_functions) > CODE_CACHE:
             _functions.popitem(last=False)
     else:
@@ -398,13 +423,12 @@ class RayBackend:
             ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, **init_options)
         self._remote = ray.remote(max_retries=0)(_run)
         self._killer = ray.remote(num_cpus=0, max_retries=0)(_kill_group)
-        self._hub = _Hub.remote()  # type: ignore[attr-defined]
         self._session_key = os.urandom(8).hex()
-        self._session = ray.put((self._hub, list(sys.path)))
+        self._hub = _Hub.options(name=_hub_name(self._session_key)).remote(list(sys.path))  # type: ignore[attr-defined]
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._by_ref: dict[Any, _Job] = {}
-        self._code: OrderedDict[str, Any] = OrderedDict()  # code key -> ObjectRef of its bytes
+        self._code: OrderedDict[str, None] = OrderedDict()  # code keys the hub holds (the last few sent)
         self._kills: set[Any] = set()                      # group kills still running
         self._notes_lock = threading.Lock()                # one drain of the hub at a time, delivered whole
         self._gpu_mem_per_node = self._read_gpu_memory()
@@ -469,8 +493,8 @@ class RayBackend:
         keys = list(call.inputs)
         try:
             refs = self._remote_for(call.resources, len(call.outputs)).remote(
-                RayCall(self._session_key, call.code.key, (self._session, self._code_ref(call.code)), call.call_id,
-                        call.task_id, dict(call.constants), keys, call.outputs),
+                (self._session_key, self._ship(call.code), call.call_id, call.task_id, dict(call.constants), keys,
+                 call.outputs),
                 *[call.inputs[k] for k in keys], *call.after,
             )
         except Exception as exc:  # noqa: BLE001 - e.g. an input Ray cannot serialize
@@ -523,17 +547,24 @@ class RayBackend:
 
     # -- helpers --------------------------------------------------------------------
 
-    def _code_ref(self, code: ShippedCode) -> Any:
-        """The object-store copy of a call's code: put once per code key, the last few kept."""
+    def _ship(self, code: ShippedCode) -> str:
+        """Make sure the hub holds a call's code; its key.
+
+        Sent once per key (a round trip, so that it is there before any worker
+        asks), again only after this side forgot it: the hub keeps many more
+        keys than this side remembers, so a key remembered here is held there.
+        """
         with self._lock:
-            ref = self._code.get(code.key)
-            if ref is None:
-                ref = self._code[code.key] = ray.put(code.data)
-                if len(self._code) > CODE_CACHE:
-                    self._code.popitem(last=False)  # calls in flight hold their own reference
-            else:
+            sent = code.key in self._code
+            if sent:
                 self._code.move_to_end(code.key)
-            return ref
+        if not sent:
+            ray.get(self._hub.add_code.remote(code.key, code.data))
+            with self._lock:
+                self._code[code.key] = None
+                if len(self._code) > CODE_CACHE:
+                    self._code.popitem(last=False)
+        return code.key
 
     def _remote_for(self, need: Resources, n_outputs: int) -> Any:
         """The remote function with the Ray options for this resource shape (cached: options() is slow)."""
