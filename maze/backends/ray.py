@@ -85,7 +85,7 @@ import cloudpickle
 from maze.backends._jobs import Job, pid_exists, sweep, wrapped_error
 from maze.core.errors import BackendError
 from maze.core.execute import error_of
-from maze.core.protocol import Reporter, Submitted, TaskCall, TaskError, TaskLog, TaskOutcome, TaskStarted
+from maze.core.protocol import Failure, Reporter, Submitted, TaskCall, TaskError, TaskLog, TaskOutcome, TaskStarted
 from maze.core.resources import Capacity, Resources
 from maze.core.shipping import ShippedCode
 from maze.core.task import TaskBody
@@ -114,8 +114,9 @@ _WARNED_RUNS = 1024       # runs remembered as warned about gpu_mem (the oldest 
 class RayCall(NamedTuple):
     """What a worker needs of a call besides its inputs (one argument: Ray serializes each separately).
 
-    Sent as a plain tuple (pickling this class by reference costs more per
-    call); an object reference in it would cost an ownership record per call,
+    Sent as a plain list, which Ray packs with msgpack (this class would be
+    pickled, by reference, per call); an object reference in it would cost an
+    ownership record per call,
     and a top-level one a fetch from the object store per call. The
     client's session and the call's code travel as keys: a worker asks the
     client's hub (a named actor) for them the first time it meets a key.
@@ -159,6 +160,27 @@ class Report(NamedTuple):
     error: TaskError | None
     logs: list[TaskLog]               # what the task printed, in order
     finished: float                   # time.time() at the end
+
+    # On the wire a report is nested lists of plain values, which Ray packs with
+    # msgpack; these classes would be pickled (by reference) per call.
+
+    def wire(self) -> list[Any]:
+        s, e = self.start, self.error
+        return [None if s is None else [s.call_id, s.host, s.node, s.worker, list(s.gpu_ids), s.at, s.group],
+                self.ok, self.keys, self.inline,
+                None if e is None else [e.error_type, e.error, e.traceback, e.kind.value],
+                [[log.call_id, log.stream, log.text, log.at] for log in self.logs], self.finished]
+
+    @classmethod
+    def of_wire(cls, wire: list[Any]) -> Report:
+        start, ok, keys, inline, error, logs, finished = wire
+        return cls(
+            None if start is None else StartNote(start[0], start[1], start[2], start[3], tuple(start[4]), start[5],
+                                                 start[6]),
+            ok, keys, inline,
+            None if error is None else TaskError(error[0], error[1], error[2], Failure(error[3])),
+            [TaskLog(*log) for log in logs], finished,
+        )
 
 
 @ray.remote(num_cpus=0)
@@ -248,7 +270,7 @@ class _Notes:
 _notes = _Notes()
 
 
-def _run(packed: tuple[Any, ...], *args: Any) -> Any:
+def _run(packed: list[Any], *args: Any) -> Any:
     """The body of every maze task on Ray (runs in a Ray worker): a :class:`Report`, then the outputs.
 
     Few arguments on purpose: Ray serializes each one separately on submit.
@@ -257,16 +279,16 @@ def _run(packed: tuple[Any, ...], *args: Any) -> Any:
     or a report that is not ok: then the body does not run.
     """
     call = RayCall._make(packed)
-    outputs = call.outputs
+    outputs = tuple(call.outputs)
     n = len(call.input_keys)
     inputs = args[:n]
     failed = next((v.task_id for v in inputs if isinstance(v, Failed)), None)
-    if failed is None and any(not r.ok for r in args[n:]):
+    if failed is None and any(not r[1] for r in args[n:]):  # reports, on the wire: [start, ok, ...]
         failed = "an upstream task"
     if failed is not None:
-        report = Report(None, False, [], {}, TaskError.simple("UpstreamFailed", f"upstream task {failed!r} failed"),
-                        [], time.time())
-        return (report, *[Failed(call.task_id)] * len(outputs)) if outputs else report
+        skipped = Report(None, False, [], {}, TaskError.simple("UpstreamFailed", f"upstream task {failed!r} failed"),
+                         [], time.time()).wire()
+        return (skipped, *[Failed(call.task_id)] * len(outputs)) if outputs else skipped
     from maze.core.execute import captured_output, gather_params, run_body
 
     global _where
@@ -297,15 +319,14 @@ def _run(packed: tuple[Any, ...], *args: Any) -> Any:
     if result is not None:
         try:
             # Ray would fail to store an unpicklable output only after this report
-            # said "ok"; find out here (large buffers go out of band: no copy).
-            for v in result.values():
-                cloudpickle.dumps(v, protocol=5, buffer_callback=lambda _: None)
+            # said "ok"; find out here, and measure each value on the way.
+            small = {k: _small(v) for k, v in result.items()}
         except Exception as exc:  # noqa: BLE001
             result, error = None, wrapped_error(exc, f"the result of task {call.task_id!r} could not be pickled")
     if result is not None:
         values = [result[k] for k in outputs]
-        inline = {k: v for k, v in result.items() if k not in outputs or _small(v)}
-    report = Report(start, result is not None, list(result or ()), inline, error, logs, time.time())
+        inline = {k: v for k, v in result.items() if k not in outputs or small[k]}
+    report = Report(start, result is not None, list(result or ()), inline, error, logs, time.time()).wire()
     return (report, *values) if outputs else report
 
 
@@ -375,16 +396,23 @@ def _running(pid: int) -> bool:
     return state != b"Z"
 
 
+_PLAIN = (int, float, bool, type(None))  # always picklable, always small
+
+
 def _small(value: Any) -> bool:
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return len(value) < INLINE_LIMIT
-    nbytes = getattr(value, "nbytes", None)
-    if isinstance(nbytes, int):
-        return nbytes < INLINE_LIMIT
-    try:
-        return len(cloudpickle.dumps(value)) < INLINE_LIMIT
-    except Exception:  # noqa: BLE001 - Ray will say why when it stores it
-        return False
+    """Whether an output is small enough to ride in the report; raises if it cannot be pickled."""
+    if isinstance(value, _PLAIN):
+        return True
+    if isinstance(value, (bytes, str)) and len(value) < INLINE_LIMIT // 4:
+        return True
+    size = 0
+
+    def out_of_band(buffer: Any) -> None:  # large buffers are not copied, only counted
+        nonlocal size
+        size += memoryview(buffer.raw()).nbytes
+
+    size += len(cloudpickle.dumps(value, protocol=5, buffer_callback=out_of_band))
+    return size < INLINE_LIMIT
 
 
 @dataclass(eq=False, kw_only=True)
@@ -424,7 +452,10 @@ class RayBackend:
         self._remote = ray.remote(max_retries=0)(_run)
         self._killer = ray.remote(num_cpus=0, max_retries=0)(_kill_group)
         self._session_key = os.urandom(8).hex()
-        self._hub = _Hub.options(name=_hub_name(self._session_key)).remote(list(sys.path))  # type: ignore[attr-defined]
+        # On the driver's node: workers fetch code from it, so it must not live on a node that may leave.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        self._hub = _Hub.options(  # type: ignore[attr-defined]
+            name=_hub_name(self._session_key), scheduling_strategy=here).remote(list(sys.path))
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._by_ref: dict[Any, _Job] = {}
@@ -493,8 +524,8 @@ class RayBackend:
         keys = list(call.inputs)
         try:
             refs = self._remote_for(call.resources, len(call.outputs)).remote(
-                (self._session_key, self._ship(call.code), call.call_id, call.task_id, dict(call.constants), keys,
-                 call.outputs),
+                [self._session_key, self._ship(call.code), call.call_id, call.task_id, dict(call.constants), keys,
+                 list(call.outputs)],
                 *[call.inputs[k] for k in keys], *call.after,
             )
         except Exception as exc:  # noqa: BLE001 - e.g. an input Ray cannot serialize
@@ -699,7 +730,7 @@ class RayBackend:
 
     def _outcome(self, job: _Job, done: Future[Any]) -> TaskOutcome:
         try:
-            report: Report = done.result()  # Ray fetched the (small) report already
+            report = Report.of_wire(done.result())  # Ray fetched the (small) report already
         except Exception as exc:  # noqa: BLE001 - cancelled, worker or node died
             return TaskOutcome(error=job.stop_reason or _ray_error(job.call, exc))
         if report.start is None:  # an upstream call failed: the scheduler has skipped this task already
