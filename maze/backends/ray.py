@@ -9,11 +9,19 @@ client, reused by every run.
 How a call runs:
 
 * the code is the call's :class:`~maze.core.shipping.ShippedCode`, pickled at
-  ``run()`` time and keyed by a hash of its bytes. The driver ``ray.put``\\ s
-  the bytes once per key (a small LRU of references) and each call passes that
-  reference; a Ray worker unpickles a key once and keeps the last few
-  functions by key. A changed global, closure cell or default argument is new
-  bytes, hence a new key: the next run, and every worker, uses the new code;
+  ``run()`` time and keyed by a hash of its bytes. The driver hands the bytes
+  to the client's hub (a named actor on the driver's node) once per key, and a
+  call carries only the key: a Ray worker asks the hub for a key it has not
+  met, unpickles it once and keeps the last few functions by key. A changed
+  global, closure cell or default argument is new bytes, hence a new key: the
+  next run, and every worker, uses the new code. A call travels as plain lists
+  (msgpack, no pickling, no object references besides its inputs);
+* submitting ahead (:class:`~maze.core.protocol.EagerBackend`, on unless
+  ``eager=False``): a call may take the object references of calls still
+  queued or running, in its inputs or, for upstream calls it only waits for,
+  as their reports (``TaskCall.after``). Ray starts it once they exist; if one
+  failed (a :class:`Failed` marker in place of an output, a report that is not
+  ok, or Ray's own error for a stopped or lost call) the body does not run;
 * each call is one Ray task, given its code, a :class:`RayCall` (the rest of
   what the worker needs) and the inputs, with ``num_returns = 1 +
   len(outputs)``: a small :class:`Report` (status, error, timing, the
@@ -39,9 +47,11 @@ How a call runs:
   ``ray start --resources='{"maze_gpu_mem_mb": <MB per GPU>}'``. Nothing holds
   a task to its ``gpu_mem`` once it runs, so a run whose tasks declare it gets
   one :class:`UserWarning` saying so (:func:`gpu_mem_warning`);
-* a hub actor receives a :class:`StartNote` from each worker as it starts, so
-  ``start_task`` arrives while the task runs; the report repeats it, and the
-  backend always reports start before resolving the future;
+* the hub receives a :class:`StartNote` for each call still running 20 ms
+  after it started, batched per worker (:class:`_Notes`), so ``start_task``
+  arrives while a longer task runs and a short one costs no actor call; the
+  report repeats the start, and the backend always reports start before
+  resolving the future;
 * ``stop`` (cancel, fail-fast, timeout) ends the task and what it started.
   The worker makes itself the leader of a process group before running the
   task, and its start note names its node and that group. ``ray.cancel(force=
@@ -54,7 +64,9 @@ How a call runs:
   Ray does the same itself (``RAY_process_group_cleanup_enabled``, on by
   default in 2.60); older Ray, and clusters that turn it off, end only the
   worker's direct children. A child that starts a session of its own
-  (``start_new_session=True``, daemons) escapes. The attempt is reported as
+  (``start_new_session=True``, daemons) escapes. A call stopped before its
+  start note went out (its first 20 ms) names no group: there, only Ray's
+  own cleanup applies. The attempt is reported as
   cancelled or timed out, not as a dead worker. A timeout runs from the start
   note (or the report, if it comes first) and this backend's thread enforces
   it (see :mod:`maze.backends._jobs`). Ray's own retries are off (maze
