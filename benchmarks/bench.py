@@ -8,12 +8,19 @@ W3  8 CPU-bound tasks of ~0.25 s    speedup over running them one after another
 W4  a 50 MB numpy array -> 4 tasks  wall time (ms) to produce it and consume it 4 times
 W5  a fresh process to the first task's result (s), interpreter start included
 
-Usage: python benchmarks/bench.py [--only maze,ppe,joblib,dask,distributed,ray,maze-ray] [--repeat 3]
+Load checks: ``--load`` (maze's local backend: a 10,000-task DAG, 20 runs at
+once, 1,000 runs in a row); ``--load-ray`` (maze on Ray against raw Ray, the
+same DAGs in the same process: 10,000 tasks as 100 chains of 100, and 200
+wide x 50 deep, each task reading two of the layer above).
+
+Usage: python benchmarks/bench.py [--only maze,ppe,joblib,dask,distributed,ray,maze-ray,maze-ray-waiting]
+       [--workloads W1,W2,W3,W4,W5] [--repeat 3] [--load] [--load-ray]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -63,11 +70,12 @@ class Framework:
 class Maze(Framework):
     name = "maze (local)"
     backend = "joblib"
+    options: dict[str, object] = {}
 
     def setup(self) -> None:
         from maze import MaClient
 
-        self.client = MaClient(backend=self.backend)
+        self.client = MaClient(backend=self.backend, **self.options)
         self._fanout = self.client.create_workflow("w1")
         src = self._fanout.add_task(w.noop, inputs={"x": 0})
         mids = [self._fanout.add_task(w.noop, inputs={"x": src.outputs["x"]}) for _ in range(N_FANOUT)]
@@ -153,6 +161,14 @@ class MazeRay(Maze):
     name = "maze (ray)"
     backend = "ray"
     w5_code = Maze.w5_code.replace("MaClient()", 'MaClient(backend="ray")')
+
+
+class MazeRayWaiting(MazeRay):
+    """maze on Ray submitting each task only once its upstream tasks have finished (``eager=False``)."""
+
+    name = "maze (ray, eager=False)"
+    options = {"eager": False}
+    w5_code = Maze.w5_code.replace("MaClient()", 'MaClient(backend="ray", eager=False)')
 
 
 class PPE(Framework):
@@ -350,11 +366,12 @@ class Ray(Framework):
 
 
 FRAMEWORKS = {"maze": Maze, "maze-widget": MazeWidget, "ppe": PPE, "joblib": Joblib, "dask": DaskThreaded,
-              "distributed": DaskDistributed, "ray": Ray, "maze-ray": MazeRay}
+              "distributed": DaskDistributed, "ray": Ray, "maze-ray": MazeRay, "maze-ray-waiting": MazeRayWaiting}
 
 
 def available(key: str) -> bool:
-    module = {"distributed": "distributed", "ray": "ray", "maze-ray": "ray", "dask": "dask"}.get(key)
+    module = {"distributed": "distributed", "ray": "ray", "maze-ray": "ray", "maze-ray-waiting": "ray",
+              "dask": "dask"}.get(key)
     if module is None:
         return True
     try:
@@ -375,19 +392,22 @@ def sequential_time(turns: int, repeat: int = 2) -> float:
     return min(times)
 
 
-def measure(fw: Framework, turns: int, repeat: int) -> dict[str, float]:
+def measure(fw: Framework, turns: int, repeat: int, which: set[str] | None = None) -> dict[str, float]:
+    """Each workload in ``which`` (all by default); the others read as NaN."""
+    steps: dict[str, Callable[[], float]] = {
+        "W1": lambda: best(fw.w1, repeat, fw.settle) / (N_FANOUT + 2) * 1e6,
+        "W2": lambda: best(fw.w2, repeat, fw.settle) / N_CHAIN * 1e6,
+        # the sequential baseline is taken right before, on the same (possibly busy) machine
+        "W3": lambda: sequential_time(turns) / best(lambda: fw.w3(turns), 2, fw.settle),
+        "W4": lambda: best(fw.w4, repeat, fw.settle) * 1e3,
+    }
     fw.setup()
     try:
-        return {
-            "W1": best(fw.w1, repeat, fw.settle) / (N_FANOUT + 2) * 1e6,
-            "W2": best(fw.w2, repeat, fw.settle) / N_CHAIN * 1e6,
-            # the sequential baseline is taken right before, on the same (possibly busy) machine
-            "W3": sequential_time(turns) / best(lambda: fw.w3(turns), 2, fw.settle),
-            "W4": best(fw.w4, repeat, fw.settle) * 1e3,
-            "W5": min(fresh_process(fw.w5_code) for _ in range(2)),
-        }
+        out = {k: step() if which is None or k in which else math.nan for k, step in steps.items()}
     finally:
         fw.close()
+    out["W5"] = min(fresh_process(fw.w5_code) for _ in range(2)) if which is None or "W5" in which else math.nan
+    return out
 
 
 def scale_checks(sizes: tuple[int, ...] = (10_000, 100_000)) -> None:
@@ -472,12 +492,81 @@ def load_checks() -> None:
             wf.clear_cache()
 
 
+def chains_dag(add: Callable[..., object], ref: Callable[[object], object]) -> list[object]:
+    """10,000 no-op tasks as 100 chains of 100; the last task of each chain."""
+    ends = []
+    for _ in range(100):
+        prev = add(w.noop, 0)
+        for _ in range(99):
+            prev = add(w.noop, ref(prev))
+        ends.append(prev)
+    return ends
+
+
+def layers_dag(add: Callable[..., object], ref: Callable[[object], object]) -> list[object]:
+    """200 wide x 50 deep: each task below the first layer reads two tasks of the layer above."""
+    layer = [add(w.noop, 0) for _ in range(200)]
+    for _ in range(49):
+        layer = [add(w.join, ref(layer[j]), ref(layer[(j + 1) % 200])) for j in range(200)]
+    return layer
+
+
+def load_checks_ray() -> None:
+    """maze on Ray against raw Ray, the same DAGs in the same process (each run once, after a warm-up)."""
+    import ray
+
+    from maze import MaClient
+
+    shapes = {"10,000 tasks (100 chains of 100)": chains_dag, "200 wide x 50 deep (10,000 tasks)": layers_dag}
+    times: dict[str, dict[str, float]] = {name: {} for name in shapes}
+    for label, options in (("maze (ray)", {}), ("maze (ray, eager=False)", {"eager": False})):
+        with MaClient(backend="ray", **options) as client:
+            for name, build in shapes.items():
+                wf = client.create_workflow(name)
+
+                def add(fn: object, *args: object, wf=wf) -> object:
+                    keys = ["x"] if len(args) == 1 else ["a", "b"]
+                    return wf.add_task(fn, inputs=dict(zip(keys, args)))
+
+                build(add, lambda t: t.outputs["x"])  # type: ignore[attr-defined]
+                warm = client.create_workflow("warm")
+                prev = warm.add_task(w.noop, inputs={"x": 0})
+                for _ in range(50):
+                    prev = warm.add_task(w.noop, inputs={"x": prev.outputs["x"]})
+                assert warm.wait(warm.run())["workflow_completed"]
+                started = time.perf_counter()
+                summary = wf.wait(wf.run())
+                times[name][label] = time.perf_counter() - started
+                assert summary["workflow_completed"] and len(summary["task_results"]) == 10_000, summary["status"]
+                wf.clear_cache()
+                client._history.flush() if client._history is not None else None
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        noop, join = ray.remote(w.noop_plain), ray.remote(w.join_plain)
+        ray.get([noop.remote(i) for i in range(50)])
+        remote = {w.noop: noop, w.join: join}
+        for name, build in shapes.items():
+            started = time.perf_counter()
+            ends = build(lambda fn, *args: remote[fn].remote(*args), lambda r: r)
+            ray.get(ends)
+            times[name]["ray (raw)"] = time.perf_counter() - started
+    finally:
+        ray.shutdown()
+    print("\nload checks on Ray (s, one run each; maze with its run history on, as by default)")
+    for name, row in times.items():
+        raw = row["ray (raw)"]
+        print(f"  {name}: " + ", ".join(f"{k} {v:.1f} s ({v / raw:.2f}x)" for k, v in row.items()))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="maze benchmark")
     parser.add_argument("--only", default=",".join(FRAMEWORKS), help="comma-separated: " + ", ".join(FRAMEWORKS))
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--load", action="store_true", help="also run the load checks")
+    parser.add_argument("--workloads", default="W1,W2,W3,W4,W5", help="comma-separated: W1, ..., W5")
+    parser.add_argument("--load", action="store_true", help="also run the load checks (local backend)")
+    parser.add_argument("--load-ray", action="store_true", help="also run the load checks on Ray, against raw Ray")
     args = parser.parse_args(argv)
+    which = set(args.workloads.split(","))
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.pop("RAY_ADDRESS", None)
@@ -492,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"(skipping {key}: not installed)")
             continue
         fw = FRAMEWORKS[key]()
-        rows.append((fw.name, measure(fw, turns, args.repeat)))
+        rows.append((fw.name, measure(fw, turns, args.repeat, which)))
         print(f"measured {fw.name}", flush=True)
 
     header = f"{'':22}{'W1 us/task':>12}{'W2 us/edge':>12}{'W3 speedup':>12}{'W4 ms':>10}{'W5 s':>8}"
@@ -503,6 +592,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.load:
         scale_checks()
         load_checks()
+    if args.load_ray:
+        load_checks_ray()
     return 0
 
 

@@ -32,6 +32,10 @@ def noop_plain(x=None):
     return x
 
 
+def join_plain(a=None, b=None):
+    return a
+
+
 def make_array_plain(mb: int) -> np.ndarray:
     return np.ones(mb * 2**20 // 8, dtype=np.float64)
 
@@ -43,6 +47,11 @@ def total_plain(array: np.ndarray) -> float:
 @task(inputs=["x"], outputs=["x"])
 def noop(params):
     return {"x": params["x"]}
+
+
+@task(inputs=["a", "b"], outputs=["x"])
+def join(params):
+    return {"x": params["a"]}
 
 
 @task(inputs=["turns"], outputs=["total"])

@@ -9,11 +9,19 @@ client, reused by every run.
 How a call runs:
 
 * the code is the call's :class:`~maze.core.shipping.ShippedCode`, pickled at
-  ``run()`` time and keyed by a hash of its bytes. The driver ``ray.put``\\ s
-  the bytes once per key (a small LRU of references) and each call passes that
-  reference; a Ray worker unpickles a key once and keeps the last few
-  functions by key. A changed global, closure cell or default argument is new
-  bytes, hence a new key: the next run, and every worker, uses the new code;
+  ``run()`` time and keyed by a hash of its bytes. The driver hands the bytes
+  to the client's hub (a named actor on the driver's node) once per key, and a
+  call carries only the key: a Ray worker asks the hub for a key it has not
+  met, unpickles it once and keeps the last few functions by key. A changed
+  global, closure cell or default argument is new bytes, hence a new key: the
+  next run, and every worker, uses the new code. A call travels as plain lists
+  (msgpack, no pickling, no object references besides its inputs);
+* submitting ahead (:class:`~maze.core.protocol.EagerBackend`, on unless
+  ``eager=False``): a call may take the object references of calls still
+  queued or running, in its inputs or, for upstream calls it only waits for,
+  as their reports (``TaskCall.after``). Ray starts it once they exist; if one
+  failed (a :class:`Failed` marker in place of an output, a report that is not
+  ok, or Ray's own error for a stopped or lost call) the body does not run;
 * each call is one Ray task, given its code, a :class:`RayCall` (the rest of
   what the worker needs) and the inputs, with ``num_returns = 1 +
   len(outputs)``: a small :class:`Report` (status, error, timing, the
@@ -39,9 +47,11 @@ How a call runs:
   ``ray start --resources='{"maze_gpu_mem_mb": <MB per GPU>}'``. Nothing holds
   a task to its ``gpu_mem`` once it runs, so a run whose tasks declare it gets
   one :class:`UserWarning` saying so (:func:`gpu_mem_warning`);
-* a hub actor receives a :class:`StartNote` from each worker as it starts, so
-  ``start_task`` arrives while the task runs; the report repeats it, and the
-  backend always reports start before resolving the future;
+* the hub receives a :class:`StartNote` for each call still running 20 ms
+  after it started, batched per worker (:class:`_Notes`), so ``start_task``
+  arrives while a longer task runs and a short one costs no actor call; the
+  report repeats the start, and the backend always reports start before
+  resolving the future;
 * ``stop`` (cancel, fail-fast, timeout) ends the task and what it started.
   The worker makes itself the leader of a process group before running the
   task, and its start note names its node and that group. ``ray.cancel(force=
@@ -54,7 +64,9 @@ How a call runs:
   Ray does the same itself (``RAY_process_group_cleanup_enabled``, on by
   default in 2.60); older Ray, and clusters that turn it off, end only the
   worker's direct children. A child that starts a session of its own
-  (``start_new_session=True``, daemons) escapes. The attempt is reported as
+  (``start_new_session=True``, daemons) escapes. A call stopped before its
+  start note went out (its first 20 ms) names no group: there, only Ray's
+  own cleanup applies. The attempt is reported as
   cancelled or timed out, not as a dead worker. A timeout runs from the start
   note (or the report, if it comes first) and this backend's thread enforces
   it (see :mod:`maze.backends._jobs`). Ray's own retries are off (maze
@@ -85,7 +97,7 @@ import cloudpickle
 from maze.backends._jobs import Job, pid_exists, sweep, wrapped_error
 from maze.core.errors import BackendError
 from maze.core.execute import error_of
-from maze.core.protocol import Reporter, TaskCall, TaskError, TaskLog, TaskOutcome, TaskStarted
+from maze.core.protocol import Failure, Reporter, Submitted, TaskCall, TaskError, TaskLog, TaskOutcome, TaskStarted
 from maze.core.resources import Capacity, Resources
 from maze.core.shipping import ShippedCode
 from maze.core.task import TaskBody
@@ -100,7 +112,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 GPU_MEM_RESOURCE = "maze_gpu_mem_mb"
 INLINE_LIMIT = 64 * 1024  # outputs smaller than this ride along in the report
-CODE_CACHE = 64           # task functions kept, by code key, on the driver (as refs) and in each worker
+CODE_CACHE = 64           # task functions kept, by code key, in each worker (and as "sent" on the driver)
+HUB_CODE = 1024           # code keys the hub keeps (more than the driver remembers sending: see _ship)
 _POLL_S = 0.05
 _NOTES_S = 0.1
 _KILL_WAIT_S = 10.0       # how long a group kill waits for the stopped worker to be gone
@@ -111,14 +124,30 @@ _WARNED_RUNS = 1024       # runs remembered as warned about gpu_mem (the oldest 
 
 
 class RayCall(NamedTuple):
-    """What a worker needs of a call besides its code and inputs (one argument: Ray serializes each separately)."""
+    """What a worker needs of a call besides its inputs (one argument: Ray serializes each separately).
 
+    Sent as a plain list, which Ray packs with msgpack (this class would be
+    pickled, by reference, per call); an object reference in it would cost an
+    ownership record per call,
+    and a top-level one a fetch from the object store per call. The
+    client's session and the call's code travel as keys: a worker asks the
+    client's hub (a named actor) for them the first time it meets a key.
+    """
+
+    session: str                      # the client's session key (its hub is named after it)
     code_key: str
     call_id: str
     task_id: str
     constants: dict[str, Any]         # inputs given as plain values
     input_keys: list[str]             # the names of the inputs that follow this argument, in order
     outputs: tuple[str, ...]          # declared outputs, checked by the worker
+    # after the inputs come this many reports of upstream calls it only waits for (TaskCall.after)
+
+
+class Failed(NamedTuple):
+    """What each output of a call that did not succeed holds: a dependent submitted ahead skips its body on it."""
+
+    task_id: str
 
 
 class StartNote(NamedTuple):
@@ -136,7 +165,7 @@ class StartNote(NamedTuple):
 class Report(NamedTuple):
     """A call's first return value; one object per declared output follows it."""
 
-    start: StartNote
+    start: StartNote | None           # None: skipped, an upstream call failed (the driver skips the task itself)
     ok: bool
     keys: list[str]                   # what the task returned, in order (empty when not ok)
     inline: dict[str, Any]            # the values small enough to ride here (see INLINE_LIMIT)
@@ -144,73 +173,185 @@ class Report(NamedTuple):
     logs: list[TaskLog]               # what the task printed, in order
     finished: float                   # time.time() at the end
 
+    # On the wire a report is nested lists of plain values, which Ray packs with
+    # msgpack; these classes would be pickled (by reference) per call.
+
+    def wire(self) -> list[Any]:
+        s, e = self.start, self.error
+        return [None if s is None else [s.call_id, s.host, s.node, s.worker, list(s.gpu_ids), s.at, s.group],
+                self.ok, self.keys, self.inline,
+                None if e is None else [e.error_type, e.error, e.traceback, e.kind.value],
+                [[log.call_id, log.stream, log.text, log.at] for log in self.logs], self.finished]
+
+    @classmethod
+    def of_wire(cls, wire: list[Any]) -> Report:
+        start, ok, keys, inline, error, logs, finished = wire
+        return cls(
+            None if start is None else StartNote(start[0], start[1], start[2], start[3], tuple(start[4]), start[5],
+                                                 start[6]),
+            ok, keys, inline,
+            None if error is None else TaskError(error[0], error[1], error[2], Failure(error[3])),
+            [TaskLog(*log) for log in logs], finished,
+        )
+
 
 @ray.remote(num_cpus=0)
 class _Hub:
-    """Collects start notes from workers; the driver drains it."""
+    """One per client: collects start notes from workers (the driver drains it), and hands workers the session and code."""
 
-    def __init__(self) -> None:
+    def __init__(self, sys_path: list[str]) -> None:
         self._notes: list[StartNote] = []
+        self._sys_path = sys_path
+        self._code: OrderedDict[str, bytes] = OrderedDict()
 
-    def started(self, note: StartNote) -> None:
-        self._notes.append(note)
+    def started(self, notes: list[StartNote]) -> None:
+        self._notes.extend(notes)
 
     def drain(self) -> list[StartNote]:
         notes, self._notes = self._notes, []
         return notes
 
+    def sys_path(self) -> list[str]:
+        return self._sys_path
 
-_functions: OrderedDict[str, TaskBody] = OrderedDict()  # per Ray worker process: unpickled task functions by code key
+    def add_code(self, key: str, data: bytes) -> None:
+        self._code[key] = data
+        self._code.move_to_end(key)
+        if len(self._code) > HUB_CODE:
+            self._code.popitem(last=False)
+
+    def code(self, key: str) -> bytes | None:
+        return self._code.get(key)
 
 
-def _run(session: tuple[Any, list[str]], code: bytes, call: RayCall, *inputs: Any) -> Any:
+def _hub_name(session: str) -> str:
+    return f"maze-hub-{session}"
+
+
+# -- in each Ray worker process ----------------------------------------------------------------
+
+_functions: OrderedDict[str, TaskBody] = OrderedDict()  # unpickled task functions by code key
+_sessions: dict[str, tuple[Any, list[str]]] = {}        # session key -> (hub, the driver's sys.path)
+_where: tuple[str, str, str] | None = None               # (node IP, node id, worker id): fixed for the process
+_NOTE_DELAY_S = 0.02  # a call still running after this long has its start note sent (see _Notes)
+
+
+class _Notes:
+    """Sends the start notes of the calls still running, a batch per hub call.
+
+    A note waits ``_NOTE_DELAY_S`` in this worker: a call over by then sends
+    none (its report carries the start), so a short task costs no actor call,
+    and the notes of a longer one go in one call with whatever else started.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[str, tuple[str, StartNote]] = {}   # call id -> (session key, note)
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def started(self, session: str, note: StartNote) -> None:
+        with self._lock:
+            self._pending[note.call_id] = (session, note)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._send, name="maze-notes", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def ended(self, call_id: str) -> None:
+        with self._lock:
+            self._pending.pop(call_id, None)
+
+    def _send(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(_NOTE_DELAY_S)
+            with self._lock:
+                self._wake.clear()
+                pending, self._pending = self._pending, {}
+            by_session: dict[str, list[StartNote]] = {}
+            for session, note in pending.values():
+                by_session.setdefault(session, []).append(note)
+            for session, notes in by_session.items():
+                try:
+                    _sessions[session][0].started.remote(notes)
+                except Exception:  # noqa: BLE001 - the driver left; its reports carry the starts anyway
+                    pass
+
+
+_notes = _Notes()
+
+
+def _run(packed: list[Any], *args: Any) -> Any:
     """The body of every maze task on Ray (runs in a Ray worker): a :class:`Report`, then the outputs.
 
     Few arguments on purpose: Ray serializes each one separately on submit.
+    ``args`` are the inputs, then the reports of the upstream calls it only
+    waits for. An upstream call that failed shows as a :class:`Failed` input
+    or a report that is not ok: then the body does not run.
     """
-    hub, sys_path = session  # put in the object store once per client, not pickled per call
-    outputs = call.outputs
+    call = RayCall._make(packed)
+    outputs = tuple(call.outputs)
+    n = len(call.input_keys)
+    inputs = args[:n]
+    failed = next((v.task_id for v in inputs if isinstance(v, Failed)), None)
+    if failed is None and any(not r[1] for r in args[n:]):  # reports, on the wire: [start, ok, ...]
+        failed = "an upstream task"
+    if failed is not None:
+        skipped = Report(None, False, [], {}, TaskError.simple("UpstreamFailed", f"upstream task {failed!r} failed"),
+                         [], time.time()).wire()
+        return (skipped, *[Failed(call.task_id)] * len(outputs)) if outputs else skipped
     from maze.core.execute import captured_output, gather_params, run_body
 
-    ctx = ray.get_runtime_context()
+    global _where
+    if _where is None:
+        ctx = ray.get_runtime_context()
+        _where = (ray.util.get_node_ip_address(), ctx.get_node_id(), ctx.get_worker_id())
     group = _lead_process_group()
-    start = StartNote(call.call_id, ray.util.get_node_ip_address(), ctx.get_node_id(), ctx.get_worker_id(),
-                      tuple(int(g) for g in ray.get_gpu_ids()), time.time(), group)
-    hub.started.remote(start)
+    start = StartNote(call.call_id, *_where, tuple(int(g) for g in ray.get_gpu_ids()), time.time(), group)
     logs: list[TaskLog] = []
     result: dict[str, Any] | None = None
     error = None
     try:
-        func = _load(call.code_key, code, sys_path)
+        session = _sessions.get(call.session)
+        if session is None:
+            hub = ray.get_actor(_hub_name(call.session))
+            session = _sessions[call.session] = (hub, ray.get(hub.sys_path.remote()))
+        _notes.started(call.session, start)
+        func = _load(call.code_key, *session)
         params = gather_params(call.constants, dict(zip(call.input_keys, inputs)))
     except BaseException as exc:  # noqa: BLE001
         error = error_of(exc)
     else:
         with captured_output(lambda stream, text: logs.append(TaskLog(call.call_id, stream, text, time.time()))):
             result, error = run_body(func, params, outputs, call.task_id)
-    values = [None] * len(outputs)
+    _notes.ended(call.call_id)
+    values: list[Any] = [Failed(call.task_id)] * len(outputs)
     inline: dict[str, Any] = {}
     if result is not None:
         try:
             # Ray would fail to store an unpicklable output only after this report
-            # said "ok"; find out here (large buffers go out of band: no copy).
-            for v in result.values():
-                cloudpickle.dumps(v, protocol=5, buffer_callback=lambda _: None)
+            # said "ok"; find out here, and measure each value on the way.
+            small = {k: _small(v) for k, v in result.items()}
         except Exception as exc:  # noqa: BLE001
             result, error = None, wrapped_error(exc, f"the result of task {call.task_id!r} could not be pickled")
     if result is not None:
         values = [result[k] for k in outputs]
-        inline = {k: v for k, v in result.items() if k not in outputs or _small(v)}
-    report = Report(start, result is not None, list(result or ()), inline, error, logs, time.time())
+        inline = {k: v for k, v in result.items() if k not in outputs or small[k]}
+    report = Report(start, result is not None, list(result or ()), inline, error, logs, time.time()).wire()
     return (report, *values) if outputs else report
 
 
-def _load(key: str, code: bytes, sys_path: list[str]) -> TaskBody:
-    """The task function for a code key: unpickled once per worker, the last few kept."""
+def _load(key: str, hub: Any, sys_path: list[str]) -> TaskBody:
+    """The task function for a code key: fetched from the hub and unpickled once per worker, the last few kept."""
     func = _functions.get(key)
     if func is None:
         sys.path.extend(p for p in sys_path if p not in sys.path)  # where the driver found its modules
-        func = _functions[key] = cloudpickle.loads(code)
+        data = ray.get(hub.code.remote(key))
+        if data is None:
+            raise BackendError(f"the code of this task (key {key}) is no longer held by the client's hub; "
+                               f"more than {HUB_CODE} task functions were sent since it was submitted")
+        func = _functions[key] = cloudpickle.loads(data)
         if len(_functions) > CODE_CACHE:
             _functions.popitem(last=False)
     else:
@@ -267,16 +408,23 @@ def _running(pid: int) -> bool:
     return state != b"Z"
 
 
+_PLAIN = (int, float, bool, type(None))  # always picklable, always small
+
+
 def _small(value: Any) -> bool:
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return len(value) < INLINE_LIMIT
-    nbytes = getattr(value, "nbytes", None)
-    if isinstance(nbytes, int):
-        return nbytes < INLINE_LIMIT
-    try:
-        return len(cloudpickle.dumps(value)) < INLINE_LIMIT
-    except Exception:  # noqa: BLE001 - Ray will say why when it stores it
-        return False
+    """Whether an output is small enough to ride in the report; raises if it cannot be pickled."""
+    if isinstance(value, _PLAIN):
+        return True
+    if isinstance(value, (bytes, str)) and len(value) < INLINE_LIMIT // 4:
+        return True
+    size = 0
+
+    def out_of_band(buffer: Any) -> None:  # large buffers are not copied, only counted
+        nonlocal size
+        size += memoryview(buffer.raw()).nbytes
+
+    size += len(cloudpickle.dumps(value, protocol=5, buffer_callback=out_of_band))
+    return size < INLINE_LIMIT
 
 
 @dataclass(eq=False, kw_only=True)
@@ -300,7 +448,11 @@ class RayBackend:
     name = "ray"
 
     def __init__(self, *, address: str | None = None, resources: Mapping[str, Any] | None = None,
-                 **init_options: Any) -> None:
+                 eager: bool = True, **init_options: Any) -> None:
+        # Dependents are submitted with the object references of upstream tasks still
+        # queued or running (see maze.core.protocol.EagerBackend); eager=False: only
+        # once their upstream tasks have finished, as on the other backends.
+        self.resolves_submitted = eager
         self._owns_ray = False
         self._temp_dir: str | None = None
         if ray.is_initialized():
@@ -311,12 +463,15 @@ class RayBackend:
             ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, **init_options)
         self._remote = ray.remote(max_retries=0)(_run)
         self._killer = ray.remote(num_cpus=0, max_retries=0)(_kill_group)
-        self._hub = _Hub.remote()  # type: ignore[attr-defined]
-        self._session = ray.put((self._hub, list(sys.path)))
+        self._session_key = os.urandom(8).hex()
+        # On the driver's node: workers fetch code from it, so it must not live on a node that may leave.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        self._hub = _Hub.options(  # type: ignore[attr-defined]
+            name=_hub_name(self._session_key), scheduling_strategy=here).remote(list(sys.path))
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._by_ref: dict[Any, _Job] = {}
-        self._code: OrderedDict[str, Any] = OrderedDict()  # code key -> ObjectRef of its bytes
+        self._code: OrderedDict[str, None] = OrderedDict()  # code keys the hub holds (the last few sent)
         self._kills: set[Any] = set()                      # group kills still running
         self._notes_lock = threading.Lock()                # one drain of the hub at a time, delivered whole
         self._gpu_mem_per_node = self._read_gpu_memory()
@@ -370,6 +525,10 @@ class RayBackend:
         return Capacity.of_nodes(tuple(nodes), managed=True)
 
     def submit(self, call: TaskCall, report: Reporter) -> Future[TaskOutcome]:
+        return self.submit_ahead(call, report)[0]
+
+    def submit_ahead(self, call: TaskCall, report: Reporter) -> tuple[Future[TaskOutcome], Submitted | None]:
+        """Submit a call; with its future, the references of its outputs and of its report (None: not sent)."""
         if self._closed:
             raise BackendError("the Ray backend is closed; create a new MaClient")
         if call.resources.gpu_mem:
@@ -377,9 +536,9 @@ class RayBackend:
         keys = list(call.inputs)
         try:
             refs = self._remote_for(call.resources, len(call.outputs)).remote(
-                self._session, self._code_ref(call.code),
-                RayCall(call.code.key, call.call_id, call.task_id, dict(call.constants), keys, call.outputs),
-                *[call.inputs[k] for k in keys],
+                [self._session_key, self._ship(call.code), call.call_id, call.task_id, dict(call.constants), keys,
+                 list(call.outputs)],
+                *[call.inputs[k] for k in keys], *call.after,
             )
         except Exception as exc:  # noqa: BLE001 - e.g. an input Ray cannot serialize
             failed: Future[TaskOutcome] = Future()
@@ -387,7 +546,7 @@ class RayBackend:
             failed.set_result(TaskOutcome(error=TaskError.simple(
                 root.error_type, f"task {call.task_id!r} could not be sent to Ray: {root.error}"
             )))
-            return failed
+            return failed, None
         refs = refs if isinstance(refs, list) else [refs]
         job = _Job(call, report, Future(), refs=refs)
         job.future.set_running_or_notify_cancel()
@@ -396,7 +555,7 @@ class RayBackend:
             self._by_ref[refs[0]] = job
         # Ray calls back when the report is ready; no polling over all pending refs.
         refs[0].future().add_done_callback(lambda done, ref=refs[0]: self._ready.put((ref, done)))
-        return job.future
+        return job.future, Submitted(dict(zip(call.outputs, refs[1:])), refs[0])
 
     def stop(self, call_id: str) -> None:
         with self._lock:
@@ -431,17 +590,24 @@ class RayBackend:
 
     # -- helpers --------------------------------------------------------------------
 
-    def _code_ref(self, code: ShippedCode) -> Any:
-        """The object-store copy of a call's code: put once per code key, the last few kept."""
+    def _ship(self, code: ShippedCode) -> str:
+        """Make sure the hub holds a call's code; its key.
+
+        Sent once per key (a round trip, so that it is there before any worker
+        asks), again only after this side forgot it: the hub keeps many more
+        keys than this side remembers, so a key remembered here is held there.
+        """
         with self._lock:
-            ref = self._code.get(code.key)
-            if ref is None:
-                ref = self._code[code.key] = ray.put(code.data)
-                if len(self._code) > CODE_CACHE:
-                    self._code.popitem(last=False)  # calls in flight hold their own reference
-            else:
+            sent = code.key in self._code
+            if sent:
                 self._code.move_to_end(code.key)
-            return ref
+        if not sent:
+            ray.get(self._hub.add_code.remote(code.key, code.data))
+            with self._lock:
+                self._code[code.key] = None
+                if len(self._code) > CODE_CACHE:
+                    self._code.popitem(last=False)
+        return code.key
 
     def _remote_for(self, need: Resources, n_outputs: int) -> Any:
         """The remote function with the Ray options for this resource shape (cached: options() is slow)."""
@@ -576,9 +742,11 @@ class RayBackend:
 
     def _outcome(self, job: _Job, done: Future[Any]) -> TaskOutcome:
         try:
-            report: Report = done.result()  # Ray fetched the (small) report already
+            report = Report.of_wire(done.result())  # Ray fetched the (small) report already
         except Exception as exc:  # noqa: BLE001 - cancelled, worker or node died
             return TaskOutcome(error=job.stop_reason or _ray_error(job.call, exc))
+        if report.start is None:  # an upstream call failed: the scheduler has skipped this task already
+            return TaskOutcome(error=job.stop_reason or report.error)
         # The group comes with the hub's note only: a report means the task is over.
         self._started(job, report.start._replace(group=None))
         for log in report.logs:

@@ -22,6 +22,16 @@ Two promises make the message stream ordered without any extra bookkeeping:
 ``TaskOutcome.handles`` are the task's outputs in whatever form the backend
 passes them on (values in memory, pickled bytes, Ray object references); the
 scheduler hands them back unchanged in the ``inputs`` of dependent calls.
+
+One capability is optional, :class:`EagerBackend`: a backend that *resolves
+handles of submitted calls* (Ray: object references of tasks still queued or
+running) says so with ``resolves_submitted = True`` and offers
+``submit_ahead``, which returns, with the future, the handles of the call's
+outputs and of its end (:class:`Submitted`). The scheduler then submits a
+dependent as soon as its upstream calls are *submitted*, passing those handles,
+and the backend makes the dependent wait for them and skip its body when one of
+them failed. Everything the run records (states, messages, their order) is
+still decided by the scheduler from outcomes, as for any backend.
 """
 
 from __future__ import annotations
@@ -61,6 +71,11 @@ class TaskCall:
     resources: Resources
     gpu_ids: tuple[int, ...] = ()
     timeout: float | None = None
+    # Only for a backend that resolves submitted calls: the ``Submitted.done``
+    # handles of upstream calls, not finished yet, whose outputs this call does
+    # not take (ordering-only edges). It must not start before they end, and
+    # must not run its body if one of them failed.
+    after: tuple[Any, ...] = ()
 
 
 class Failure(str, enum.Enum):
@@ -158,6 +173,34 @@ class Backend(Protocol):
     def stop(self, call_id: str) -> None: ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """Handles of a call that was submitted and may not have finished: what dependents submitted ahead take."""
+
+    outputs: Mapping[str, Any]   # one handle per declared output (the same as the outcome's ``handles``)
+    done: Any                    # a handle that resolves when the call ends, for ``TaskCall.after``
+
+
+@runtime_checkable
+class EagerBackend(Backend, Protocol):
+    """A backend that resolves handles of *submitted* calls (see the module docstring).
+
+    ``resolves_submitted`` turns the capability on (a backend may offer it
+    conditionally). ``submit_ahead`` is ``submit`` that also returns the
+    call's :class:`Submitted` handles, or ``None`` when the call never reached
+    the backend (its future then says why). Handles passed in ``inputs`` or
+    ``after`` of a later call must make that call wait for the upstream call
+    to end; when the upstream failed (raised, timed out, was stopped, its
+    worker died, or it was itself skipped) the later call must not run its
+    body, and its outcome is an error the scheduler ignores, because it has
+    already skipped that task.
+    """
+
+    resolves_submitted: bool
+
+    def submit_ahead(self, call: TaskCall, report: Reporter) -> tuple[Future[TaskOutcome], Submitted | None]: ...
 
 
 # -- what a reader of a run sees ---------------------------------------------------------------

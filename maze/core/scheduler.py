@@ -22,6 +22,25 @@ is a :class:`_Work` beside it, never seen outside this module.
 Admission is first come, first served within one resource shape; a small
 task may start before a larger one that does not fit yet (backfilling).
 
+Submitting ahead
+----------------
+On a backend that resolves handles of submitted calls
+(:class:`~maze.core.protocol.EagerBackend`, Ray) whose capacity it manages
+itself, a task is submitted as soon as each of its upstream tasks is finished
+or *submitted*, with the upstream calls' handles as its inputs, so that the
+backend resolves the dependency worker to worker and the driver is off the
+critical path. Such a task stays ``PENDING`` in its run (it is "ahead"): what
+it reports (its start, its output, its outcome) is held in :class:`_Work` and
+replayed when the sorter says it is ready, i.e. after the ``finish_task`` of
+every upstream task, so the message stream reads exactly as when it was
+submitted then. When an upstream task fails, the ahead task is skipped like
+any pending one (the backend keeps its body from running); on cancel it is
+stopped in the backend and skipped. Not submitted ahead, to keep their
+semantics: the dependents of a task that may retry (they would be bound to the
+outputs of a failed attempt; they are submitted when it finishes, as on other
+backends), and tasks with ``cache=True`` or reusable from ``resume_from`` (the
+reuse is decided when the task is ready).
+
 ``finish_workflow`` is always sent: when the last task settles, when a run is
 cancelled, and, through :meth:`Engine._guard`, when the scheduler itself hits
 an unexpected error.
@@ -46,7 +65,18 @@ from .admission import Grant, ResourcePool
 from .errors import BackendError, UnsatisfiableError
 from .history import Dropped, HistoryReader, HistoryWriter, Stored
 from .plan import Plan
-from .protocol import Backend, Failure, ResultStore, TaskCall, TaskError, TaskOutcome, TaskStarted, WorkerEvent
+from .protocol import (
+    Backend,
+    EagerBackend,
+    Failure,
+    ResultStore,
+    Submitted,
+    TaskCall,
+    TaskError,
+    TaskOutcome,
+    TaskStarted,
+    WorkerEvent,
+)
 from .resources import Capacity, Resources
 from .run import RunState, TaskState
 from .shipping import ShippedCode
@@ -71,9 +101,20 @@ class _Work:
     calls: dict[str, TaskCall] = field(default_factory=dict)      # the current attempt of each admitted task
     grants: dict[str, Grant] = field(default_factory=dict)        # resources held by admitted tasks
     timers: dict[str, threading.Timer] = field(default_factory=dict)  # retries waiting for their delay
+    # Submitting ahead (see the module docstring); empty unless the backend resolves submitted calls.
+    eager: bool = False
+    below: dict[str, list[str]] = field(default_factory=dict)     # task -> the tasks that wait for it
+    unsettled: dict[str, int] = field(default_factory=dict)       # upstream tasks neither submitted for good nor finished
+    counted: set[str] = field(default_factory=set)                # tasks already taken off their dependents' unsettled
+    solid: dict[str, Submitted] = field(default_factory=dict)     # submitted, not settled, will not retry: their handles
+    ahead: set[str] = field(default_factory=set)                  # submitted before their upstream tasks finished
+    held: dict[str, list[WorkerEvent]] = field(default_factory=dict)     # what ahead tasks reported, in order
+    held_done: dict[str, tuple[TaskCall, TaskOutcome]] = field(default_factory=dict)  # outcomes of ahead tasks
+    outcomes: deque[tuple[str, TaskCall, TaskOutcome]] = field(default_factory=deque)  # to conclude, in order
+    draining: bool = False
 
     @classmethod
-    def of(cls, run: RunState, snapshot: Snapshot) -> _Work:
+    def of(cls, run: RunState, snapshot: Snapshot, *, eager: bool = False) -> _Work:
         plan = run.plan
         sorter: TopologicalSorter[str] = TopologicalSorter({tid: t.upstream for tid, t in plan.tasks.items()})
         sorter.prepare()   # the plan was checked for cycles already
@@ -81,7 +122,11 @@ class _Work:
         for t in plan.tasks.values():
             for up in {ref.task_id for ref in t.refs.values()}:
                 consumers[up] += 1
-        return cls(run, snapshot, sorter, consumers, dict.fromkeys(plan.tasks, 0))
+        work = cls(run, snapshot, sorter, consumers, dict.fromkeys(plan.tasks, 0), eager=eager)
+        if eager:
+            work.below = plan.downstream()
+            work.unsettled = {tid: len(set(t.upstream)) for tid, t in plan.tasks.items()}
+        return work
 
 
 class Engine:
@@ -106,6 +151,11 @@ class Engine:
         # Every run started here that someone (a workflow's records) still holds.
         self._runs: weakref.WeakValueDictionary[str, RunState] = weakref.WeakValueDictionary()
         self._closed = False
+        # Submit dependents ahead only where the backend says it can, and queues by resources itself:
+        # a task waiting for its upstream tasks must not hold resources of this engine's pool.
+        self._ahead: EagerBackend | None = (
+            backend if isinstance(backend, EagerBackend) and backend.resolves_submitted and capacity.managed else None
+        )
 
     # -- public -----------------------------------------------------------------
 
@@ -149,7 +199,7 @@ class Engine:
         snapshot = Snapshot.take(plan)
         run = RunState(run_id, plan, self._lock, fail_fast=fail_fast, recorder=self.history,
                        on_interrupt=lambda: self.cancel(run, "interrupted while waiting"))
-        work = _Work.of(run, snapshot)
+        work = _Work.of(run, snapshot, eager=self._ahead is not None)
         with self._lock:
             self._live[run_id] = work
             self._runs[run_id] = run
@@ -231,13 +281,65 @@ class Engine:
         while ready:
             later = []
             for tid in ready:
-                if not self._reuse(work, tid):
+                if tid in work.ahead:
+                    self._promote(work, tid)
+                elif not self._reuse(work, tid):
                     need = work.run.plan.tasks[tid].spec.resources
                     self._waiting.setdefault(need, deque()).append((work, tid))
                 else:
                     later.append(tid)
+                    if work.eager:
+                        self._upstream_settled(work, tid)
             # A reused task is done at once, which may make its dependents ready.
             ready = work.sorter.get_ready() if later else ()
+        if work.outcomes:
+            self._drain(work)
+
+    # -- submitting ahead ------------------------------------------------------------
+
+    def _upstream_settled(self, work: _Work, tid: str) -> None:
+        """``tid`` was submitted for good, or finished: its dependents may now be submitted ahead."""
+        if tid in work.counted:
+            return
+        work.counted.add(tid)
+        # A work list, not recursion: submitting a chain ahead walks it to its end.
+        todo = [tid]
+        while todo:
+            up = todo.pop()
+            for child in work.below[up]:
+                work.unsettled[child] -= 1
+                if work.unsettled[child] == 0 and self._can_go_ahead(work, child):
+                    if self._launch_ahead(work, child) and child not in work.counted:
+                        work.counted.add(child)
+                        todo.append(child)
+
+    def _can_go_ahead(self, work: _Work, tid: str) -> bool:
+        run = work.run
+        t = run.plan.tasks[tid]
+        return (run.states[tid] is TaskState.PENDING and not run.cancelling and tid not in work.calls
+                and not t.spec.options.cache and tid not in work.reusable
+                # all finished: the sorter makes it ready, and it goes the usual way
+                and any(up in work.solid for up in t.upstream))
+
+    def _launch_ahead(self, work: _Work, tid: str) -> bool:
+        """Submit ``tid`` before its upstream tasks finish; say whether it is solid (its dependents may follow)."""
+        grant = self._pool.try_acquire(work.run.plan.tasks[tid].spec.resources)
+        assert grant is not None, "submitting ahead needs a capacity the backend manages"
+        work.ahead.add(tid)
+        work.run.explain(tid, "ran: nothing to reuse", replace=False)
+        self._launch(work, tid, grant)
+        return tid in work.solid
+
+    def _promote(self, work: _Work, tid: str) -> None:
+        """Every upstream task of ahead task ``tid`` finished: it counts as submitted now; replay what it reported."""
+        work.ahead.discard(tid)
+        work.run.launch(tid)
+        call = work.calls[tid]
+        for event in work.held.pop(tid, ()):
+            self._apply(work, tid, call, event)
+        held = work.held_done.pop(tid, None)
+        if held is not None:
+            work.outcomes.append((tid, *held))
 
     def _reuse(self, work: _Work, tid: str) -> bool:
         """Settle ``tid`` from an earlier run or the result cache, if either holds it."""
@@ -300,14 +402,25 @@ class Engine:
                                            call_id=f"{run.run_id}:{tid}:{attempt}")
             work.calls[tid] = call
             work.grants[tid] = grant
-            run.launch(tid)
+            if tid not in work.ahead:
+                run.launch(tid)
             code = work.snapshot.code[tid]
+            submitted: Submitted | None = None
             if isinstance(code, TaskError):  # nothing a worker could run: fail like an attempt would
                 future: Future[TaskOutcome] = Future()
                 future.set_result(TaskOutcome(error=code))
+            elif work.eager and self._ahead is not None:
+                future, submitted = self._ahead.submit_ahead(call, partial(self._on_event, work, tid, call.call_id))
             else:
                 future = self.backend.submit(call, partial(self._on_event, work, tid, call.call_id))
+            if submitted is not None and not run.plan.tasks[tid].spec.options.retries:
+                # Its outputs are final once submitted: dependents may take them now.
+                work.solid[tid] = submitted
+                if work.consumers[tid]:
+                    work.handles[tid] = submitted.outputs
             future.add_done_callback(partial(self._on_done, work, tid, call))
+            if tid in work.solid and tid not in work.ahead:
+                self._upstream_settled(work, tid)
 
     def _first_call(self, work: _Work, tid: str, grant: Grant) -> TaskCall:
         run = work.run
@@ -329,22 +442,33 @@ class Engine:
             if work.consumers[up] == 0:
                 del work.handles[up]  # every dependent holds what it needs; free big outputs early
         attempt = work.attempts[tid]
+        # Upstream calls still going whose outputs this task does not take: it waits for their end.
+        fed = {ref.task_id for ref in t.refs.values()}
+        after = tuple(work.solid[up].done for up in t.upstream
+                      if up in work.solid and up not in fed and run.states[up] is not TaskState.FINISHED)
         return TaskCall(
             call_id=f"{run.run_id}:{tid}:{attempt}",
             run_id=run.run_id, task_id=tid, task_name=t.name, attempt=attempt,
             func=t.function, code=code, constants=constants, inputs=inputs, outputs=t.spec.outputs,
-            resources=t.spec.resources, gpu_ids=grant.gpu_ids, timeout=t.spec.options.timeout,
+            resources=t.spec.resources, gpu_ids=grant.gpu_ids, timeout=t.spec.options.timeout, after=after,
         )
 
     def _on_event(self, work: _Work, tid: str, call_id: str, event: WorkerEvent) -> None:
         with self._lock, self._guard(work):
             call = work.calls.get(tid)
-            if call is None or call.call_id != call_id or work.run.ended.is_set():
-                return  # a late event from an attempt that was already settled
-            if isinstance(event, TaskStarted):
-                work.run.start(tid, event, call.attempt)
-            else:
-                work.run.output(tid, event)
+            if call is None or call.call_id != call_id or work.run.ended.is_set() or work.run.states[tid].terminal:
+                return  # a late event from an attempt that was already settled (or a skipped ahead task)
+            if tid in work.ahead:  # its upstream tasks have not all finished here yet: say it later
+                work.held.setdefault(tid, []).append(event)
+                return
+            self._apply(work, tid, call, event)
+
+    @staticmethod
+    def _apply(work: _Work, tid: str, call: TaskCall, event: WorkerEvent) -> None:
+        if isinstance(event, TaskStarted):
+            work.run.start(tid, event, call.attempt)
+        else:
+            work.run.output(tid, event)
 
     def _on_done(self, work: _Work, tid: str, call: TaskCall, future: Future[TaskOutcome]) -> None:
         run = work.run
@@ -352,20 +476,44 @@ class Engine:
             outcome = future.result()
             self._pool.release(work.grants.pop(tid))
             if work.calls.get(tid) is not call or run.states[tid].terminal:
+                if work.calls.get(tid) is call:  # an ahead task skipped meanwhile: forget it
+                    del work.calls[tid]
+                    work.held.pop(tid, None)
                 self._dispatch()
                 return
-            if outcome.ok:
-                self._succeed(work, tid, outcome)
-            elif outcome.error is not None and outcome.error.kind is Failure.CANCELLED:
-                self._settled(work, tid)
-                run.stop(tid, outcome.error, call.attempt)
-            elif call.attempt <= run.plan.tasks[tid].spec.options.retries and not run.cancelling:
-                self._retry(work, tid, outcome.error)
-            else:
-                self._fail(work, tid, outcome.error)
+            if tid in work.ahead:  # concluded when its upstream tasks have finished here (see _promote)
+                work.held_done[tid] = (call, outcome)
+                return
+            work.outcomes.append((tid, call, outcome))
+            self._drain(work)
             self._dispatch()
             if run.open == 0:
                 self._end(work)
+
+    def _drain(self, work: _Work) -> None:
+        """Conclude the outcomes waiting, in order, including those that concluding one releases (no recursion)."""
+        if work.draining:
+            return
+        work.draining = True
+        try:
+            while work.outcomes:
+                tid, call, outcome = work.outcomes.popleft()
+                if work.calls.get(tid) is call and not work.run.states[tid].terminal:
+                    self._conclude(work, tid, call, outcome)
+        finally:
+            work.draining = False
+
+    def _conclude(self, work: _Work, tid: str, call: TaskCall, outcome: TaskOutcome) -> None:
+        run = work.run
+        if outcome.ok:
+            self._succeed(work, tid, outcome)
+        elif outcome.error is not None and outcome.error.kind is Failure.CANCELLED:
+            self._settled(work, tid)
+            run.stop(tid, outcome.error, call.attempt)
+        elif call.attempt <= run.plan.tasks[tid].spec.options.retries and not run.cancelling:
+            self._retry(work, tid, outcome.error)
+        else:
+            self._fail(work, tid, outcome.error)
 
     # -- outcomes -------------------------------------------------------------------
 
@@ -373,6 +521,7 @@ class Engine:
     def _settled(work: _Work, tid: str) -> None:
         """The task's current attempt is over for good (it is about to reach a terminal state)."""
         work.calls.pop(tid, None)
+        work.solid.pop(tid, None)
 
     def _succeed(self, work: _Work, tid: str, outcome: TaskOutcome) -> None:
         run = work.run
@@ -391,6 +540,8 @@ class Engine:
         work.sorter.done(tid)
         if not run.cancelling:
             self._queue_ready(work)
+            if work.eager:
+                self._upstream_settled(work, tid)
 
     def _fail(self, work: _Work, tid: str, error: TaskError | None) -> None:
         run = work.run

@@ -1,0 +1,162 @@
+"""Submitting ahead on Ray: dependents go to Ray before their upstream tasks finish, and nothing else changes.
+
+Some tests look at the backend's calls in flight (``backend._jobs``) to see
+that a dependent really was handed to Ray while its upstream task still ran.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from maze import task
+
+
+@task(inputs=["seconds"], outputs=["x"])
+def slow(params):
+    time.sleep(params["seconds"])
+    return {"x": 1}
+
+
+@task(inputs=["seconds"], outputs=["x"])
+def slow_boom(params):
+    time.sleep(params["seconds"])
+    raise ValueError("upstream broke")
+
+
+@task(inputs=["x"], outputs=["x"])
+def passthrough(params):
+    return {"x": params["x"]}
+
+
+@task(inputs=["x", "marker"], outputs=["y"])
+def mark(params):
+    Path(params["marker"]).write_text("ran")
+    return {"y": params["x"]}
+
+
+@task(inputs=["marker"], outputs=["y"])
+def mark_after(params):
+    Path(params["marker"]).write_text("ran")
+    return {"y": 0}
+
+
+@task(inputs=["counter"], outputs=["attempt"])
+def flaky(params):
+    counter = Path(params["counter"])
+    attempt = int(counter.read_text()) + 1 if counter.exists() else 1
+    counter.write_text(str(attempt))
+    time.sleep(0.5)
+    if attempt == 1:
+        raise RuntimeError("first attempt fails")
+    return {"attempt": attempt}
+
+
+@task(inputs=["attempt"], outputs=["seen"])
+def read_attempt(params):
+    return {"seen": params["attempt"]}
+
+
+def in_flight(client) -> set[str]:
+    with client.backend._lock:
+        return {job.call.task_id for job in client.backend._jobs.values()}
+
+
+def wait_for(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def order_ok(messages: list[dict], plan) -> bool:
+    """Every start_task comes after the finish_task of each upstream task."""
+    finished: set[str] = set()
+    for m in messages:
+        tid = m["data"].get("task_id")
+        if m["type"] == "start_task" and not set(plan.tasks[tid].upstream) <= finished:
+            return False
+        if m["type"] == "finish_task":
+            finished.add(tid)
+    return True
+
+
+def test_a_chain_goes_to_ray_at_once_and_reads_in_order(ray_client):
+    wf = ray_client.create_workflow()
+    prev = first = wf.add_task(slow, inputs={"seconds": 1.0})
+    for _ in range(20):
+        prev = wf.add_task(passthrough, inputs={"x": prev.outputs["x"]})
+    run_id = wf.run()
+    wait_for(lambda: prev.task_id in in_flight(ray_client))  # the last one, while the first still sleeps
+    states = wf.run_state(run_id).states
+    assert states[first.task_id].value == "submitted" and states[prev.task_id].value == "pending"
+    summary = wf.wait(run_id, timeout=60)
+    assert summary["workflow_completed"] and summary["task_results"][prev.task_id] == {"x": 1}
+    messages = list(wf.get_results(run_id))
+    assert order_ok(messages, wf.plan())
+    assert [m["type"] for m in messages].count("start_task") == 21
+
+
+def test_dependents_of_a_failed_task_are_skipped_without_running(ray_client, tmp_path):
+    wf = ray_client.create_workflow()
+    up = wf.add_task(slow_boom, inputs={"seconds": 1.0})
+    fed = wf.add_task(mark, inputs={"x": up.outputs["x"], "marker": str(tmp_path / "fed")})
+    after = wf.add_task(mark_after, inputs={"marker": str(tmp_path / "after")})
+    wf.add_edge(up, after)                                       # ordering only: no data from it
+    below = wf.add_task(passthrough, inputs={"x": fed.outputs["y"]})
+    run_id = wf.run()
+    wait_for(lambda: {fed.task_id, after.task_id, below.task_id} <= in_flight(ray_client))
+    summary = wf.wait(run_id, timeout=60)
+    messages = list(wf.get_results(run_id))
+    assert [(m["type"], m["data"]["task_id"]) for m in messages if m["type"] in ("task_exception", "start_task")] == \
+        [("start_task", up.task_id), ("task_exception", up.task_id)]
+    skipped = {m["data"]["task_id"]: m["data"] for m in messages if m["type"] == "task_skipped"}
+    assert set(skipped) == {fed.task_id, after.task_id, below.task_id}
+    assert all(d["reason"] == f"upstream task {up.task_id!r} failed" for d in skipped.values())
+    assert summary["exception_tasks"] == [up.task_id]
+    wait_for(lambda: not in_flight(ray_client))
+    assert not (tmp_path / "fed").exists() and not (tmp_path / "after").exists()   # no body ran
+
+
+def test_cancel_stops_the_tasks_waiting_in_ray(ray_client, tmp_path):
+    wf = ray_client.create_workflow()
+    up = wf.add_task(slow, inputs={"seconds": 30})
+    down = wf.add_task(mark, inputs={"x": up.outputs["x"], "marker": str(tmp_path / "down")})
+    run_id = wf.run()
+    wait_for(lambda: down.task_id in in_flight(ray_client))
+    wait_for(lambda: any(m["type"] == "start_task" for m in wf.get_results(run_id)))
+    wf.cancel(run_id)
+    summary = wf.wait(run_id, timeout=60)
+    assert summary["status"] == "cancelled"
+    assert summary["cancelled_tasks"] == [up.task_id, down.task_id]
+    skipped = [m["data"] for m in wf.get_results(run_id) if m["type"] == "task_skipped"]
+    assert [(d["task_id"], d["cancelled"]) for d in skipped] == [(down.task_id, True)]
+    wait_for(lambda: not in_flight(ray_client))   # both stopped in Ray, not left to run
+    assert not (tmp_path / "down").exists()
+
+
+def test_a_task_that_may_retry_holds_its_dependents_until_it_finishes(ray_client, tmp_path):
+    wf = ray_client.create_workflow()
+    up = wf.add_task(flaky, inputs={"counter": str(tmp_path / "counter")}, retries=1)
+    down = wf.add_task(read_attempt, inputs={"attempt": up.outputs["attempt"]})
+    run_id = wf.run()
+    wait_for(lambda: up.task_id in in_flight(ray_client))
+    assert down.task_id not in in_flight(ray_client)   # not bound to the outputs of an attempt that may fail
+    summary = wf.wait(run_id, timeout=60)
+    assert summary["task_results"][down.task_id] == {"seen": 2}
+    types = [(m["type"], m["data"].get("task_id")) for m in wf.get_results(run_id)]
+    assert types.index(("task_retry", up.task_id)) < types.index(("finish_task", up.task_id)) \
+        < types.index(("start_task", down.task_id))
+
+
+def test_eager_false_waits_for_upstream_tasks_to_finish(tmp_path):
+    from maze import MaClient
+
+    with MaClient(backend="ray", eager=False, resources={"cpu": 2}, history=None) as client:
+        wf = client.create_workflow()
+        up = wf.add_task(slow, inputs={"seconds": 1.0})
+        down = wf.add_task(passthrough, inputs={"x": up.outputs["x"]})
+        run_id = wf.run()
+        wait_for(lambda: up.task_id in in_flight(client))
+        assert down.task_id not in in_flight(client)
+        assert wf.wait(run_id, timeout=60)["task_results"][down.task_id] == {"x": 1}
