@@ -465,7 +465,7 @@ class RayBackend:
         self._killer = ray.remote(num_cpus=0, max_retries=0)(_kill_group)
         self._session_key = os.urandom(8).hex()
         # On the driver's node: workers fetch code from it, so it must not live on a node that may leave.
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self._hub = _Hub.options(  # type: ignore[attr-defined]
             name=_hub_name(self._session_key), scheduling_strategy=here).remote(list(sys.path))
         self._lock = threading.Lock()
