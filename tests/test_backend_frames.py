@@ -55,8 +55,8 @@ def test_ray_frames_round_trip():
     import maze.backends.ray as ray_backend  # Ray is a test dependency; importing starts nothing
     note = ray_backend.StartNote("c1", "127.0.0.1", "node", "worker", (0,), 1.5, 4242)
     frames = [
-        (ray_backend.RayCall("key", "c1", "t1", {"a": 1}, ["b"], ("out",)),
-         ("code_key", "call_id", "task_id", "constants", "input_keys", "outputs")),
+        (ray_backend.RayCall("session", "key", "c1", "t1", {"a": 1}, ["b"], ("out",)),
+         ("session", "code_key", "call_id", "task_id", "constants", "input_keys", "outputs")),
         (note, ("call_id", "host", "node", "worker", "gpu_ids", "at", "group")),
         (ray_backend.Report(note, True, ["out"], {"out": 1}, None, [TaskLog("c1", "stdout", "hi", 2.0)], 2.5),
          ("start", "ok", "keys", "inline", "error", "logs", "finished")),
@@ -64,6 +64,10 @@ def test_ray_frames_round_trip():
     for frame, fields in frames:
         assert type(frame)._fields == fields
         assert pickle.loads(pickle.dumps(frame)) == frame
+    report = frames[2][0]
+    assert ray_backend.Report.of_wire(report.wire()) == report     # a report travels as plain lists
+    failed = report._replace(ok=False, keys=[], inline={}, error=TaskError.simple("ValueError", "no"))
+    assert ray_backend.Report.of_wire(failed.wire()) == failed
 
 
 def test_sweep_takes_late_jobs_once():
