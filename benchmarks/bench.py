@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import workloads as w  # noqa: E402
 
 N_FANOUT, N_CHAIN, N_CPU, ARRAY_MB = 1000, 200, 8, 50
-TARGETS = {"W1": "<= 50 us", "W2": "<= 250 us", "W3": ">= 1.9x", "W4": "<= 150 ms", "W5": "<= 0.5 s"}
+TARGETS = {"W1": "<= 50 us", "W2": "<= 150 us", "W3": ">= 1.9x", "W4": "<= 40 ms", "W5": "<= 0.2 s"}
 
 
 def best(fn: Callable[[], object], repeat: int, between: Callable[[], object] = lambda: None) -> float:
