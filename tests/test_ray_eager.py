@@ -160,3 +160,32 @@ def test_eager_false_waits_for_upstream_tasks_to_finish(tmp_path):
         wait_for(lambda: up.task_id in in_flight(client))
         assert down.task_id not in in_flight(client)
         assert wf.wait(run_id, timeout=60)["task_results"][down.task_id] == {"x": 1}
+
+
+@task(inputs=["n"], outputs=["x"])
+def noisy(params):
+    for i in range(params["n"]):   # its report is slow to reach the driver: dependents start first
+        print("line", i)
+    return {"x": 1}
+
+
+@task(inputs=["x", "marker"], outputs=["y"])
+def mark_and_wait(params):
+    Path(params["marker"]).write_text("ran")
+    time.sleep(5)
+    return {"y": params["x"]}
+
+
+def test_a_task_that_ran_ahead_is_stopped_not_skipped_when_the_run_is_cancelled(ray_client, tmp_path):
+    wf = ray_client.create_workflow()
+    a = wf.add_task(noisy, inputs={"n": 300_000})
+    b = wf.add_task(mark_and_wait, inputs={"x": a.outputs["x"], "marker": str(tmp_path / "b")})
+    run_id = wf.run()
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "b").exists() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert (tmp_path / "b").exists()          # b's body runs in Ray...
+    wf.cancel(run_id)                          # ...maybe before the driver heard of a's end
+    assert wf.wait(run_id, timeout=60)["status"] == "cancelled"
+    kinds = [m["type"] for m in wf.get_results(run_id) if m["data"].get("task_id") == b.task_id]
+    assert kinds == ["start_task", "task_exception"]   # as on every backend: it ran, so it was stopped

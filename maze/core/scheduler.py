@@ -110,6 +110,7 @@ class _Work:
     ahead: set[str] = field(default_factory=set)                  # submitted before their upstream tasks finished
     held: dict[str, list[WorkerEvent]] = field(default_factory=dict)     # what ahead tasks reported, in order
     held_done: dict[str, tuple[TaskCall, TaskOutcome]] = field(default_factory=dict)  # outcomes of ahead tasks
+    stopping: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # ahead tasks stopped with their run: (reason, upstream)
     outcomes: deque[tuple[str, TaskCall, TaskOutcome]] = field(default_factory=deque)  # to conclude, in order
     draining: bool = False
 
@@ -481,6 +482,12 @@ class Engine:
                     work.held.pop(tid, None)
                 self._dispatch()
                 return
+            if tid in work.stopping:  # an ahead task stopped with its run
+                self._conclude_stopped_ahead(work, tid, call)
+                self._dispatch()
+                if run.open == 0:
+                    self._end(work)
+                return
             if tid in work.ahead:  # concluded when its upstream tasks have finished here (see _promote)
                 work.held_done[tid] = (call, outcome)
                 return
@@ -578,13 +585,37 @@ class Engine:
             del work.timers[tid]
             self._settled(work, tid)
             run.skip(tid, reason, upstream, cancelled=True)
-        for tid, state in run.states.items():
-            if state is TaskState.PENDING:
+        for tid, state in list(run.states.items()):
+            if state is not TaskState.PENDING:
+                continue
+            if tid in work.ahead:
+                # Submitted ahead, it may be running on a worker already, unknown here yet. Its
+                # attempt is stopped below; what it reports back decides: started, it ends as a
+                # started task that was stopped (as on every backend); else it is skipped.
+                work.stopping[tid] = (reason, upstream)
+                held = work.held_done.pop(tid, None)
+                if held is not None:   # it has ended already
+                    self._conclude_stopped_ahead(work, tid, held[0])
+            else:
                 run.skip(tid, reason, upstream, cancelled=True)
         for call in list(work.calls.values()):
             self.backend.stop(call.call_id)  # its future settles the task as cancelled
         if run.open == 0:
             self._end(work)
+
+    def _conclude_stopped_ahead(self, work: _Work, tid: str, call: TaskCall) -> None:
+        """An ahead task stopped with its run has reported back (its start, if any, came before)."""
+        reason, upstream = work.stopping.pop(tid)
+        events = work.held.pop(tid, [])
+        work.ahead.discard(tid)
+        self._settled(work, tid)
+        if any(isinstance(e, TaskStarted) for e in events):
+            work.run.launch(tid)
+            for event in events:
+                self._apply(work, tid, call, event)
+            work.run.stop(tid, TaskError.cancelled(tid, reason), call.attempt)
+        else:
+            work.run.skip(tid, reason, upstream, cancelled=True)
 
     def _guard(self, work: _Work) -> _Guard:
         return _Guard(self, work)
