@@ -93,6 +93,7 @@ class MaClient:
         self._engine = Engine(self._backend, capacity, history=self._history, store=JoblibStore(self._cache_dir))
         self._viewer = NotebookViewer()
         self._closed = False
+        self._pid = os.getpid()
         _at_exit.add(self)
 
     @property
@@ -211,7 +212,8 @@ class _ExitHook:
 
     def _close_all(self) -> None:
         for client in list(self._clients):
-            client.close()
+            if client._pid == os.getpid():   # a forked child's copy is the parent's to close, not ours
+                client.close()
 
 
 _at_exit = _ExitHook()

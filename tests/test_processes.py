@@ -104,3 +104,35 @@ def test_ctrl_c_while_waiting_cancels_the_run(tmp_path, backend):
     while psutil.pid_exists(worker) and psutil.Process(worker).status() != psutil.STATUS_ZOMBIE and time.time() < deadline:
         time.sleep(0.1)
     assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_forked_child_that_exits_leaves_the_parent_s_client_alone(tmp_path):
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        from maze import MaClient, task
+
+        @task(inputs=["seconds"], outputs=["y"])
+        def nap(p):
+            time.sleep(p["seconds"])
+            return {{"y": 1}}
+
+        client = MaClient(history={str(tmp_path / "h.sqlite3")!r})
+        wf = client.create_workflow()
+        wf.add_task(nap, inputs={{"seconds": 1.0}})
+        run_id = wf.run()
+        time.sleep(0.3)
+        pid = os.fork()
+        if pid == 0:
+            sys.exit(0)            # a child that exits normally: its exit hooks run
+        started = time.monotonic()
+        os.waitpid(pid, 0)
+        print("child", round(time.monotonic() - started, 1))
+        print("run", wf.wait(run_id)["status"])
+        print("next", wf.wait(wf.run())["status"])
+        client.close()
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split() for line in out.stdout.splitlines())
+    assert lines["run"] == "completed" and lines["next"] == "completed"   # the parent's workers were not stopped
+    assert float(lines["child"]) < 5                                       # and the child did not wait on them

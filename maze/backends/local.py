@@ -114,6 +114,7 @@ class LocalBackend:
 
     def __init__(self, *, max_workers: int | None = None, prestart: bool = True) -> None:
         cpus = usable_cpus()
+        self._pid = os.getpid()
         self.max_workers = max_workers or max(4, 2 * cpus)
         self._lock = threading.Lock()
         self._workers: list[_Worker] = []          # every worker process not yet reaped, retiring ones too
@@ -463,4 +464,5 @@ _live: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
 @atexit.register
 def _close_all() -> None:
     for backend in list(_live):
-        backend.close()
+        if backend._pid == os.getpid():   # a forked child must not stop its parent's workers
+            backend.close()
