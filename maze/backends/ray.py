@@ -79,6 +79,7 @@ import logging
 import math
 import os
 import queue
+import re
 import shutil
 import signal
 import sys
@@ -805,4 +806,16 @@ def _ray_error(call: TaskCall, exc: BaseException) -> TaskError:
         return TaskError.worker_died(call.task_id, f"a Ray worker: {error_of(exc).text}")
     if isinstance(exc, ray.exceptions.TaskCancelledError):
         return TaskError.cancelled(call.task_id, "Ray cancelled it")
+    if isinstance(exc, ray.exceptions.RayError):
+        # Ray failed before or around the task's body (e.g. an input the worker could not
+        # unpickle): say so, naming the task and the cause, without Ray's terminal colours.
+        cause: BaseException = exc
+        while isinstance(cause, ray.exceptions.RayTaskError) and isinstance(cause.cause, BaseException):
+            cause = cause.cause   # what the worker hit, not Ray's wrapper of it
+        cause = _root_cause(cause)
+        text = _ANSI.sub("", f"{type(cause).__name__}: {cause}").strip()
+        return TaskError.simple("RuntimeError", f"task {call.task_id!r} could not be run by Ray: {text}")
     return error_of(exc)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
