@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from maze.core.fold import RunFold
 from maze.core.graphviews import find_dot, render
 from maze.core.history import default_path
 from maze.core.progress import clock_text
+from maze.core.report import encodable
 from maze.core.workflow import show_progress
 from maze.notebook.render import to_dot
 
@@ -201,7 +203,7 @@ def _positive(text: str) -> int:
     value = _count(text)
     if value == 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number greater than 0")
-    return value
+    return min(value, 2**62)   # more than any history holds; SQL's LIMIT takes 64-bit numbers only
 
 
 # -- the parser --------------------------------------------------------------------------------------
@@ -258,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error (already printed by argparse)
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
-    out = sys.stdout
+    out = encodable(sys.stdout)
     try:
         code: int = args.func(args, out)
         return code
@@ -270,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"maze {args.command}: {exc}", file=sys.stderr)
     except (UnknownRunError, UnsafeHistoryError, MazeError, ValueError, OSError) as exc:
         print(f"maze {args.command}: {_text(exc)}", file=sys.stderr)
+    except sqlite3.Error as exc:   # not a database, damaged, or unreadable
+        where = getattr(args, "history", None) or default_path()
+        print(f"maze {args.command}: cannot read the run history {where}: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130

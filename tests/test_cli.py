@@ -168,3 +168,25 @@ def test_main_returns_the_exit_code(history, capsys):
     assert main(["show", "zzz", "--history", str(path)]) == 2
     assert main(["--version"]) == 0
     assert "no run 'zzz'" in capsys.readouterr().err
+
+
+def test_a_terminal_that_is_not_utf8_gets_the_output_with_plain_glyphs(history):
+    path, good, _ = history
+    out = maze("show", good, history=path, env={"PYTHONIOENCODING": "ascii"})
+    assert out.returncode == 0, out.stderr
+    assert "workflow completed" in out.stdout and "?" in out.stdout   # the glyphs, replaced
+
+
+def test_a_file_that_is_not_a_history_is_a_clear_error(tmp_path):
+    junk = tmp_path / "junk.sqlite3"
+    junk.write_text("not a database " * 100)
+    out = maze("runs", history=junk)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"the run history {junk}" in out.stderr and "not a database" in out.stderr
+
+
+def test_a_huge_limit_is_taken_as_no_limit(history):
+    path, good, bad = history
+    out = maze("runs", "--limit", str(2**70), history=path)
+    assert out.returncode == 0, out.stderr
+    assert good in out.stdout and bad in out.stdout

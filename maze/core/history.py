@@ -98,9 +98,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from .errors import BackendError, UnsafeHistoryError
 from .history_process import Link, pack
 from .history_store import DEFAULT_NAME as _DEFAULT_NAME
-from .history_store import FORMAT, Item, connect, default_path, start_time
+from .history_store import FORMAT, Item, connect, connect_to_read, default_path, start_time
 from .history_store import settle_orphans as _settle_orphans
 from .history_values import VALUE_LIMIT, Dropped, Stored, check_private, load_value
 from .messages import Message
@@ -167,9 +168,16 @@ class HistoryWriter:
         self._log_head = _line_count("log_head", log_head)
         self._log_tail = _line_count("log_tail", log_tail)
         # Opened here, so that a file maze will not write raises to the caller; the writer opens its own.
-        db = connect(self.path)
+        # A history this user may only read (a copy, a colleague's) opens read-only: the runs it
+        # holds can be listed and shown; runs made here are not recorded (the writer says so once).
         try:
-            _settle_orphans(db, self.path)
+            db = connect_to_read(self.path)
+        except (OSError, sqlite3.Error) as exc:
+            raise BackendError(f"cannot open the run history {self.path}: {exc}; choose another file with "
+                               "MaClient(history=...) or $MAZE_HISTORY, or turn it off with history=None") from exc
+        try:
+            if os.access(self.path, os.W_OK):
+                _settle_orphans(db, self.path)
         finally:
             db.close()
         # The driver owns its runs (not the writer process): a run is interrupted when the driver dies.
@@ -350,10 +358,12 @@ class HistoryReader:
         self.path = _history_file(path)
 
     def _db(self) -> sqlite3.Connection:
-        return connect(self.path)
+        return connect_to_read(self.path)
 
     def _settled_db(self) -> sqlite3.Connection:
-        db = connect(self.path)
+        db = connect_to_read(self.path)
+        if not os.access(self.path, os.W_OK):
+            return db   # read-only here: runs of dead drivers are marked by whoever may write the file
         try:
             _settle_orphans(db, self.path)
         except BaseException:
@@ -452,9 +462,13 @@ class HistoryReader:
             time.sleep(FOLLOW_S)
             try:
                 numbered = self._numbered(run.run_id, values=values, after=last)
+            except UnsafeHistoryError as exc:  # its values cannot be loaded safely: follow without them
+                _log.warning("maze: following run %s without its result values: %s", run.run_id, exc)
+                values = False
+                continue
             except Exception:  # noqa: BLE001 - e.g. the run was deleted: show what was seen, and end
                 _log.warning("maze: stopped following run %s in %s", run.run_id, self.path, exc_info=True)
-                run.ended.set()
+                run.unfollowed()
                 return
             if numbered:
                 last = numbered[-1][0]

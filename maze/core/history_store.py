@@ -104,6 +104,29 @@ def connect(path: Path) -> sqlite3.Connection:
     return db
 
 
+def connect_to_read(path: Path) -> sqlite3.Connection:
+    """Open a history to read it: as :func:`connect` where this user may write it, else read-only.
+
+    A copied history, a colleague's, a CI artifact: reading one needs no write access. SQLite's
+    read-only mode still needs the ``-shm`` file of a WAL database; where that cannot be made
+    either, the file is read as immutable (it must then not change while it is read).
+    """
+    if os.access(path, os.W_OK) and os.access(path.parent, os.W_OK) or not path.exists():
+        return connect(path)
+    for mode in ("mode=ro", "immutable=1"):
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, timeout=30, check_same_thread=False)
+        try:
+            version = db.execute("SELECT user_version FROM pragma_user_version").fetchone()[0]
+        except sqlite3.OperationalError:
+            db.close()
+            continue
+        if version != FORMAT:
+            db.close()
+            raise UnsafeHistoryError(format_problem(path, version))
+        return db
+    return connect(path)   # raises the error that says why it cannot be opened
+
+
 def format_problem(path: Path, version: int) -> str:
     if version == 0:
         return (f"{path} is not a run history this maze reads: it is in maze's old format, which stored every "

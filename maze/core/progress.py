@@ -120,20 +120,22 @@ def follow(run: RunState, out: TextIO, style: Style, *, tty: bool | None = None,
     fold = RunFold(tuple(run.plan.tasks))
     compact = _Compact(run, out, is_tty(out) if tty is None else tty, clock) if style == "compact" else None
     wake_s = (REDRAW_S if compact.tty else LINE_EVERY_S) if compact is not None else 3600.0
-    for batch in batches(run, wake_s):
-        fold.apply(batch)
-        for message in batch:
-            log_event(run, message, fold)
-            if style == "events":
-                line = report.format_message(message)
-                if line is not None:
-                    print(line, file=out, flush=True)
-            elif compact is not None:
-                compact.message(message)
+    try:
+        for batch in batches(run, wake_s):
+            fold.apply(batch)
+            for message in batch:
+                log_event(run, message, fold)
+                if style == "events":
+                    line = report.format_message(message)
+                    if line is not None:
+                        print(line, file=out, flush=True)
+                elif compact is not None:
+                    compact.message(message)
+            if compact is not None:
+                compact.tick(fold, ended=fold.ended)
+    finally:   # also on Ctrl-C: what follows starts on a clean line
         if compact is not None:
-            compact.tick(fold, ended=fold.ended)
-    if compact is not None:
-        compact.clear()
+            compact.clear()
 
 
 class _Compact:

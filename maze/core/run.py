@@ -348,6 +348,13 @@ class RunState:
             if fold.ended:
                 self.ended.set()
 
+    def unfollowed(self) -> None:
+        """A run followed from the history can no longer be read: it ends here, as far as it was seen."""
+        with self.changed:
+            self.ended.set()
+            self.changed.notify_all()     # wake every reader waiting for more
+            self.attention.notify_all()
+
     # -- reading ------------------------------------------------------------------
 
     def log(self) -> MessageLog:

@@ -39,6 +39,7 @@ def show_progress(run: RunState, viewer: Viewer | None, out: TextIO, verbose: bo
     first failures still printed as lines. ``verbose=True``: a line per event, always;
     ``verbose=False``: never (the progress line, or only the summary under the widget).
     """
+    out = report.encodable(out)
     shown = viewer.watch(run) if viewer is not None else None
     style = progress.choose_style(len(run.plan.tasks), verbose=verbose, shown=shown is not None)
     summary = print_progress(run, out, style=style)
