@@ -123,7 +123,7 @@ def test_timeout_stops_the_task_and_the_run_goes_on(stopping_client):
     started = time.perf_counter()
     run_id = wf.run()
     summary = wf.wait(run_id)
-    assert time.perf_counter() - started < 5
+    assert time.perf_counter() - started < 20   # stopped, not left to sleep its 30 s (a busy machine starts slowly)
     assert summary["exception_tasks"] == [slow.task_id]
     assert summary["task_results"] == {fine.task_id: {"y": 2}}
     failure = next(m["data"] for m in wf.get_results(run_id) if m["type"] == "task_exception")
