@@ -110,7 +110,7 @@ class _Work:
     ahead: set[str] = field(default_factory=set)                  # submitted before their upstream tasks finished
     held: dict[str, list[WorkerEvent]] = field(default_factory=dict)     # what ahead tasks reported, in order
     held_done: dict[str, tuple[TaskCall, TaskOutcome]] = field(default_factory=dict)  # outcomes of ahead tasks
-    stopping: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # ahead tasks stopped with their run: (reason, upstream)
+    stopping: dict[str, tuple[str, str | None, bool]] = field(default_factory=dict)  # ahead tasks being stopped: (reason, upstream, cancelled)
     outcomes: deque[tuple[str, TaskCall, TaskOutcome]] = field(default_factory=deque)  # to conclude, in order
     draining: bool = False
 
@@ -556,7 +556,7 @@ class Engine:
         run.fail(tid, error or TaskError.simple("RuntimeError", "the task failed without an error"), work.attempts[tid])
         for child in run.plan.descendants(tid):
             if run.states[child] is TaskState.PENDING:
-                run.skip(child, f"upstream task {tid!r} failed", tid, cancelled=False)
+                self._skip(work, child, f"upstream task {tid!r} failed", tid, cancelled=False, stop=True)
         if run.fail_fast and not run.cancelling:
             run.cancel()
             self._stop_everything(work, f"fail_fast: task {tid!r} failed", upstream=tid)
@@ -588,24 +588,30 @@ class Engine:
         for tid, state in list(run.states.items()):
             if state is not TaskState.PENDING:
                 continue
-            if tid in work.ahead:
-                # Submitted ahead, it may be running on a worker already, unknown here yet. Its
-                # attempt is stopped below; what it reports back decides: started, it ends as a
-                # started task that was stopped (as on every backend); else it is skipped.
-                work.stopping[tid] = (reason, upstream)
-                held = work.held_done.pop(tid, None)
-                if held is not None:   # it has ended already
-                    self._conclude_stopped_ahead(work, tid, held[0])
-            else:
-                run.skip(tid, reason, upstream, cancelled=True)
+            self._skip(work, tid, reason, upstream, cancelled=True, stop=False)   # stopped below
         for call in list(work.calls.values()):
             self.backend.stop(call.call_id)  # its future settles the task as cancelled
         if run.open == 0:
             self._end(work)
 
+    def _skip(self, work: _Work, tid: str, reason: str, upstream: str | None, *, cancelled: bool, stop: bool) -> None:
+        """``tid`` will not run here: skip it, or, if it was submitted ahead, stop it and let what it
+        reports back decide. Such a task may be running already (Ray starts it once its inputs exist,
+        which can be before an upstream failure only the driver sees): started, it ends as a started
+        task that was stopped, as on every backend; else it is skipped. Never skipped after it ran."""
+        if tid not in work.ahead:
+            work.run.skip(tid, reason, upstream, cancelled=cancelled)
+            return
+        work.stopping[tid] = (reason, upstream, cancelled)
+        held = work.held_done.pop(tid, None)
+        if held is not None:   # it has ended already
+            self._conclude_stopped_ahead(work, tid, held[0])
+        elif stop and tid in work.calls:
+            self.backend.stop(work.calls[tid].call_id)
+
     def _conclude_stopped_ahead(self, work: _Work, tid: str, call: TaskCall) -> None:
         """An ahead task stopped with its run has reported back (its start, if any, came before)."""
-        reason, upstream = work.stopping.pop(tid)
+        reason, upstream, cancelled = work.stopping.pop(tid)
         events = work.held.pop(tid, [])
         work.ahead.discard(tid)
         self._settled(work, tid)
@@ -615,7 +621,7 @@ class Engine:
                 self._apply(work, tid, call, event)
             work.run.stop(tid, TaskError.cancelled(tid, reason), call.attempt)
         else:
-            work.run.skip(tid, reason, upstream, cancelled=True)
+            work.run.skip(tid, reason, upstream, cancelled=cancelled)
 
     def _guard(self, work: _Work) -> _Guard:
         return _Guard(self, work)
