@@ -111,7 +111,7 @@ def connect_to_read(path: Path) -> sqlite3.Connection:
     read-only mode still needs the ``-shm`` file of a WAL database; where that cannot be made
     either, the file is read as immutable (it must then not change while it is read).
     """
-    if os.access(path, os.W_OK) and os.access(path.parent, os.W_OK) or not path.exists():
+    if not path.exists() or (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
         return connect(path)
     for mode in ("mode=ro", "immutable=1"):
         db = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, timeout=30, check_same_thread=False)
