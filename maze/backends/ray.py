@@ -67,7 +67,10 @@ How a call runs:
   (``start_new_session=True``, daemons) escapes. A call stopped before its
   start note went out (its first 20 ms) names no group: there, only Ray's
   own cleanup applies. The attempt is reported as
-  cancelled or timed out, not as a dead worker. A timeout runs from the start
+  cancelled or timed out, not as a dead worker. A call still waiting for its
+  inputs is cancelled only once they have resolved (Ray cannot cancel a call
+  while it resolves its arguments; see :meth:`RayBackend._cancel_resolved`).
+  A timeout runs from the start
   note (or the report, if it comes first) and this backend's thread enforces
   it (see :mod:`maze.backends._jobs`). Ray's own retries are off (maze
   retries).
@@ -431,6 +434,9 @@ def _small(value: Any) -> bool:
 @dataclass(eq=False, kw_only=True)
 class _Job(Job):
     refs: list[Any]                       # the report's object reference, then the outputs'
+    # Object references among its arguments: while any is unresolved, Ray cannot
+    # cancel the call safely (see RayBackend._cancel).
+    waits_on: list[Any] = field(default_factory=list)
     started: bool = False
     # Held while reporting the start: the notes thread and the result thread may
     # both try, and the start must be reported, once, before the future resolves.
@@ -472,6 +478,7 @@ class RayBackend:
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._by_ref: dict[Any, _Job] = {}
+        self._to_cancel: dict[_Job, float | None] = {}     # stopped, inputs unresolved: since when seen resolved
         self._code: OrderedDict[str, None] = OrderedDict()  # code keys the hub holds (the last few sent)
         self._kills: set[Any] = set()                      # group kills still running
         self._notes_lock = threading.Lock()                # one drain of the hub at a time, delivered whole
@@ -549,7 +556,8 @@ class RayBackend:
             )))
             return failed, None
         refs = refs if isinstance(refs, list) else [refs]
-        job = _Job(call, report, Future(), refs=refs)
+        waits_on = [v for v in (*call.inputs.values(), *call.after) if isinstance(v, ray.ObjectRef)]
+        job = _Job(call, report, Future(), refs=refs, waits_on=waits_on)
         job.future.set_running_or_notify_cancel()
         with self._lock:
             self._jobs[call.call_id] = job
@@ -651,10 +659,47 @@ class RayBackend:
                 return  # stopping already
             job.stop_reason = reason
             group = job.group
-        ray.cancel(job.refs[0], force=True)
+        if job.started or not job.waits_on:
+            ray.cancel(job.refs[0], force=True)
+        else:
+            with self._lock:
+                self._to_cancel[job] = None  # _watch cancels it once its inputs have resolved
         if group is not None:
             self._kill_group(*group)
         # else: not started, or its start note is not here yet; _started kills the group when it comes
+
+    def _cancel_resolved(self) -> None:
+        """Cancel the stopped calls whose inputs were seen resolved a poll interval ago.
+
+        Ray (2.x) cannot cancel a call while it resolves its arguments: the
+        cancel and the resolution race in Ray's core worker, which then fails
+        an internal check and ends the driver (``submitted_task_ref_count > 0``,
+        "Tried to complete task that was not pending"). So a stopped call still
+        waiting for inputs is cancelled from here once they have resolved and a
+        poll interval (``_POLL_S``) has passed, by which time Ray has queued or
+        started it, where a cancel is safe. Its upstream calls were stopped too
+        (a run's cancel and fail-fast stop every call; a failed upstream call
+        has resolved already), so the wait is short. Should an upstream call
+        have finished well just before its stop, the call may start in that
+        interval: it is then stopped as a started call (its group killed).
+        """
+        now = time.monotonic()
+        with self._lock:
+            waiting = [(job, since) for job, since in self._to_cancel.items() if job.refs[0] in self._by_ref]
+            self._to_cancel = dict(waiting)   # those over already are forgotten
+        for job, since in waiting:
+            if not job.started:
+                resolved, _ = ray.wait(job.waits_on, num_returns=len(job.waits_on), timeout=0, fetch_local=False)
+                if len(resolved) < len(job.waits_on):
+                    continue
+                if since is None or now - since < _POLL_S:
+                    # Resolved only now: Ray may be resolving the call's arguments as we look.
+                    with self._lock:
+                        self._to_cancel[job] = now if since is None else since
+                    continue
+            with self._lock:
+                self._to_cancel.pop(job, None)
+            ray.cancel(job.refs[0], force=True)
 
     def _kill_group(self, node: str, pgid: int) -> None:
         pinned = self._killer.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
@@ -684,6 +729,8 @@ class RayBackend:
                 if job is not None:
                     self._finish(job, future)
             self._enforce_timeouts()
+            if self._to_cancel:
+                self._cancel_resolved()
 
     def _take_ready(self) -> list[tuple[Any, Future[Any]]]:
         """The reports done now: waits up to a poll interval for the first."""
