@@ -67,9 +67,10 @@ How a call runs:
   (``start_new_session=True``, daemons) escapes. A call stopped before its
   start note went out (its first 20 ms) names no group: there, only Ray's
   own cleanup applies. The attempt is reported as
-  cancelled or timed out, not as a dead worker. A call still waiting for its
-  inputs is cancelled only once they have resolved (Ray cannot cancel a call
-  while it resolves its arguments; see :meth:`RayBackend._cancel_resolved`).
+  cancelled or timed out, not as a dead worker. A call that takes object
+  references is cancelled only once it has started or its inputs have long
+  resolved (Ray cannot cancel a call while it takes it in and resolves its
+  arguments; see :meth:`RayBackend._cancel_resolved`).
   A timeout runs from the start
   note (or the report, if it comes first) and this backend's thread enforces
   it (see :mod:`maze.backends._jobs`). Ray's own retries are off (maze
@@ -121,6 +122,7 @@ HUB_CODE = 1024           # code keys the hub keeps (more than the driver rememb
 _POLL_S = 0.05
 _NOTES_S = 0.1
 _KILL_WAIT_S = 10.0       # how long a group kill waits for the stopped worker to be gone
+_CANCEL_GRACE_S = 1.0     # how long after its inputs resolved (and it was submitted) a call is safe to cancel
 _WARNED_RUNS = 1024       # runs remembered as warned about gpu_mem (the oldest are forgotten)
 
 
@@ -437,6 +439,7 @@ class _Job(Job):
     # Object references among its arguments: while any is unresolved, Ray cannot
     # cancel the call safely (see RayBackend._cancel).
     waits_on: list[Any] = field(default_factory=list)
+    submitted_at: float = field(default_factory=time.monotonic)
     started: bool = False
     # Held while reporting the start: the notes thread and the result thread may
     # both try, and the start must be reported, once, before the future resolves.
@@ -669,19 +672,24 @@ class RayBackend:
         # else: not started, or its start note is not here yet; _started kills the group when it comes
 
     def _cancel_resolved(self) -> None:
-        """Cancel the stopped calls whose inputs were seen resolved a poll interval ago.
+        """Cancel the stopped calls that Ray can cancel safely by now.
 
-        Ray (2.x) cannot cancel a call while it resolves its arguments: the
-        cancel and the resolution race in Ray's core worker, which then fails
-        an internal check and ends the driver (``submitted_task_ref_count > 0``,
-        "Tried to complete task that was not pending"). So a stopped call still
-        waiting for inputs is cancelled from here once they have resolved and a
-        poll interval (``_POLL_S``) has passed, by which time Ray has queued or
-        started it, where a cancel is safe. Its upstream calls were stopped too
-        (a run's cancel and fail-fast stop every call; a failed upstream call
-        has resolved already), so the wait is short. Should an upstream call
-        have finished well just before its stop, the call may start in that
-        interval: it is then stopped as a started call (its group killed).
+        Ray (2.x) cannot cancel a call that it has not yet fully submitted:
+        ``.remote()`` returns before Ray's own I/O thread has taken the call in
+        and resolved its arguments, and a cancel in that window races them in
+        Ray's core worker, which then fails an internal check and ends the
+        driver (``submitted_task_ref_count > 0``, "Tried to complete task that
+        was not pending"). A stopped call that takes object references is
+        therefore cancelled from here once it has started (Ray runs it: a
+        cancel is safe), or once its inputs have resolved and
+        ``_CANCEL_GRACE_S`` has passed since then and since its submission,
+        ample time for Ray's I/O thread even on a loaded machine. Its upstream
+        calls were stopped too (a run's cancel and fail-fast stop every call; a
+        failed upstream call has resolved already), so the wait is short, and
+        a call whose inputs are a stopped call's outputs ends by itself without
+        running its body. Should an upstream call have finished well just
+        before its stop, the call may start meanwhile: it is then stopped as a
+        started call (its group killed).
         """
         now = time.monotonic()
         with self._lock:
@@ -692,10 +700,11 @@ class RayBackend:
                 resolved, _ = ray.wait(job.waits_on, num_returns=len(job.waits_on), timeout=0, fetch_local=False)
                 if len(resolved) < len(job.waits_on):
                     continue
-                if since is None or now - since < _POLL_S:
-                    # Resolved only now: Ray may be resolving the call's arguments as we look.
+                if since is None:
+                    since = now        # after its submission, necessarily
                     with self._lock:
-                        self._to_cancel[job] = now if since is None else since
+                        self._to_cancel[job] = since
+                if now - since < _CANCEL_GRACE_S:
                     continue
             with self._lock:
                 self._to_cancel.pop(job, None)
