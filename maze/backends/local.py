@@ -20,7 +20,12 @@ for "started" and ``print()`` events ahead of the result. This pool is small:
   per run however many tasks take it; large buffers (numpy arrays) go through
   shared memory (see ``_packing``), never through the socket;
 * one I/O thread waits on all worker sockets and resolves futures; their
-  callbacks (the scheduler) submit the next tasks straight from that thread;
+  callbacks (the scheduler) submit the next tasks straight from that thread.
+  A call lined up behind another (``submit_behind``, which the scheduler uses
+  for quick tasks) goes to the worker the moment that one's result arrives,
+  before the scheduler hears of it, so the worker runs it while the scheduler
+  concludes the one before; after a failure it waits for the scheduler, which
+  may stop it;
 * a worker serves one device set: GPU tasks run in workers started with
   ``CUDA_VISIBLE_DEVICES`` naming the granted devices, set before any CUDA
   library could read it;
@@ -94,6 +99,8 @@ class _Constant:
 @dataclass(eq=False, kw_only=True)
 class _Job(Job):
     constants: list[_Constant]             # packed ``call.constants``, in order; alive as long as the job
+    next: _Job | None = None               # the call lined up behind this one (submit_behind)
+    behind: _Job | None = None             # the call this one is lined up behind, until that one ends
 
 
 @dataclass(eq=False)
@@ -147,6 +154,30 @@ class LocalBackend:
         return self._capacity
 
     def submit(self, call: TaskCall, report: Reporter) -> Future[TaskOutcome]:
+        job = self._new_job(call, report)
+        if job.future.done():
+            return job.future
+        with self._lock:
+            self._admit(job)
+            self._place(job)
+        return job.future
+
+    def submit_behind(self, call: TaskCall, report: Reporter, behind: str) -> Future[TaskOutcome]:
+        """Submit a call that starts when ``behind`` has ended (see :class:`~maze.core.protocol.LiningBackend`)."""
+        job = self._new_job(call, report)
+        if job.future.done():
+            return job.future
+        with self._lock:
+            self._admit(job)
+            head = self._jobs.get(behind)
+            if head is not None and head.next is None and head is not job:
+                head.next, job.behind = job, head
+            else:  # ended already
+                self._place(job)
+        return job.future
+
+    def _new_job(self, call: TaskCall, report: Reporter) -> _Job:
+        """A job for ``call`` with its constants packed; its future is failed already if one cannot be."""
         future: Future[TaskOutcome] = Future()
         future.set_running_or_notify_cancel()
         constants = []
@@ -157,18 +188,34 @@ class LocalBackend:
                 future.set_result(TaskOutcome(error=TaskError.simple(
                     type(exc).__name__, f"the input {key!r} of task {call.task_id!r} could not be pickled: {exc}"
                 )))
-                return future
-        job = _Job(call, report, future, constants=constants)
-        with self._lock:
-            if self._closed:
-                raise BackendError("the local backend is closed; create a new MaClient")
-            self._jobs[call.call_id] = job
-            worker = self._idle_worker(call.gpu_ids or None)
-            if worker is None:
-                self._queue.append(job)
-            else:
-                self._send(worker, job)
-        return future
+                break
+        return _Job(call, report, future, constants=constants)
+
+    def _admit(self, job: _Job) -> None:
+        """Take a new job in (lock held)."""
+        if self._closed:
+            raise BackendError("the local backend is closed; create a new MaClient")
+        self._jobs[job.call.call_id] = job
+
+    def _place(self, job: _Job) -> None:
+        """Send a job to an idle worker, or queue it (lock held)."""
+        worker = self._idle_worker(job.call.gpu_ids or None)
+        if worker is None:
+            self._queue.append(job)
+        else:
+            self._send(worker, job)
+
+    def _follow_on(self, job: _Job, worker: _Worker | None) -> None:
+        """``job`` ended: start the call lined up behind it, on ``worker`` when given, else anywhere (lock held)."""
+        nxt, job.next = job.next, None
+        if nxt is None or self._closed:
+            return
+        nxt.behind = None
+        if worker is not None and worker.job is None and not worker.retiring \
+                and worker.devices == (nxt.call.gpu_ids or None):
+            self._send(worker, nxt)
+        else:
+            self._place(nxt)
 
     def stop(self, call_id: str) -> None:
         with self._lock:
@@ -176,9 +223,14 @@ class LocalBackend:
             if job is None:
                 return
             reason = TaskError.cancelled(job.call.task_id)
-            if job in self._queue:
+            if job.behind is not None:   # lined up, not started
+                job.behind.next = None
+                job.behind = None
+                del self._jobs[call_id]
+            elif job in self._queue:
                 self._queue.remove(job)
                 del self._jobs[call_id]
+                self._follow_on(job, None)
             else:
                 job.stop_reason = reason
                 self._kill_running(job)
@@ -373,6 +425,14 @@ class LocalBackend:
             return
         for p in packs:
             p.own_file()
+        with self._lock:
+            worker.known.difference_update(done.dropped)
+            worker.job = None
+            self._jobs.pop(job.call.call_id, None)
+            if error is None:
+                self._follow_on(job, worker)   # at once: the worker need not wait for the scheduler
+            if worker.job is None:
+                self._feed(worker)
         if error is None:
             try:
                 result = {k: _packing.unpack(p) for k, p in zip(keys, packs)}
@@ -383,12 +443,10 @@ class LocalBackend:
                 ), started_at=started, finished_at=finished)
         else:
             outcome = TaskOutcome(error=error, started_at=started, finished_at=finished)
-        with self._lock:
-            worker.known.difference_update(done.dropped)
-            worker.job = None
-            self._jobs.pop(job.call.call_id, None)
-            self._feed(worker)
         job.future.set_result(outcome)
+        if error is not None:   # now that the scheduler knows (it may have stopped the next one)
+            with self._lock:
+                self._follow_on(job, None)
 
     def _feed(self, worker: _Worker) -> None:
         """Give queued work to a worker that just became idle (lock held)."""
@@ -431,10 +489,13 @@ class LocalBackend:
                 if replacement is not None:
                     self._send(replacement, self._queue.popleft())
         code = worker.proc.wait()
-        if job is None or job.future.done():
+        if job is None:
             return
-        error = job.stop_reason or TaskError.worker_died(job.call.task_id, f"pid {pid}, {_describe_exit(code)}")
-        job.future.set_result(TaskOutcome(error=error))
+        if not job.future.done():
+            error = job.stop_reason or TaskError.worker_died(job.call.task_id, f"pid {pid}, {_describe_exit(code)}")
+            job.future.set_result(TaskOutcome(error=error))
+        with self._lock:
+            self._follow_on(job, None)
 
     def _enforce_timeouts(self) -> float | None:
         """Stop the running jobs past their deadline; the earliest deadline left (lock held, I/O thread)."""

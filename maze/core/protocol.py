@@ -23,7 +23,7 @@ Two promises make the message stream ordered without any extra bookkeeping:
 passes them on (values in memory, pickled bytes, Ray object references); the
 scheduler hands them back unchanged in the ``inputs`` of dependent calls.
 
-One capability is optional, :class:`EagerBackend`: a backend that *resolves
+Two capabilities are optional. :class:`EagerBackend`: a backend that *resolves
 handles of submitted calls* (Ray: object references of tasks still queued or
 running) says so with ``resolves_submitted = True`` and offers
 ``submit_ahead``, which returns, with the future, the handles of the call's
@@ -32,6 +32,10 @@ dependent as soon as its upstream calls are *submitted*, passing those handles,
 and the backend makes the dependent wait for them and skip its body when one of
 them failed. Everything the run records (states, messages, their order) is
 still decided by the scheduler from outcomes, as for any backend.
+:class:`LiningBackend`: a backend that can line a call up behind another one
+sharing its resources (``submit_behind``) and start it the moment that one
+ends; the scheduler lines up quick tasks so that a worker never waits for it
+between them (the local backend).
 """
 
 from __future__ import annotations
@@ -201,6 +205,24 @@ class EagerBackend(Backend, Protocol):
     resolves_submitted: bool
 
     def submit_ahead(self, call: TaskCall, report: Reporter) -> tuple[Future[TaskOutcome], Submitted | None]: ...
+
+
+@runtime_checkable
+class LiningBackend(Backend, Protocol):
+    """A backend that can line a call up behind another, to start it the moment that one ends.
+
+    ``submit_behind`` is ``submit`` for a call that shares the resources of
+    the call ``behind`` (the scheduler admitted them once, for both): it must
+    not start before ``behind`` has ended. When ``behind`` ends well, the
+    backend starts it at once on the worker that ran ``behind``, without
+    waiting for the scheduler to hear of that end, which keeps a worker busy
+    while the scheduler concludes the call before. When ``behind`` fails, the
+    backend resolves ``behind``'s future first, so that a scheduler stopping
+    everything (fail-fast) stops the lined-up call before it starts. If
+    ``behind`` has ended already, the call is submitted as usual.
+    """
+
+    def submit_behind(self, call: TaskCall, report: Reporter, behind: str) -> Future[TaskOutcome]: ...
 
 
 # -- what a reader of a run sees ---------------------------------------------------------------

@@ -69,6 +69,7 @@ from .protocol import (
     Backend,
     EagerBackend,
     Failure,
+    LiningBackend,
     ResultStore,
     Submitted,
     TaskCall,
@@ -85,6 +86,18 @@ from .snapshot import Snapshot
 _log = logging.getLogger("maze")
 
 _NO_CODE = ShippedCode("", b"")  # in calls whose function could not be pickled (never submitted)
+# A task is lined up behind another only when both last ran this briefly: a lined-up
+# task reads as submitted while it waits, so it must not wait long.
+QUICK_S = 0.005
+
+
+@dataclass(eq=False)
+class _Slot:
+    """Resources granted once and held by one call, or by a short line of calls that run one after the other."""
+
+    grant: Grant
+    holders: int = 0                  # calls holding it that have not ended
+    tail: TaskCall | None = None      # the last call that took it
 
 
 @dataclass(eq=False)
@@ -99,7 +112,7 @@ class _Work:
     handles: dict[str, Mapping[str, Any]] = field(default_factory=dict)   # outputs of finished tasks
     reusable: dict[str, tuple[Mapping[str, Any], str]] = field(default_factory=dict)  # task -> (result, source)
     calls: dict[str, TaskCall] = field(default_factory=dict)      # the current attempt of each admitted task
-    grants: dict[str, Grant] = field(default_factory=dict)        # resources held by admitted tasks
+    grants: dict[str, _Slot] = field(default_factory=dict)        # resources held by admitted tasks
     timers: dict[str, threading.Timer] = field(default_factory=dict)  # retries waiting for their delay
     # Submitting ahead (see the module docstring); empty unless the backend resolves submitted calls.
     eager: bool = False
@@ -157,6 +170,11 @@ class Engine:
         self._ahead: EagerBackend | None = (
             backend if isinstance(backend, EagerBackend) and backend.resolves_submitted and capacity.managed else None
         )
+        # Line quick tasks up behind each other where the backend can, and admission is ours.
+        self._lining: LiningBackend | None = (
+            backend if isinstance(backend, LiningBackend) and not capacity.managed else None
+        )
+        self._durations: dict[str, float] = {}   # code key -> how long its last call ran
 
     # -- public -----------------------------------------------------------------
 
@@ -328,7 +346,7 @@ class Engine:
         assert grant is not None, "submitting ahead needs a capacity the backend manages"
         work.ahead.add(tid)
         work.run.explain(tid, "ran: nothing to reuse", replace=False)
-        self._launch(work, tid, grant)
+        self._launch(work, tid, _Slot(grant))
         return tid in work.solid
 
     def _promote(self, work: _Work, tid: str) -> None:
@@ -383,15 +401,45 @@ class Engine:
                         if grant is None:
                             break
                         queue.popleft()
-                        self._launch(work, tid, grant)
+                        slot = _Slot(grant)
+                        self._launch(work, tid, slot)
+                        self._line_up(slot, need)
                     if not queue:
                         del self._waiting[need]
                 again = self._dispatch_again
         finally:
             self._dispatching = False
 
-    def _launch(self, work: _Work, tid: str, grant: Grant) -> None:
+    def _line_up(self, slot: _Slot, need: Resources) -> None:
+        """Line the next waiting task of shape ``need`` up behind the slot's last call, if both are quick.
+
+        The backend starts it the moment that call ends, on the same worker,
+        while this thread is still concluding the call before: on tasks much
+        shorter than the scheduler's own work per task, workers would otherwise
+        wait for it. Both run under the slot's one grant, one after the other.
+        """
+        tail = slot.tail
+        if self._lining is None or slot.holders != 1 or tail is None or not self._quick(tail.code.key):
+            return
+        queue = self._waiting.get(need)
+        while queue:
+            work, tid = queue[0]
+            if work.run.cancelling or work.run.states[tid].terminal:
+                queue.popleft()
+                continue
+            code = work.snapshot.code[tid]
+            if isinstance(code, TaskError) or not self._quick(code.key):
+                return
+            queue.popleft()   # an emptied queue is dropped by _dispatch
+            self._launch(work, tid, slot, behind=tail.call_id)
+            return
+
+    def _quick(self, code_key: str) -> bool:
+        return self._durations.get(code_key, QUICK_S) < QUICK_S
+
+    def _launch(self, work: _Work, tid: str, slot: _Slot, behind: str | None = None) -> None:
         run = work.run
+        grant = slot.grant
         with self._guard(work):
             work.attempts[tid] += 1
             attempt = work.attempts[tid]
@@ -402,7 +450,9 @@ class Engine:
                 call = dataclasses.replace(previous, attempt=attempt, gpu_ids=grant.gpu_ids,
                                            call_id=f"{run.run_id}:{tid}:{attempt}")
             work.calls[tid] = call
-            work.grants[tid] = grant
+            work.grants[tid] = slot
+            slot.holders += 1
+            slot.tail = call
             if tid not in work.ahead:
                 run.launch(tid)
             code = work.snapshot.code[tid]
@@ -412,6 +462,8 @@ class Engine:
                 future.set_result(TaskOutcome(error=code))
             elif work.eager and self._ahead is not None:
                 future, submitted = self._ahead.submit_ahead(call, partial(self._on_event, work, tid, call.call_id))
+            elif behind is not None and self._lining is not None:
+                future = self._lining.submit_behind(call, partial(self._on_event, work, tid, call.call_id), behind)
             else:
                 future = self.backend.submit(call, partial(self._on_event, work, tid, call.call_id))
             if submitted is not None and not run.plan.tasks[tid].spec.options.retries:
@@ -475,7 +527,7 @@ class Engine:
         run = work.run
         with self._lock, self._guard(work):
             outcome = future.result()
-            self._pool.release(work.grants.pop(tid))
+            self._release(work.grants.pop(tid), call, outcome)
             if work.calls.get(tid) is not call or run.states[tid].terminal:
                 if work.calls.get(tid) is call:  # an ahead task skipped meanwhile: forget it
                     del work.calls[tid]
@@ -496,6 +548,18 @@ class Engine:
             self._dispatch()
             if run.open == 0:
                 self._end(work)
+
+    def _release(self, slot: _Slot, call: TaskCall, outcome: TaskOutcome) -> None:
+        """A call ended: give its resources back, or keep them for the call lined up behind it and line up one more."""
+        if outcome.started_at is not None and outcome.finished_at is not None:
+            if len(self._durations) > 4096:   # keys of code edited away
+                self._durations.clear()
+            self._durations[call.code.key] = outcome.finished_at - outcome.started_at
+        slot.holders -= 1
+        if slot.holders == 0:
+            self._pool.release(slot.grant)
+        else:
+            self._line_up(slot, slot.grant.resources)
 
     def _drain(self, work: _Work) -> None:
         """Conclude the outcomes waiting, in order, including those that concluding one releases (no recursion)."""

@@ -1,0 +1,208 @@
+"""Quick tasks lined up behind each other on the local backend.
+
+The scheduler lines a quick task up behind another one holding the same
+grant; the backend starts it on that worker the moment the first one's result
+arrives. What must hold: it never starts before the one ahead has ended (so
+admission holds), a stop before it starts keeps it from starting, and after a
+failure it waits until the scheduler has heard of the failure.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+
+import pytest
+
+from maze import MaClient, task
+from maze.backends.local import LocalBackend
+from maze.core.protocol import Failure, TaskCall, TaskOutcome, TaskStarted, WorkerEvent
+from maze.core.resources import Resources
+from maze.core.shipping import ship
+
+
+def stamp(params):
+    import os
+    import time as _time
+
+    start = _time.time()
+    _time.sleep(params["seconds"])
+    if params["fail"]:
+        raise RuntimeError("the first one fails")
+    return {"pid": os.getpid(), "start": start, "end": _time.time()}
+
+
+def _call(name: str, seconds: float = 0.0, fail: bool = False) -> TaskCall:
+    return TaskCall(
+        call_id=f"run:{name}:1", run_id="run", task_id=name, task_name=name, attempt=1, func=stamp,
+        code=ship(stamp), constants={"seconds": seconds, "fail": fail}, inputs={},
+        outputs=("pid", "start", "end"), resources=Resources(),
+    )
+
+
+class Events:
+    """What a backend reported for each call, in order."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, WorkerEvent]] = []
+
+    def reporter(self, name: str):
+        return lambda event: self.seen.append((name, event))
+
+    def started(self, name: str) -> bool:
+        return any(n == name and isinstance(e, TaskStarted) for n, e in self.seen)
+
+
+@pytest.fixture(scope="module")
+def backend():
+    with LocalBackend(max_workers=4) as b:
+        yield b
+
+
+def test_a_lined_up_call_runs_on_the_same_worker_right_after(backend):
+    events = Events()
+    first = backend.submit(_call("a", 0.3), events.reporter("a"))
+    second = backend.submit_behind(_call("b"), events.reporter("b"), behind="run:a:1")
+    a, b = first.result(10).result, second.result(10).result
+    assert a is not None and b is not None
+    assert b["pid"] == a["pid"]                 # the worker that ran a
+    assert b["start"] >= a["end"]               # never alongside it: they share one grant
+
+
+def test_a_call_lined_up_behind_one_that_ended_runs_as_usual(backend):
+    events = Events()
+    backend.submit(_call("a2"), events.reporter("a2")).result(10)
+    late = backend.submit_behind(_call("b2"), events.reporter("b2"), behind="run:a2:1")
+    assert late.result(10).ok and events.started("b2")
+
+
+def test_stopping_a_lined_up_call_keeps_it_from_starting(backend):
+    events = Events()
+    first = backend.submit(_call("a3", 0.3), events.reporter("a3"))
+    second = backend.submit_behind(_call("b3"), events.reporter("b3"), behind="run:a3:1")
+    backend.stop("run:b3:1")
+    outcome = second.result(10)
+    assert outcome.error is not None and outcome.error.kind is Failure.CANCELLED
+    assert first.result(10).ok                  # the one ahead is untouched
+    time.sleep(0.2)
+    assert not events.started("b3")
+
+
+def test_after_a_failure_the_lined_up_call_waits_for_the_scheduler(backend):
+    events = Events()
+    first = backend.submit(_call("a4", 0.2, fail=True), events.reporter("a4"))
+    second = backend.submit_behind(_call("b4"), events.reporter("b4"), behind="run:a4:1")
+    seen_when_failed: list[bool] = []
+
+    def on_failed(done: Future[TaskOutcome]) -> None:   # what a fail-fast scheduler does
+        seen_when_failed.append(events.started("b4"))
+        backend.stop("run:b4:1")
+
+    first.add_done_callback(on_failed)
+    assert first.result(10).error is not None
+    assert second.result(10).error.kind is Failure.CANCELLED
+    assert seen_when_failed == [False]
+    time.sleep(0.2)
+    assert not events.started("b4")
+
+
+def test_when_the_worker_ahead_is_killed_the_lined_up_call_runs_elsewhere(backend):
+    events = Events()
+    first = backend.submit(_call("a5", 30.0), events.reporter("a5"))
+    second = backend.submit_behind(_call("b5"), events.reporter("b5"), behind="run:a5:1")
+    deadline = time.monotonic() + 10
+    while not events.started("a5") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    backend.stop("run:a5:1")                    # kills its worker's process group
+    assert first.result(10).error.kind is Failure.CANCELLED
+    b = second.result(10).result
+    a_pid = next(e.worker for n, e in events.seen if n == "a5" and isinstance(e, TaskStarted))
+    assert b is not None and b["pid"] != a_pid
+
+
+# -- through the scheduler --------------------------------------------------------------------
+
+
+@task(inputs=["i"], outputs=["pid", "start", "end"])
+def quick(params):
+    import os
+    import time as _time
+
+    start = _time.time()
+    return {"pid": os.getpid(), "start": start, "end": _time.time()}
+
+
+@task(inputs=["i"], outputs=["y"])
+def quick_or_fail(params):
+    if params["i"] == 150:
+        raise RuntimeError("one of many fails")
+    return {"y": params["i"]}
+
+
+def _most_at_once(spans: list[tuple[float, float]]) -> int:
+    edges = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def test_a_fan_out_of_quick_tasks_never_runs_more_than_the_capacity_at_once():
+    with MaClient(resources={"cpu": 2}, history=None) as client:
+        wf = client.create_workflow("quick fan-out")
+        tasks = [wf.add_task(quick, inputs={"i": i}) for i in range(400)]
+        wf.wait(wf.run())                       # the scheduler learns these are quick
+        summary = wf.wait(wf.run())
+    results = [summary["task_results"][t.task_id] for t in tasks]
+    assert summary["status"] == "completed"
+    assert _most_at_once([(r["start"], r["end"]) for r in results]) <= 2
+    # Lined up: each worker ran long runs of tasks one after the other.
+    assert len({r["pid"] for r in results}) <= 4
+
+
+def test_fail_fast_among_quick_tasks_starts_nothing_after_the_failure():
+    with MaClient(resources={"cpu": 2}, history=None) as client:
+        wf = client.create_workflow("quick fail-fast")
+        for i in range(300):
+            wf.add_task(quick_or_fail, inputs={"i": i if i != 150 else 0})
+        wf.wait(wf.run())                       # all quick and well: learnt as quick
+        wf2 = client.create_workflow("quick fail-fast 2")
+        for i in range(300):
+            wf2.add_task(quick_or_fail, inputs={"i": i})
+        run_id = wf2.run(fail_fast=True)
+        summary = wf2.wait(run_id)
+        messages = list(wf2.get_results(run_id))
+    assert summary["status"] == "failed"
+    failed_at = next(i for i, m in enumerate(messages) if m["type"] == "task_exception"
+                     and "one of many fails" in str(m["data"]))
+    started_after = [m for m in messages[failed_at:] if m["type"] == "start_task"]
+    # At most the task already running on the other worker, and what that worker had been handed.
+    assert len(started_after) <= 2, started_after
+    assert len(summary["task_results"]) + len(summary["cancelled_tasks"]) + 1 == 300   # none lost, none ran twice
+
+
+def test_cancelling_a_run_of_quick_tasks_ends_it_promptly():
+    with MaClient(resources={"cpu": 2}, history=None) as client:
+        wf = client.create_workflow("quick cancel")
+        for i in range(2000):
+            wf.add_task(quick, inputs={"i": i})
+        wf.wait(wf.run())
+        run_id = wf.run()
+        finished = threading.Event()
+
+        def cancel_after_some() -> None:
+            for m in wf.get_results(run_id):
+                if m["type"] == "finish_task":
+                    wf.cancel(run_id)
+                    break
+            finished.set()
+
+        threading.Thread(target=cancel_after_some, daemon=True).start()
+        summary = wf.wait(run_id, timeout=30)
+        assert finished.wait(10)
+    assert summary["status"] == "cancelled"
+    done, stopped = summary["task_results"], summary["cancelled_tasks"] + summary["skipped_tasks"]
+    assert done, "tasks finished before the cancel keep their results"
+    assert len(done) + len(stopped) == 2000 and not set(done) & set(stopped)
