@@ -17,8 +17,9 @@ ERROR = TaskError.simple("ValueError", "bad input")
 DESCRIPTOR = _packing.pack({"x": 1}, "test").descriptor()
 
 LOCAL_FRAMES = [
-    (CallHeader("c1", "t1", "key", True, ["a"], ["b"], [DESCRIPTOR, DESCRIPTOR], ("out",)),
-     ("call_id", "task_id", "code_key", "ship", "constant_names", "input_names", "descriptors", "outputs")),
+    (CallHeader("c1", "t1", "key", True, ["a"], ["b"], [DESCRIPTOR, DESCRIPTOR], ("out",), False),
+     ("call_id", "task_id", "code_key", "ship", "constant_names", "input_names", "descriptors", "outputs",
+      "announce")),
     (Ready(123, "host"), ("pid", "host")),
     (Started("c1", 1.5), ("call_id", "at")),
     (Log("c1", "stdout", "hello\n", 2.5), ("call_id", "stream", "text", "at")),

@@ -1,10 +1,12 @@
-"""Quick tasks lined up behind each other on the local backend.
+"""Quick tasks on the local backend: lined up behind each other, and announced only if they run a while.
 
 The scheduler lines a quick task up behind another one holding the same
 grant; the backend starts it on that worker the moment the first one's result
 arrives. What must hold: it never starts before the one ahead has ended (so
 admission holds), a stop before it starts keeps it from starting, and after a
-failure it waits until the scheduler has heard of the failure.
+failure it waits until the scheduler has heard of the failure. A worker
+announces a call (its ``Started`` frame) only once it has run a while, or
+prints, or has a timeout; a quick call's start comes with its end.
 """
 
 from __future__ import annotations
@@ -27,17 +29,20 @@ def stamp(params):
     import time as _time
 
     start = _time.time()
+    if params.get("say"):
+        print(params["say"])
     _time.sleep(params["seconds"])
     if params["fail"]:
         raise RuntimeError("the first one fails")
     return {"pid": os.getpid(), "start": start, "end": _time.time()}
 
 
-def _call(name: str, seconds: float = 0.0, fail: bool = False) -> TaskCall:
+def _call(name: str, seconds: float = 0.0, fail: bool = False, say: str = "",
+          timeout: float | None = None) -> TaskCall:
     return TaskCall(
         call_id=f"run:{name}:1", run_id="run", task_id=name, task_name=name, attempt=1, func=stamp,
-        code=ship(stamp), constants={"seconds": seconds, "fail": fail}, inputs={},
-        outputs=("pid", "start", "end"), resources=Resources(),
+        code=ship(stamp), constants={"seconds": seconds, "fail": fail, "say": say}, inputs={},
+        outputs=("pid", "start", "end"), resources=Resources(), timeout=timeout,
     )
 
 
@@ -119,6 +124,54 @@ def test_when_the_worker_ahead_is_killed_the_lined_up_call_runs_elsewhere(backen
     b = second.result(10).result
     a_pid = next(e.worker for n, e in events.seen if n == "a5" and isinstance(e, TaskStarted))
     assert b is not None and b["pid"] != a_pid
+
+
+def test_a_quick_call_reports_its_start_with_its_end(backend):
+    events = Events()
+    outcome = backend.submit(_call("q"), events.reporter("q")).result(10)
+    starts = [e for _, e in events.seen if isinstance(e, TaskStarted)]
+    assert len(starts) == 1 and starts[0].at == outcome.started_at   # the worker's own clock, once
+
+
+def test_a_call_still_running_is_announced_while_it_runs(backend):
+    events = Events()
+    future = backend.submit(_call("long", 1.0), events.reporter("long"))
+    deadline = time.monotonic() + 0.8
+    while not events.started("long") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert events.started("long") and not future.done()
+    assert future.result(10).ok
+    assert sum(isinstance(e, TaskStarted) for _, e in events.seen) == 1
+
+
+def test_a_call_that_prints_is_announced_before_its_first_line(backend):
+    events = Events()
+    assert backend.submit(_call("loud", say="hello"), events.reporter("loud")).result(10).ok
+    kinds = [type(e).__name__ for _, e in events.seen]
+    assert kinds[:2] == ["TaskStarted", "TaskLog"], kinds
+
+
+def test_the_announcer_sends_at_once_when_told_else_only_after_a_while():
+    import socket
+    from multiprocessing.connection import Connection
+
+    from maze.backends._worker import ANNOUNCE_S, Started, _Announcer, decode
+
+    ours, theirs = socket.socketpair()
+    driver, worker = Connection(ours.detach()), Connection(theirs.detach())
+    announcer = _Announcer(worker)
+    at = time.time()
+    announcer.begin("timed", at, now=True)               # a call with a timeout: its clock starts now
+    assert driver.poll(0) and decode(driver.recv_bytes()) == Started("timed", at)   # sent before begin returned
+    announcer.end()
+    began = time.time()
+    announcer.begin("slow", began, now=False)
+    assert not driver.poll(ANNOUNCE_S / 2)              # not before it has run a while
+    assert driver.poll(2) and decode(driver.recv_bytes()) == Started("slow", began)
+    announcer.end()
+    announcer.begin("quick", time.time(), now=False)
+    announcer.end()                                      # over before it was due: never announced
+    assert not driver.poll(ANNOUNCE_S * 5)
 
 
 # -- through the scheduler --------------------------------------------------------------------

@@ -14,6 +14,10 @@ To the driver: :class:`Ready` once, then for each call, in order,
 descriptors of the output values and the code keys this worker no longer
 holds, then the outputs' small frames. Because everything shares one ordered
 socket, the driver sees a task's start and its prints before its result.
+``Started`` goes out only for a call still running after ``ANNOUNCE_S``, or
+that prints, or that has a timeout (whose clock starts with it): a quick
+call's start comes in its ``Done``, one frame and one wake-up of the driver
+fewer per task.
 Values are packed as :mod:`._packing` describes.
 
 The frames are named tuples, defined here once for both sides; on the wire
@@ -52,6 +56,7 @@ from maze.core.protocol import TaskError
 from maze.core.shipping import ShippedCode
 from maze.core.task import TaskBody
 
+ANNOUNCE_S = 0.01               # a call still running after this long is announced (Started)
 _CODE_CACHE_COUNT = 256
 _CODE_CACHE_BYTES = 256 << 20   # code pickled by value carries the globals it reads, maybe large ones
 
@@ -70,6 +75,7 @@ class CallHeader(NamedTuple):
     input_names: list[str]
     descriptors: list[Descriptor]     # the constants' values, then the inputs', in the order of the names
     outputs: tuple[str, ...]          # declared outputs, checked here
+    announce: bool                    # send Started at once (the call has a timeout), not only if it runs a while
 
 
 class Ready(NamedTuple):
@@ -80,7 +86,7 @@ class Ready(NamedTuple):
 
 
 class Started(NamedTuple):
-    """Worker to driver: the call's inputs arrived and it starts now."""
+    """Worker to driver: the call started, and still runs (see :class:`_Announcer`)."""
 
     call_id: str
     at: float                         # time.time()
@@ -157,6 +163,63 @@ class _CodeCache:
         return dropped
 
 
+class _Announcer:
+    """Sends the current call's :class:`Started` frame once it has run ``ANNOUNCE_S`` (from its own thread).
+
+    The task's thread sends everything else. While a call is current, frames
+    go out under ``lock``, so that ``Started`` comes before any ``Log`` and
+    never after ``Done``. The thread polls only while a call is current, and
+    sleeps between calls.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self.lock = threading.Lock()
+        self._current: Started | None = None     # the call running and not yet announced
+        self._idle = True
+        self._wake = threading.Event()
+        threading.Thread(target=self._watch, name="maze-announce", daemon=True).start()
+
+    def begin(self, call_id: str, at: float, now: bool) -> None:
+        with self.lock:
+            self._current = Started(call_id, at)
+            if now:
+                self._announce()
+            elif self._idle:
+                self._idle = False
+                self._wake.set()
+
+    def send(self, data: bytes) -> None:
+        """Send a frame of the current call (a Log), announcing the call first."""
+        with self.lock:
+            self._announce()
+            self._conn.send_bytes(data)
+
+    def end(self) -> None:
+        with self.lock:
+            self._current = None
+
+    def _announce(self) -> None:   # lock held
+        if self._current is not None:
+            self._conn.send_bytes(encode(self._current))
+            self._current = None
+
+    def _watch(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(ANNOUNCE_S)
+            with self.lock:
+                current = self._current
+                if current is not None and time.time() - current.at >= ANNOUNCE_S:
+                    try:
+                        self._announce()
+                    except OSError:
+                        return   # the driver is gone; the task's thread finds out too
+                elif current is None:
+                    self._idle = True
+                    self._wake.clear()
+
+
 def main(fd: int, parent: int, owner: str) -> None:
     # Tasks' children must not hold the driver's connection open after we die
     # (the driver learns of our death by its end of the socket).
@@ -193,6 +256,7 @@ def _serve(fd: int, parent: int, owner: str) -> None:
     conn = Connection(fd)
     host, pid = socket.gethostname(), os.getpid()
     code = _CodeCache()
+    announcer = _Announcer(conn)
     conn.send_bytes(encode(Ready(pid, host)))
     while True:
         data = conn.recv_bytes()
@@ -203,12 +267,12 @@ def _serve(fd: int, parent: int, owner: str) -> None:
         call_id, task_id, code_key = call.call_id, call.task_id, call.code_key
         code_bytes = conn.recv_bytes() if call.ship else None
         packs = _packing.receive(conn.recv_bytes, call.descriptors)
-        conn.send_bytes(encode(Started(call_id, time.time())))
+        started = time.time()
+        announcer.begin(call_id, started, call.announce)
 
         def emit(stream: str, text: str, _call_id: str = call_id) -> None:
-            conn.send_bytes(encode(Log(_call_id, stream, text, time.time())))
+            announcer.send(encode(Log(_call_id, stream, text, time.time())))
 
-        started = time.time()
         result: dict[str, Any] | None = None
         error: TaskError | None = None
         try:
@@ -230,6 +294,7 @@ def _serve(fd: int, parent: int, owner: str) -> None:
             except BaseException as exc:  # noqa: BLE001
                 result, error = None, wrapped_error(exc, f"the result of task {task_id!r} could not be pickled")
         keys = list(result) if result is not None else []
+        announcer.end()
         dropped = code.trim()
         if code_key not in code:  # it failed to load: the driver must send it again next time
             dropped.append(code_key)

@@ -31,8 +31,9 @@ for "started" and ``print()`` events ahead of the result. This pool is small:
   library could read it;
 * each worker leads a process group (a session) of its own, and stopping a
   task (cancel, timeout) kills that group: the worker and every process its
-  task started (a timeout runs from the worker's ``Started`` frame; the I/O
-  thread enforces it, see :mod:`maze.backends._jobs`). A worker that dies
+  task started (a timeout runs from the worker's ``Started`` frame, sent at
+  once for a call with a timeout; the I/O thread enforces it, see
+  :mod:`maze.backends._jobs`). A worker that dies
   fails only its task, and the pool starts another when one is needed. (A
   Ctrl-C in a terminal therefore reaches the driver only; the driver cancels
   the run.)
@@ -99,6 +100,7 @@ class _Constant:
 @dataclass(eq=False, kw_only=True)
 class _Job(Job):
     constants: list[_Constant]             # packed ``call.constants``, in order; alive as long as the job
+    started: bool = False                  # its start was reported
     next: _Job | None = None               # the call lined up behind this one (submit_behind)
     behind: _Job | None = None             # the call this one is lined up behind, until that one ends
 
@@ -355,7 +357,7 @@ class LocalBackend:
         packs = [c.packed for c in job.constants] + inputs
         header = encode(CallHeader(
             call.call_id, call.task_id, code.key, ship, list(call.constants), list(call.inputs),
-            [p.descriptor() for p in packs], call.outputs,
+            [p.descriptor() for p in packs], call.outputs, call.timeout is not None,
         ))
         worker.known.add(code.key)  # the worker's Done frame says what it did not keep
         worker.job = job
@@ -409,15 +411,22 @@ class LocalBackend:
             return
         elif isinstance(frame, Started):
             job.start_clock(time.monotonic())
-            job.report(TaskStarted(job.call.call_id, worker.host or socket.gethostname(),
-                                   worker.proc.pid, job.call.gpu_ids, frame.at))
+            self._report_start(worker, job, frame.at)
         elif isinstance(frame, Log):
             job.report(TaskLog(job.call.call_id, frame.stream, frame.text, frame.at))
         elif isinstance(frame, Done):
             self._on_done(worker, job, frame)
 
+    @staticmethod
+    def _report_start(worker: _Worker, job: _Job, at: float) -> None:
+        job.started = True
+        job.report(TaskStarted(job.call.call_id, worker.host or socket.gethostname(), worker.proc.pid,
+                               job.call.gpu_ids, at))
+
     def _on_done(self, worker: _Worker, job: _Job, done: Done) -> None:
         keys, error, started, finished = done.keys, done.error, done.started, done.finished
+        if not job.started:   # a quick call: its start comes with its end (see maze.backends._worker)
+            self._report_start(worker, job, started)
         try:
             packs = _packing.receive(worker.conn.recv_bytes, done.descriptors)
         except (EOFError, OSError):
