@@ -483,22 +483,25 @@ class Engine:
             code = _NO_CODE
         # Constants as they were at run(); outputs of reused tasks are plain values
         # (no backend holds them), passed as constants too.
-        constants = {key: frozen.value for key, frozen in work.snapshot.constants[tid].items()} | {
-            key: run.results[ref.task_id][ref.key] for key, ref in t.refs.items() if run.is_reused(ref.task_id)
-        }
-        inputs = {key: work.handles[ref.task_id][ref.key] for key, ref in t.refs.items()
-                  if not run.is_reused(ref.task_id)}
-        for up in {ref.task_id for ref in t.refs.values()}:
+        constants = {key: frozen.value for key, frozen in work.snapshot.constants[tid].items()}
+        inputs = {}
+        for key, ref in t.refs.items():
+            if run.is_reused(ref.task_id):
+                constants[key] = run.results[ref.task_id][ref.key]
+            else:
+                inputs[key] = work.handles[ref.task_id][ref.key]
+        fed = {ref.task_id for ref in t.refs.values()}
+        for up in fed:
             if run.is_reused(up):
                 continue
             work.consumers[up] -= 1
             if work.consumers[up] == 0:
                 del work.handles[up]  # every dependent holds what it needs; free big outputs early
-        attempt = work.attempts[tid]
         # Upstream calls still going whose outputs this task does not take: it waits for their end.
-        fed = {ref.task_id for ref in t.refs.values()}
         after = tuple(work.solid[up].done for up in t.upstream
-                      if up in work.solid and up not in fed and run.states[up] is not TaskState.FINISHED)
+                      if up in work.solid and up not in fed and run.states[up] is not TaskState.FINISHED
+                      ) if work.solid else ()
+        attempt = work.attempts[tid]
         return TaskCall(
             call_id=f"{run.run_id}:{tid}:{attempt}",
             run_id=run.run_id, task_id=tid, task_name=t.name, attempt=attempt,
