@@ -137,3 +137,23 @@ def test_later_edits_do_not_change_a_started_run(client):
     workflow.add_task(sleeper, inputs={"seconds": 0})
     assert list(workflow.wait(run_id)["task_results"]) == ["sleeper"]
     assert len(workflow.wait(workflow.run())["task_results"]) == 2
+
+
+def test_nvml_is_asked_only_where_an_nvidia_driver_may_be(monkeypatch):
+    import os
+    import sys
+
+    from maze.core import resources
+
+    present: set[str] = set()
+    monkeypatch.setattr(os.path, "exists", lambda p: p in present)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert not resources._nvidia_driver_may_be_present()
+    assert resources.detect_gpus() == ()              # without importing NVML's bindings
+    for path in ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg"):   # a driver, a container given GPUs, WSL 2
+        present = {path}
+        assert resources._nvidia_driver_may_be_present(), path
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert not resources._nvidia_driver_may_be_present()
+    monkeypatch.setattr(sys, "platform", "win32")
+    assert resources._nvidia_driver_may_be_present()
