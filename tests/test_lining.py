@@ -259,3 +259,129 @@ def test_cancelling_a_run_of_quick_tasks_ends_it_promptly():
     done, stopped = summary["task_results"], summary["cancelled_tasks"] + summary["skipped_tasks"]
     assert done, "tasks finished before the cancel keep their results"
     assert len(done) + len(stopped) == 2000 and not set(done) & set(stopped)
+
+
+# -- regressions: what a lined-up task must never do ------------------------------------------------
+
+
+@task(inputs=["x"], outputs=["span"])
+def spanned(params):
+    import time as _time
+
+    start = _time.time()
+    if params["x"] == "boom":
+        _time.sleep(0.3)
+        raise ValueError("boom")
+    if isinstance(params["x"], float):
+        _time.sleep(params["x"])
+    return {"span": (start, _time.time())}
+
+
+def _warm(client, n: int = 3) -> None:
+    wf = client.create_workflow("warm")
+    for i in range(n):
+        wf.add_task(spanned, inputs={"x": i})
+    wf.wait(wf.run())                              # spanned is now known to be quick
+
+
+def test_fail_fast_in_one_run_leaves_the_tasks_of_another_lined_up_behind_it_to_run():
+    with MaClient(resources={"cpu": 1}, history=None) as client:
+        _warm(client)
+        warm = client.create_workflow("warm quick")
+        for i in range(3):
+            warm.add_task(quick, inputs={"i": i})
+        warm.wait(warm.run())
+        a = client.create_workflow("A")
+        a.add_task(spanned, inputs={"x": "boom"})
+        a.add_task(quick, inputs={"i": 1})         # lined up behind the failing one
+        b = client.create_workflow("B")
+        for i in range(3):
+            b.add_task(quick, inputs={"i": i})     # one of these lined up behind A's second task
+        run_a, run_b = a.run(fail_fast=True), b.run()
+        assert a.wait(run_a, timeout=20)["status"] == "failed"
+        assert b.wait(run_b, timeout=20)["status"] == "completed"
+        c = client.create_workflow("C")
+        c.add_task(quick, inputs={"i": 0})
+        assert c.wait(c.run(), timeout=20)["status"] == "completed"   # no grant was kept
+
+
+def test_a_task_failing_at_submit_does_not_let_the_next_one_run_beside_the_running_one():
+    with MaClient(resources={"cpu": 1}, history=None) as client:
+        _warm(client)
+        wf = client.create_workflow("W")
+        first = wf.add_task(spanned, inputs={"x": 0.5})
+        wf.add_task(spanned, inputs={"x": threading.Lock()})   # cannot be pickled: fails when submitted
+        last = wf.add_task(spanned, inputs={"x": 0.5})
+        summary = wf.wait(wf.run(), timeout=30)
+    (a0, a1), (b0, b1) = summary["task_results"][first.task_id]["span"], summary["task_results"][last.task_id]["span"]
+    assert min(a1, b1) <= max(a0, b0), "two tasks ran at once on one cpu"
+
+
+class Unreadable:
+    """A value that pickles in the worker and cannot be unpickled in the driver."""
+
+    def __reduce__(self):
+        return (_refuse, ())
+
+
+def _refuse():
+    import os
+
+    if os.environ.get("MAZE_TEST_DRIVER") == str(os.getpid()):
+        raise RuntimeError("cannot be read here")
+    return "read"
+
+
+@task(inputs=["x"], outputs=["y"])
+def unreadable_or_mark(params):
+    import os
+
+    if params["x"] == "unreadable":
+        return {"y": Unreadable()}
+    open(os.path.join(params["x"], "ran"), "a").close()   # a body that ran leaves a mark
+    return {"y": 1}
+
+
+def test_a_result_the_driver_cannot_read_stops_what_is_lined_up_behind_it(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setenv("MAZE_TEST_DRIVER", str(os.getpid()))
+    (tmp_path / "warm").mkdir()
+    with MaClient(resources={"cpu": 1}, history=None) as client:
+        warm = client.create_workflow("warm")
+        for _ in range(3):
+            warm.add_task(unreadable_or_mark, inputs={"x": str(tmp_path / "warm")})
+        warm.wait(warm.run())
+        wf = client.create_workflow("ff")
+        wf.add_task(unreadable_or_mark, inputs={"x": "unreadable"})
+        for _ in range(3):
+            wf.add_task(unreadable_or_mark, inputs={"x": str(tmp_path)})
+        summary = wf.wait(wf.run(fail_fast=True), timeout=30)
+    assert summary["status"] == "failed"
+    assert not (tmp_path / "ran").exists(), "a task lined up behind the failure ran its body"
+
+
+@task(inputs=["x"], outputs=["y"])
+def dies_or_not(params):
+    import os
+
+    if params["x"] == "die":
+        os._exit(1)
+    return {"y": params["x"]}
+
+
+def test_a_worker_that_dies_before_announcing_its_task_still_reports_the_start():
+    with MaClient(resources={"cpu": 1}, history=None) as client:
+        warm = client.create_workflow("warm")
+        for i in range(3):
+            warm.add_task(dies_or_not, inputs={"x": i})
+        warm.wait(warm.run())                      # loaded in the worker: it dies within 10 ms
+        wf = client.create_workflow("dies")
+        t = wf.add_task(dies_or_not, inputs={"x": "die"})
+        after = wf.add_task(dies_or_not, inputs={"x": 1})
+        run_id = wf.run()
+        summary = wf.wait(run_id, timeout=30)
+        messages = list(wf.get_results(run_id))
+    kinds = [m["type"] for m in messages if m["data"].get("task_id") == t.task_id]
+    assert kinds == ["start_task", "task_exception"], kinds
+    assert summary["task_results"][after.task_id] == {"y": 1}

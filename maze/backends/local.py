@@ -101,6 +101,7 @@ class _Constant:
 class _Job(Job):
     constants: list[_Constant]             # packed ``call.constants``, in order; alive as long as the job
     started: bool = False                  # its start was reported
+    sent_at: float | None = None           # when it was handed to a worker (time.time())
     next: _Job | None = None               # the call lined up behind this one (submit_behind)
     behind: _Job | None = None             # the call this one is lined up behind, until that one ends
 
@@ -225,9 +226,11 @@ class LocalBackend:
             if job is None:
                 return
             reason = TaskError.cancelled(job.call.task_id)
-            if job.behind is not None:   # lined up, not started
-                job.behind.next = None
-                job.behind = None
+            if job.behind is not None:   # lined up, not started: the one behind it moves up
+                job.behind.next, nxt = job.next, job.next
+                if nxt is not None:
+                    nxt.behind = job.behind
+                job.behind = job.next = None
                 del self._jobs[call_id]
             elif job in self._queue:
                 self._queue.remove(job)
@@ -361,6 +364,7 @@ class LocalBackend:
         ))
         worker.known.add(code.key)  # the worker's Done frame says what it did not keep
         worker.job = job
+        job.sent_at = time.time()
         try:
             worker.conn.send_bytes(header)
             if ship:
@@ -434,14 +438,6 @@ class LocalBackend:
             return
         for p in packs:
             p.own_file()
-        with self._lock:
-            worker.known.difference_update(done.dropped)
-            worker.job = None
-            self._jobs.pop(job.call.call_id, None)
-            if error is None:
-                self._follow_on(job, worker)   # at once: the worker need not wait for the scheduler
-            if worker.job is None:
-                self._feed(worker)
         if error is None:
             try:
                 result = {k: _packing.unpack(p) for k, p in zip(keys, packs)}
@@ -452,8 +448,16 @@ class LocalBackend:
                 ), started_at=started, finished_at=finished)
         else:
             outcome = TaskOutcome(error=error, started_at=started, finished_at=finished)
+        with self._lock:
+            worker.known.difference_update(done.dropped)
+            worker.job = None
+            self._jobs.pop(job.call.call_id, None)
+            if outcome.ok:
+                self._follow_on(job, worker)   # at once: the worker need not wait for the scheduler
+            if worker.job is None:
+                self._feed(worker)
         job.future.set_result(outcome)
-        if error is not None:   # now that the scheduler knows (it may have stopped the next one)
+        if not outcome.ok:   # now that the scheduler knows (it may have stopped the next one)
             with self._lock:
                 self._follow_on(job, None)
 
@@ -501,6 +505,10 @@ class LocalBackend:
         if job is None:
             return
         if not job.future.done():
+            if not job.started and job.sent_at is not None:
+                # It died (or was stopped) before announcing the call: the worker had it, so it
+                # is reported started, when it was handed over (see maze.backends._worker).
+                self._report_start(worker, job, job.sent_at)
             error = job.stop_reason or TaskError.worker_died(job.call.task_id, f"pid {pid}, {_describe_exit(code)}")
             job.future.set_result(TaskOutcome(error=error))
         with self._lock:

@@ -96,8 +96,7 @@ class _Slot:
     """Resources granted once and held by one call, or by a short line of calls that run one after the other."""
 
     grant: Grant
-    holders: int = 0                  # calls holding it that have not ended
-    tail: TaskCall | None = None      # the last call that took it
+    line: list[TaskCall] = field(default_factory=list)   # the calls holding it that have not ended, in order
 
 
 @dataclass(eq=False)
@@ -418,9 +417,9 @@ class Engine:
         shorter than the scheduler's own work per task, workers would otherwise
         wait for it. Both run under the slot's one grant, one after the other.
         """
-        tail = slot.tail
-        if self._lining is None or slot.holders != 1 or tail is None or not self._quick(tail.code.key):
+        if self._lining is None or len(slot.line) != 1 or not self._quick(slot.line[0].code.key):
             return
+        tail = slot.line[0]
         queue = self._waiting.get(need)
         while queue:
             work, tid = queue[0]
@@ -451,8 +450,7 @@ class Engine:
                                            call_id=f"{run.run_id}:{tid}:{attempt}")
             work.calls[tid] = call
             work.grants[tid] = slot
-            slot.holders += 1
-            slot.tail = call
+            slot.line.append(call)
             if tid not in work.ahead:
                 run.launch(tid)
             code = work.snapshot.code[tid]
@@ -558,8 +556,8 @@ class Engine:
             if len(self._durations) > 4096:   # keys of code edited away
                 self._durations.clear()
             self._durations[call.code.key] = outcome.finished_at - outcome.started_at
-        slot.holders -= 1
-        if slot.holders == 0:
+        slot.line = [c for c in slot.line if c is not call]
+        if not slot.line:
             self._pool.release(slot.grant)
         else:
             self._line_up(slot, slot.grant.resources)
