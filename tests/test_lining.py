@@ -277,11 +277,11 @@ def spanned(params):
     return {"span": (start, _time.time())}
 
 
-def _warm(client, n: int = 3) -> None:
+def _warm(client, n: int = 12) -> None:
     wf = client.create_workflow("warm")
     for i in range(n):
         wf.add_task(spanned, inputs={"x": i})
-    wf.wait(wf.run())                              # spanned is now known to be quick
+    wf.wait(wf.run())                              # spanned is now known to be quick (its code loaded)
 
 
 def test_fail_fast_in_one_run_leaves_the_tasks_of_another_lined_up_behind_it_to_run():
@@ -385,3 +385,16 @@ def test_a_worker_that_dies_before_announcing_its_task_still_reports_the_start()
     kinds = [m["type"] for m in messages if m["data"].get("task_id") == t.task_id]
     assert kinds == ["start_task", "task_exception"], kinds
     assert summary["task_results"][after.task_id] == {"y": 1}
+
+
+def test_a_task_is_not_lined_up_while_resources_of_its_own_are_free():
+    # spanned is known to be quick, then one call is slow: the task after it must not wait
+    # behind it while the second cpu is free.
+    with MaClient(resources={"cpu": 2}, history=None) as client:
+        _warm(client)
+        wf = client.create_workflow("slow head")
+        slow = wf.add_task(spanned, inputs={"x": 1.0})
+        nxt = wf.add_task(spanned, inputs={"x": 0})
+        summary = wf.wait(wf.run(), timeout=30)
+    (_, slow_end), (nxt_start, _) = (summary["task_results"][t.task_id]["span"] for t in (slow, nxt))
+    assert nxt_start < slow_end - 0.5, "it waited behind the slow call"

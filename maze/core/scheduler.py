@@ -86,8 +86,8 @@ from .snapshot import Snapshot
 _log = logging.getLogger("maze")
 
 _NO_CODE = ShippedCode("", b"")  # in calls whose function could not be pickled (never submitted)
-# A task is lined up behind another only when both last ran this briefly: a lined-up
-# task reads as submitted while it waits, so it must not wait long.
+# A task is lined up behind another only when both have lately run this briefly: a
+# lined-up task reads as submitted while it waits, so it must not wait long.
 QUICK_S = 0.005
 
 
@@ -173,7 +173,7 @@ class Engine:
         self._lining: LiningBackend | None = (
             backend if isinstance(backend, LiningBackend) and not capacity.managed else None
         )
-        self._durations: dict[str, float] = {}   # code key -> how long its last call ran
+        self._durations: dict[str, float] = {}   # code key -> how long its calls run, lately
 
     # -- public -----------------------------------------------------------------
 
@@ -391,6 +391,7 @@ class Engine:
             while again:
                 self._dispatch_again = False
                 for need, queue in list(self._waiting.items()):
+                    launched = []
                     while queue:
                         work, tid = queue[0]
                         if work.run.cancelling or work.run.states[tid].terminal:
@@ -402,9 +403,11 @@ class Engine:
                         queue.popleft()
                         slot = _Slot(grant)
                         self._launch(work, tid, slot)
+                        launched.append(slot)
+                    for slot in launched:   # no room left: the next ones wait on a worker, not here
                         self._line_up(slot, need)
                     if not queue:
-                        del self._waiting[need]
+                        self._waiting.pop(need, None)
                 again = self._dispatch_again
         finally:
             self._dispatching = False
@@ -418,6 +421,10 @@ class Engine:
         wait for it. Both run under the slot's one grant, one after the other.
         """
         if self._lining is None or len(slot.line) != 1 or not self._quick(slot.line[0].code.key):
+            return
+        room = self._pool.try_acquire(need)
+        if room is not None:   # the next one can have resources of its own (_dispatch gives them)
+            self._pool.release(room)
             return
         tail = slot.line[0]
         queue = self._waiting.get(need)
@@ -555,7 +562,10 @@ class Engine:
         if outcome.started_at is not None and outcome.finished_at is not None:
             if len(self._durations) > 4096:   # keys of code edited away
                 self._durations.clear()
-            self._durations[call.code.key] = outcome.finished_at - outcome.started_at
+            took, before = outcome.finished_at - outcome.started_at, self._durations.get(call.code.key)
+            # A moving average: one slow call (a worker's first, which loads the code) does not
+            # decide alone, and a function that turns slow stops being lined up within a few calls.
+            self._durations[call.code.key] = took if before is None else 0.7 * before + 0.3 * took
         slot.line = [c for c in slot.line if c is not call]
         if not slot.line:
             self._pool.release(slot.grant)
