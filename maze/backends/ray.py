@@ -145,6 +145,7 @@ class RayCall(NamedTuple):
     constants: dict[str, Any]         # inputs given as plain values
     input_keys: list[str]             # the names of the inputs that follow this argument, in order
     outputs: tuple[str, ...]          # declared outputs, checked by the worker
+    gpus: bool                        # whether Ray reserves GPUs for it (else its start note names none, unasked)
     # after the inputs come this many reports of upstream calls it only waits for (TaskCall.after)
 
 
@@ -260,7 +261,10 @@ class _Notes:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._send, name="maze-notes", daemon=True)
                 self._thread.start()
-        self._wake.set()
+        # Set already: the sender has not taken the notes yet (it clears the flag, then takes
+        # them, under the lock), so it takes this one too. Setting an Event costs a lock and a notify.
+        if not self._wake.is_set():
+            self._wake.set()
 
     def ended(self, call_id: str) -> None:
         with self._lock:
@@ -312,7 +316,9 @@ def _run(packed: list[Any], *args: Any) -> Any:
         ctx = ray.get_runtime_context()
         _where = (ray.util.get_node_ip_address(), ctx.get_node_id(), ctx.get_worker_id())
     group = _lead_process_group()
-    start = StartNote(call.call_id, *_where, tuple(int(g) for g in ray.get_gpu_ids()), time.time(), group)
+    # Asking Ray for the GPU ids costs more than a no-op task's body: only a call that reserved GPUs has any.
+    gpu_ids = tuple(int(g) for g in ray.get_gpu_ids()) if call.gpus else ()
+    start = StartNote(call.call_id, *_where, gpu_ids, time.time(), group)
     logs: list[TaskLog] = []
     result: dict[str, Any] | None = None
     error = None
@@ -373,11 +379,13 @@ def _lead_process_group() -> int | None:
     """
     if not hasattr(os, "setpgid"):
         return None
+    pid = os.getpid()
+    if os.getpgid(0) == pid:
+        return pid  # leads its group already (an earlier call on this reused worker, or Ray, made it)
     try:
         os.setpgid(0, 0)  # a no-op where Ray, or an earlier call on this reused worker, did it already
     except OSError:
         pass  # a session leader leads its group already
-    pid = os.getpid()
     return pid if os.getpgid(0) == pid else None
 
 
@@ -545,7 +553,7 @@ class RayBackend:
         try:
             refs = self._remote_for(call.resources, len(call.outputs)).remote(
                 [self._session_key, self._ship(call.code), call.call_id, call.task_id, dict(call.constants), keys,
-                 list(call.outputs)],
+                 list(call.outputs), bool(call.resources.gpu)],
                 *[call.inputs[k] for k in keys], *call.after,
             )
         except Exception as exc:  # noqa: BLE001 - e.g. an input Ray cannot serialize
@@ -562,8 +570,9 @@ class RayBackend:
         with self._lock:
             self._jobs[call.call_id] = job
             self._by_ref[refs[0]] = job
-        # Ray calls back when the report is ready; no polling over all pending refs.
-        refs[0].future().add_done_callback(lambda done, ref=refs[0]: self._ready.put((ref, done)))
+        # Ray calls back when the report is ready (on its own thread, with the report or the error
+        # instead); no polling over all pending refs, and no Future per report (see _on_report).
+        self._on_report(refs[0], lambda value, ref=refs[0]: self._ready.put((ref, value)))
         return job.future, Submitted(dict(zip(call.outputs, refs[1:])), refs[0])
 
     def stop(self, call_id: str) -> None:
@@ -605,12 +614,10 @@ class RayBackend:
         Sent once per key (a round trip, so that it is there before any worker
         asks), again only after this side forgot it: the hub keeps many more
         keys than this side remembers, so a key remembered here is held there.
+        This side remembers the last keys *sent* (oldest forgotten first), each
+        send being one addition at the hub, so a key found here needs no lock.
         """
-        with self._lock:
-            sent = code.key in self._code
-            if sent:
-                self._code.move_to_end(code.key)
-        if not sent:
+        if code.key not in self._code:
             ray.get(self._hub.add_code.remote(code.key, code.data))
             with self._lock:
                 self._code[code.key] = None
@@ -701,6 +708,20 @@ class RayBackend:
                 self._to_cancel.pop(job, None)
             ray.cancel(job.refs[0], force=True)
 
+    @staticmethod
+    def _on_report(ref: Any, callback: Any) -> None:
+        """Have Ray call ``callback`` with a report's value, or the exception that stands for it, once it is ready.
+
+        ``ObjectRef._on_completed`` is what ``ObjectRef.future()`` wraps: calling
+        it directly saves a Future (its condition, lock and callbacks) per report.
+        A Ray without it gets the Future.
+        """
+        on_completed = getattr(ref, "_on_completed", None)
+        if on_completed is not None:
+            on_completed(callback)
+        else:  # pragma: no cover - depends on the Ray version
+            ref.future().add_done_callback(lambda done: callback(done.exception() or done.result()))
+
     def _kill_group(self, node: str, pgid: int) -> None:
         pinned = self._killer.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
         ref = pinned.remote(pgid)
@@ -720,19 +741,19 @@ class RayBackend:
                     return
             done = self._take_ready()
             with self._lock:
-                jobs = [(self._by_ref.get(ref), future) for ref, future in done]
+                jobs = [(self._by_ref.get(ref), value) for ref, value in done]
             if any(job is not None and job.stop_reason is not None and not job.started for job, _ in jobs):
                 # Stopped right after it started: its start note, which names the
                 # process group to kill, may still wait at the hub.
                 self._deliver_notes()
-            for job, future in jobs:
+            for job, value in jobs:
                 if job is not None:
-                    self._finish(job, future)
+                    self._finish(job, value)
             self._enforce_timeouts()
             if self._to_cancel:
                 self._cancel_resolved()
 
-    def _take_ready(self) -> list[tuple[Any, Future[Any]]]:
+    def _take_ready(self) -> list[tuple[Any, Any]]:
         """The reports done now: waits up to a poll interval for the first."""
         try:
             done = [self._ready.get(timeout=_POLL_S)]
@@ -778,20 +799,25 @@ class RayBackend:
         if stopped and group is not None:
             self._kill_group(node, group)  # the stop came first and could not name the group
 
-    def _finish(self, job: _Job, done: Future[Any]) -> None:
+    def _finish(self, job: _Job, value: Any) -> None:
         with self._lock:
             self._by_ref.pop(job.refs[0], None)
             self._jobs.pop(job.call.call_id, None)
         try:
-            outcome = self._outcome(job, done)
+            outcome = self._outcome(job, value)
         except Exception as exc:  # noqa: BLE001 - one bad report must not stop the thread that delivers all
             outcome = TaskOutcome(error=error_of(exc))
         job.future.set_result(outcome)
 
-    def _outcome(self, job: _Job, done: Future[Any]) -> TaskOutcome:
+    def _outcome(self, job: _Job, value: Any) -> TaskOutcome:
+        """The outcome of a call from its report's value (Ray fetched the small report already), or from
+        the exception Ray gave instead (cancelled, worker or node died), as ``ObjectRef.future()`` raises it."""
+        if isinstance(value, BaseException):
+            exc = value.as_instanceof_cause() if isinstance(value, ray.exceptions.RayTaskError) else value
+            return TaskOutcome(error=job.stop_reason or _ray_error(job.call, exc))
         try:
-            report = Report.of_wire(done.result())  # Ray fetched the (small) report already
-        except Exception as exc:  # noqa: BLE001 - cancelled, worker or node died
+            report = Report.of_wire(value)
+        except Exception as exc:  # noqa: BLE001 - not a report
             return TaskOutcome(error=job.stop_reason or _ray_error(job.call, exc))
         if report.start is None:  # an upstream call failed: the scheduler has skipped this task already
             return TaskOutcome(error=job.stop_reason or report.error)
