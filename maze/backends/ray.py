@@ -383,7 +383,7 @@ def _lead_process_group() -> int | None:
     if os.getpgid(0) == pid:
         return pid  # leads its group already (an earlier call on this reused worker, or Ray, made it)
     try:
-        os.setpgid(0, 0)  # a no-op where Ray, or an earlier call on this reused worker, did it already
+        os.setpgid(0, 0)
     except OSError:
         pass  # a session leader leads its group already
     return pid if os.getpgid(0) == pid else None
@@ -486,6 +486,7 @@ class RayBackend:
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._by_ref: dict[Any, _Job] = {}
+        self._timed: dict[str, _Job] = {}                  # the jobs with a timeout, by call id (see _enforce_timeouts)
         self._to_cancel: dict[_Job, float | None] = {}     # stopped, inputs unresolved: since when seen resolved
         self._code: OrderedDict[str, None] = OrderedDict()  # code keys the hub holds (the last few sent)
         self._kills: set[Any] = set()                      # group kills still running
@@ -570,9 +571,10 @@ class RayBackend:
         with self._lock:
             self._jobs[call.call_id] = job
             self._by_ref[refs[0]] = job
-        # Ray calls back when the report is ready (on its own thread, with the report or the error
-        # instead); no polling over all pending refs, and no Future per report (see _on_report).
-        self._on_report(refs[0], lambda value, ref=refs[0]: self._ready.put((ref, value)))
+            if call.timeout:
+                self._timed[call.call_id] = job
+        # Ray calls back when the report is ready; no polling over all pending refs.
+        refs[0].future().add_done_callback(lambda done, ref=refs[0]: self._ready.put((ref, done)))
         return job.future, Submitted(dict(zip(call.outputs, refs[1:])), refs[0])
 
     def stop(self, call_id: str) -> None:
@@ -708,20 +710,6 @@ class RayBackend:
                 self._to_cancel.pop(job, None)
             ray.cancel(job.refs[0], force=True)
 
-    @staticmethod
-    def _on_report(ref: Any, callback: Any) -> None:
-        """Have Ray call ``callback`` with a report's value, or the exception that stands for it, once it is ready.
-
-        ``ObjectRef._on_completed`` is what ``ObjectRef.future()`` wraps: calling
-        it directly saves a Future (its condition, lock and callbacks) per report.
-        A Ray without it gets the Future.
-        """
-        on_completed = getattr(ref, "_on_completed", None)
-        if on_completed is not None:
-            on_completed(callback)
-        else:  # pragma: no cover - depends on the Ray version
-            ref.future().add_done_callback(lambda done: callback(done.exception() or done.result()))
-
     def _kill_group(self, node: str, pgid: int) -> None:
         pinned = self._killer.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
         ref = pinned.remote(pgid)
@@ -741,19 +729,19 @@ class RayBackend:
                     return
             done = self._take_ready()
             with self._lock:
-                jobs = [(self._by_ref.get(ref), value) for ref, value in done]
+                jobs = [(self._by_ref.get(ref), future) for ref, future in done]
             if any(job is not None and job.stop_reason is not None and not job.started for job, _ in jobs):
                 # Stopped right after it started: its start note, which names the
                 # process group to kill, may still wait at the hub.
                 self._deliver_notes()
-            for job, value in jobs:
+            for job, future in jobs:
                 if job is not None:
-                    self._finish(job, value)
+                    self._finish(job, future)
             self._enforce_timeouts()
             if self._to_cancel:
                 self._cancel_resolved()
 
-    def _take_ready(self) -> list[tuple[Any, Any]]:
+    def _take_ready(self) -> list[tuple[Any, Future[Any]]]:
         """The reports done now: waits up to a poll interval for the first."""
         try:
             done = [self._ready.get(timeout=_POLL_S)]
@@ -781,11 +769,11 @@ class RayBackend:
                 with self._lock:
                     job = self._jobs.get(note.call_id)
                 if job is not None:
-                    self._started(job, note)
+                    self._started(job, note, note.group)
 
-    def _started(self, job: _Job, note: StartNote) -> None:
-        """Report the start, once; start the timeout's clock, and kill the group if a stop came first."""
-        node, group = note.node, note.group
+    def _started(self, job: _Job, note: StartNote, group: int | None) -> None:
+        """Report the start, once; start the timeout's clock, and kill ``group`` (the note's, or None) if a stop came first."""
+        node = note.node
         with job.start_lock:
             if job.started:
                 return
@@ -799,30 +787,26 @@ class RayBackend:
         if stopped and group is not None:
             self._kill_group(node, group)  # the stop came first and could not name the group
 
-    def _finish(self, job: _Job, value: Any) -> None:
+    def _finish(self, job: _Job, done: Future[Any]) -> None:
         with self._lock:
             self._by_ref.pop(job.refs[0], None)
             self._jobs.pop(job.call.call_id, None)
+            self._timed.pop(job.call.call_id, None)
         try:
-            outcome = self._outcome(job, value)
+            outcome = self._outcome(job, done)
         except Exception as exc:  # noqa: BLE001 - one bad report must not stop the thread that delivers all
             outcome = TaskOutcome(error=error_of(exc))
         job.future.set_result(outcome)
 
-    def _outcome(self, job: _Job, value: Any) -> TaskOutcome:
-        """The outcome of a call from its report's value (Ray fetched the small report already), or from
-        the exception Ray gave instead (cancelled, worker or node died), as ``ObjectRef.future()`` raises it."""
-        if isinstance(value, BaseException):
-            exc = value.as_instanceof_cause() if isinstance(value, ray.exceptions.RayTaskError) else value
-            return TaskOutcome(error=job.stop_reason or _ray_error(job.call, exc))
+    def _outcome(self, job: _Job, done: Future[Any]) -> TaskOutcome:
         try:
-            report = Report.of_wire(value)
-        except Exception as exc:  # noqa: BLE001 - not a report
+            report = Report.of_wire(done.result())  # Ray fetched the (small) report already
+        except Exception as exc:  # noqa: BLE001 - cancelled, worker or node died
             return TaskOutcome(error=job.stop_reason or _ray_error(job.call, exc))
         if report.start is None:  # an upstream call failed: the scheduler has skipped this task already
             return TaskOutcome(error=job.stop_reason or report.error)
         # The group comes with the hub's note only: a report means the task is over.
-        self._started(job, report.start._replace(group=None))
+        self._started(job, report.start, None)
         for log in report.logs:
             job.report(log)
         started, finished = report.start.at, report.finished
@@ -839,8 +823,11 @@ class RayBackend:
         return TaskOutcome(result, handles, None, started, finished)
 
     def _enforce_timeouts(self) -> None:
+        """Stop the jobs past their deadline; only jobs with a timeout are looked at (this runs once per batch of reports)."""
+        if not self._timed:
+            return
         with self._lock:
-            late, _ = sweep(self._jobs.values(), time.monotonic())
+            late, _ = sweep(self._timed.values(), time.monotonic())
         for job in late:
             self._stop(job, job.timed_out())
 
