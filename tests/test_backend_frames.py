@@ -56,8 +56,8 @@ def test_ray_frames_round_trip():
     import maze.backends.ray as ray_backend  # Ray is a test dependency; importing starts nothing
     note = ray_backend.StartNote("c1", "127.0.0.1", "node", "worker", (0,), 1.5, 4242)
     frames = [
-        (ray_backend.RayCall("session", "key", "c1", "t1", {"a": 1}, ["b"], ("out",)),
-         ("session", "code_key", "call_id", "task_id", "constants", "input_keys", "outputs")),
+        (ray_backend.RayCall("session", "key", "c1", "t1", {"a": 1}, ["b"], ("out",), False),
+         ("session", "code_key", "call_id", "task_id", "constants", "input_keys", "outputs", "gpus")),
         (note, ("call_id", "host", "node", "worker", "gpu_ids", "at", "group")),
         (ray_backend.Report(note, True, ["out"], {"out": 1}, None, [TaskLog("c1", "stdout", "hi", 2.0)], 2.5),
          ("start", "ok", "keys", "inline", "error", "logs", "finished")),

@@ -147,6 +147,7 @@ class RayCall(NamedTuple):
     constants: dict[str, Any]         # inputs given as plain values
     input_keys: list[str]             # the names of the inputs that follow this argument, in order
     outputs: tuple[str, ...]          # declared outputs, checked by the worker
+    gpus: bool                        # whether Ray reserves GPUs for it (else its start note names none, unasked)
     # after the inputs come this many reports of upstream calls it only waits for (TaskCall.after)
 
 
@@ -262,7 +263,10 @@ class _Notes:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._send, name="maze-notes", daemon=True)
                 self._thread.start()
-        self._wake.set()
+        # Set already: the sender has not taken the notes yet (it clears the flag, then takes
+        # them, under the lock), so it takes this one too. Setting an Event costs a lock and a notify.
+        if not self._wake.is_set():
+            self._wake.set()
 
     def ended(self, call_id: str) -> None:
         with self._lock:
@@ -314,7 +318,9 @@ def _run(packed: list[Any], *args: Any) -> Any:
         ctx = ray.get_runtime_context()
         _where = (ray.util.get_node_ip_address(), ctx.get_node_id(), ctx.get_worker_id())
     group = _lead_process_group()
-    start = StartNote(call.call_id, *_where, tuple(int(g) for g in ray.get_gpu_ids()), time.time(), group)
+    # Asking Ray for the GPU ids costs more than a no-op task's body: only a call that reserved GPUs has any.
+    gpu_ids = tuple(int(g) for g in ray.get_gpu_ids()) if call.gpus else ()
+    start = StartNote(call.call_id, *_where, gpu_ids, time.time(), group)
     logs: list[TaskLog] = []
     result: dict[str, Any] | None = None
     error = None
@@ -375,11 +381,13 @@ def _lead_process_group() -> int | None:
     """
     if not hasattr(os, "setpgid"):
         return None
+    pid = os.getpid()
+    if os.getpgid(0) == pid:
+        return pid  # leads its group already (an earlier call on this reused worker, or Ray, made it)
     try:
-        os.setpgid(0, 0)  # a no-op where Ray, or an earlier call on this reused worker, did it already
+        os.setpgid(0, 0)
     except OSError:
         pass  # a session leader leads its group already
-    pid = os.getpid()
     return pid if os.getpgid(0) == pid else None
 
 
@@ -481,6 +489,7 @@ class RayBackend:
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._by_ref: dict[Any, _Job] = {}
+        self._timed: dict[str, _Job] = {}                  # the jobs with a timeout, by call id (see _enforce_timeouts)
         self._to_cancel: dict[_Job, float | None] = {}     # stopped, inputs unresolved: since when seen resolved
         self._code: OrderedDict[str, None] = OrderedDict()  # code keys the hub holds (the last few sent)
         self._kills: set[Any] = set()                      # group kills still running
@@ -548,7 +557,7 @@ class RayBackend:
         try:
             refs = self._remote_for(call.resources, len(call.outputs)).remote(
                 [self._session_key, self._ship(call.code), call.call_id, call.task_id, dict(call.constants), keys,
-                 list(call.outputs)],
+                 list(call.outputs), bool(call.resources.gpu)],
                 *[call.inputs[k] for k in keys], *call.after,
             )
         except Exception as exc:  # noqa: BLE001 - e.g. an input Ray cannot serialize
@@ -565,6 +574,8 @@ class RayBackend:
         with self._lock:
             self._jobs[call.call_id] = job
             self._by_ref[refs[0]] = job
+            if call.timeout:
+                self._timed[call.call_id] = job
         # Ray calls back when the report is ready; no polling over all pending refs.
         refs[0].future().add_done_callback(lambda done, ref=refs[0]: self._ready.put((ref, done)))
         return job.future, Submitted(dict(zip(call.outputs, refs[1:])), refs[0])
@@ -608,12 +619,10 @@ class RayBackend:
         Sent once per key (a round trip, so that it is there before any worker
         asks), again only after this side forgot it: the hub keeps many more
         keys than this side remembers, so a key remembered here is held there.
+        This side remembers the last keys *sent* (oldest forgotten first), each
+        send being one addition at the hub, so a key found here needs no lock.
         """
-        with self._lock:
-            sent = code.key in self._code
-            if sent:
-                self._code.move_to_end(code.key)
-        if not sent:
+        if code.key not in self._code:
             ray.get(self._hub.add_code.remote(code.key, code.data))
             with self._lock:
                 self._code[code.key] = None
@@ -769,11 +778,11 @@ class RayBackend:
                 with self._lock:
                     job = self._jobs.get(note.call_id)
                 if job is not None:
-                    self._started(job, note)
+                    self._started(job, note, note.group)
 
-    def _started(self, job: _Job, note: StartNote) -> None:
-        """Report the start, once; start the timeout's clock, and kill the group if a stop came first."""
-        node, group = note.node, note.group
+    def _started(self, job: _Job, note: StartNote, group: int | None) -> None:
+        """Report the start, once; start the timeout's clock, and kill ``group`` (the note's, or None) if a stop came first."""
+        node = note.node
         with job.start_lock:
             if job.started:
                 return
@@ -791,6 +800,7 @@ class RayBackend:
         with self._lock:
             self._by_ref.pop(job.refs[0], None)
             self._jobs.pop(job.call.call_id, None)
+            self._timed.pop(job.call.call_id, None)
         try:
             outcome = self._outcome(job, done)
         except Exception as exc:  # noqa: BLE001 - one bad report must not stop the thread that delivers all
@@ -805,7 +815,7 @@ class RayBackend:
         if report.start is None:  # an upstream call failed: the scheduler has skipped this task already
             return TaskOutcome(error=job.stop_reason or report.error)
         # The group comes with the hub's note only: a report means the task is over.
-        self._started(job, report.start._replace(group=None))
+        self._started(job, report.start, None)
         for log in report.logs:
             job.report(log)
         started, finished = report.start.at, report.finished
@@ -822,8 +832,11 @@ class RayBackend:
         return TaskOutcome(result, handles, None, started, finished)
 
     def _enforce_timeouts(self) -> None:
+        """Stop the jobs past their deadline; only jobs with a timeout are looked at (this runs once per batch of reports)."""
+        if not self._timed:
+            return
         with self._lock:
-            late, _ = sweep(self._jobs.values(), time.monotonic())
+            late, _ = sweep(self._timed.values(), time.monotonic())
         for job in late:
             self._stop(job, job.timed_out())
 
