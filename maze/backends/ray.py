@@ -447,6 +447,8 @@ class _Job(Job):
     # Object references among its arguments: while any is unresolved, Ray cannot
     # cancel the call safely (see RayBackend._cancel).
     waits_on: list[Any] = field(default_factory=list)
+    upstream: list[_Job] = field(default_factory=list)   # the calls of this backend that make them
+    ended_ok: bool | None = None                          # how it ended; None: not yet
     submitted_at: float = field(default_factory=time.monotonic)
     started: bool = False
     # Held while reporting the start: the notes thread and the result thread may
@@ -490,6 +492,7 @@ class RayBackend:
         self._jobs: dict[str, _Job] = {}
         self._by_ref: dict[Any, _Job] = {}
         self._timed: dict[str, _Job] = {}                  # the jobs with a timeout, by call id (see _enforce_timeouts)
+        self._producers: dict[Any, _Job] = {}              # object reference -> the call in flight that makes it
         self._to_cancel: dict[_Job, float | None] = {}     # stopped, inputs unresolved: since when seen resolved
         self._code: OrderedDict[str, None] = OrderedDict()  # code keys the hub holds (the last few sent)
         self._kills: set[Any] = set()                      # group kills still running
@@ -572,8 +575,11 @@ class RayBackend:
         job = _Job(call, report, Future(), refs=refs, waits_on=waits_on)
         job.future.set_running_or_notify_cancel()
         with self._lock:
+            job.upstream = [up for up in map(self._producers.get, waits_on) if up is not None]
             self._jobs[call.call_id] = job
             self._by_ref[refs[0]] = job
+            for ref in refs:
+                self._producers[ref] = job
             if call.timeout:
                 self._timed[call.call_id] = job
         # Ray calls back when the report is ready; no polling over all pending refs.
@@ -692,11 +698,11 @@ class RayBackend:
         therefore cancelled from here once it has started (Ray runs it: a
         cancel is safe), or once its inputs have resolved and
         ``_CANCEL_GRACE_S`` has passed since then and since its submission,
-        ample time for Ray's I/O thread even on a loaded machine. Its upstream
-        calls were stopped too (a run's cancel and fail-fast stop every call; a
-        failed upstream call has resolved already), so the wait is short, and
-        a call whose inputs are a stopped call's outputs ends by itself without
-        running its body. Should an upstream call have finished well just
+        ample time for Ray's I/O thread even on a loaded machine. A call one of
+        whose upstream calls has ended badly (failed, or stopped: a run's cancel
+        and fail-fast stop every call) is not cancelled at all: its inputs are
+        markers or Ray's errors, so it ends by itself without running its body,
+        and a stopped chain unwinds at Ray's pace, not a grace period per link. Should an upstream call have finished well just
         before its stop, the call may start meanwhile: it is then stopped as a
         started call (its group killed).
         """
@@ -705,6 +711,12 @@ class RayBackend:
             waiting = [(job, since) for job, since in self._to_cancel.items() if job.refs[0] in self._by_ref]
             self._to_cancel = dict(waiting)   # those over already are forgotten
         for job, since in waiting:
+            if not job.started and any(up.ended_ok is False for up in job.upstream):
+                # An input is a failed or stopped call's output (a marker, or Ray's error): the
+                # call ends by itself without running its body, and needs no cancel.
+                with self._lock:
+                    self._to_cancel.pop(job, None)
+                continue
             if not job.started:
                 resolved, _ = ray.wait(job.waits_on, num_returns=len(job.waits_on), timeout=0, fetch_local=False)
                 if len(resolved) < len(job.waits_on):
@@ -798,6 +810,8 @@ class RayBackend:
 
     def _finish(self, job: _Job, done: Future[Any]) -> None:
         with self._lock:
+            for ref in job.refs:
+                self._producers.pop(ref, None)
             self._by_ref.pop(job.refs[0], None)
             self._jobs.pop(job.call.call_id, None)
             self._timed.pop(job.call.call_id, None)
@@ -805,6 +819,7 @@ class RayBackend:
             outcome = self._outcome(job, done)
         except Exception as exc:  # noqa: BLE001 - one bad report must not stop the thread that delivers all
             outcome = TaskOutcome(error=error_of(exc))
+        job.ended_ok = outcome.ok
         job.future.set_result(outcome)
 
     def _outcome(self, job: _Job, done: Future[Any]) -> TaskOutcome:
