@@ -67,10 +67,10 @@ How a call runs:
   (``start_new_session=True``, daemons) escapes. A call stopped before its
   start note went out (its first 20 ms) names no group: there, only Ray's
   own cleanup applies. The attempt is reported as
-  cancelled or timed out, not as a dead worker. A call that takes object
-  references is cancelled only once it has started or its inputs have long
-  resolved (Ray cannot cancel a call while it takes it in and resolves its
-  arguments; see :meth:`RayBackend._cancel_resolved`).
+  cancelled or timed out, not as a dead worker. A call not yet started is
+  cancelled only once Ray has surely taken it in (Ray cannot cancel a call
+  while it takes it in and resolves its arguments; see
+  :meth:`RayBackend._cancel_resolved`).
   A timeout runs from the start
   note (or the report, if it comes first) and this backend's thread enforces
   it (see :mod:`maze.backends._jobs`). Ray's own retries are off (maze
@@ -677,7 +677,7 @@ class RayBackend:
                 return  # stopping already
             job.stop_reason = reason
             group = job.group
-        if job.started or not job.waits_on:
+        if job.started:
             ray.cancel(job.refs[0], force=True)
         else:
             with self._lock:
@@ -689,22 +689,21 @@ class RayBackend:
     def _cancel_resolved(self) -> None:
         """Cancel the stopped calls that Ray can cancel safely by now.
 
-        Ray (2.x) cannot cancel a call that it has not yet fully submitted:
-        ``.remote()`` returns before Ray's own I/O thread has taken the call in
+        Ray (2.x) cannot safely cancel a call it has not yet fully taken in:
+        ``.remote()`` returns before Ray's own I/O thread has submitted the call
         and resolved its arguments, and a cancel in that window races them in
         Ray's core worker, which then fails an internal check and ends the
         driver (``submitted_task_ref_count > 0``, "Tried to complete task that
-        was not pending"). A stopped call that takes object references is
-        therefore cancelled from here once it has started (Ray runs it: a
-        cancel is safe), or once its inputs have resolved and
-        ``_CANCEL_GRACE_S`` has passed since then and since its submission,
-        ample time for Ray's I/O thread even on a loaded machine. A call one of
-        whose upstream calls has ended badly (failed, or stopped: a run's cancel
-        and fail-fast stop every call) is not cancelled at all: its inputs are
-        markers or Ray's errors, so it ends by itself without running its body,
-        and a stopped chain unwinds at Ray's pace, not a grace period per link. Should an upstream call have finished well just
-        before its stop, the call may start meanwhile: it is then stopped as a
-        started call (its group killed).
+        was not pending"). So a stopped call is cancelled at once only when it
+        has started (Ray runs it: a cancel is safe); any other is cancelled from
+        here once ``_CANCEL_GRACE_S`` has passed since its submission and since
+        its inputs were seen resolved, ample time for Ray's I/O thread even on a
+        loaded machine. A call one of whose upstream calls has ended badly
+        (failed, or stopped: a run's cancel and fail-fast stop every call) is
+        not cancelled at all: its inputs are markers or Ray's errors, so it ends
+        by itself without running its body, and a stopped chain unwinds at Ray's
+        pace, not a grace period per link. A call that starts meanwhile is
+        stopped as a started call (its group killed).
         """
         now = time.monotonic()
         with self._lock:
@@ -718,14 +717,18 @@ class RayBackend:
                     self._to_cancel.pop(job, None)
                 continue
             if not job.started:
-                resolved, _ = ray.wait(job.waits_on, num_returns=len(job.waits_on), timeout=0, fetch_local=False)
-                if len(resolved) < len(job.waits_on):
-                    continue
-                if since is None:
-                    since = now        # after its submission, necessarily
-                    with self._lock:
-                        self._to_cancel[job] = since
-                if now - since < _CANCEL_GRACE_S:
+                if job.waits_on:
+                    resolved, _ = ray.wait(job.waits_on, num_returns=len(job.waits_on), timeout=0,
+                                           fetch_local=False)
+                    if len(resolved) < len(job.waits_on):
+                        continue
+                    if since is None:
+                        since = now        # seen resolved now; after its submission, necessarily
+                        with self._lock:
+                            self._to_cancel[job] = since
+                else:
+                    since = job.submitted_at
+                if now - max(since, job.submitted_at) < _CANCEL_GRACE_S:
                     continue
             with self._lock:
                 self._to_cancel.pop(job, None)
