@@ -239,3 +239,49 @@ def test_cancelling_runs_with_dependents_waiting_in_ray_never_breaks_the_driver(
     done = subprocess.run([sys.executable, str(script), "12"], capture_output=True, text=True, env=env, timeout=240)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert done.stdout.split() == [w for i in range(12) for w in (str(i), "cancelled", str(i), "failed")], done.stdout
+
+
+class OnlyWorkersRead:
+    """An output that unpickles in Ray's workers and not in the driver (whose pid it carries)."""
+
+    def __init__(self, driver: int) -> None:
+        self.driver = driver
+
+    def __reduce__(self):
+        return (_read_unless_driver, (self.driver,))
+
+
+def _read_unless_driver(driver: int) -> OnlyWorkersRead:
+    import os
+
+    if os.getpid() == driver:
+        raise RuntimeError("cannot be read in the driver")
+    return OnlyWorkersRead(driver)
+
+
+@task(inputs=["driver"], outputs=["y"])
+def unreadable_here(params):
+    return {"y": OnlyWorkersRead(params["driver"])}
+
+
+@task(inputs=["x", "marks"], outputs=["z"])
+def slow_mark(params):
+    import os as _os
+    import time as _time
+
+    _time.sleep(3)
+    open(_os.path.join(params["marks"], "end"), "w").close()
+    return {"z": 1}
+
+
+def test_a_dependent_of_a_task_only_the_driver_failed_to_read_is_stopped(ray_client, tmp_path):
+    # Its input is a real value in Ray, so it would run: it must be cancelled, not left to end.
+    import os
+
+    wf = ray_client.create_workflow()
+    up = wf.add_task(unreadable_here, inputs={"driver": os.getpid()})
+    wf.add_task(slow_mark, inputs={"x": up.outputs["y"], "marks": str(tmp_path)})
+    summary = wf.wait(wf.run(), timeout=60)
+    assert summary["exception_tasks"] == [up.task_id]
+    time.sleep(3.5)
+    assert not (tmp_path / "end").exists(), "the dependent ran to its end"

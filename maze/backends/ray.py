@@ -122,7 +122,7 @@ HUB_CODE = 1024           # code keys the hub keeps (more than the driver rememb
 _POLL_S = 0.05
 _NOTES_S = 0.1
 _KILL_WAIT_S = 10.0       # how long a group kill waits for the stopped worker to be gone
-_CANCEL_GRACE_S = 1.0     # how long after its inputs resolved (and it was submitted) a call is safe to cancel
+_CANCEL_GRACE_S = 0.25    # how long after its submission (and its inputs resolved) Ray has surely taken a call in
 _WARNED_RUNS = 1024       # runs remembered as warned about gpu_mem (the oldest are forgotten)
 
 
@@ -448,7 +448,9 @@ class _Job(Job):
     # cancel the call safely (see RayBackend._cancel).
     waits_on: list[Any] = field(default_factory=list)
     upstream: list[_Job] = field(default_factory=list)   # the calls of this backend that make them
-    ended_ok: bool | None = None                          # how it ended; None: not yet
+    # Its outputs are markers or Ray's errors (it failed in Ray, or was stopped there): a call
+    # taking them ends without running its body. Not so when only the driver failed to read them.
+    outputs_failed: bool = False
     submitted_at: float = field(default_factory=time.monotonic)
     started: bool = False
     # Held while reporting the start: the notes thread and the result thread may
@@ -710,7 +712,7 @@ class RayBackend:
             waiting = [(job, since) for job, since in self._to_cancel.items() if job.refs[0] in self._by_ref]
             self._to_cancel = dict(waiting)   # those over already are forgotten
         for job, since in waiting:
-            if not job.started and any(up.ended_ok is False for up in job.upstream):
+            if not job.started and any(up.outputs_failed for up in job.upstream):
                 # An input is a failed or stopped call's output (a marker, or Ray's error): the
                 # call ends by itself without running its body, and needs no cancel.
                 with self._lock:
@@ -822,15 +824,16 @@ class RayBackend:
             outcome = self._outcome(job, done)
         except Exception as exc:  # noqa: BLE001 - one bad report must not stop the thread that delivers all
             outcome = TaskOutcome(error=error_of(exc))
-        job.ended_ok = outcome.ok
         job.future.set_result(outcome)
 
     def _outcome(self, job: _Job, done: Future[Any]) -> TaskOutcome:
         try:
             report = Report.of_wire(done.result())  # Ray fetched the (small) report already
         except Exception as exc:  # noqa: BLE001 - cancelled, worker or node died
+            job.outputs_failed = isinstance(exc, _FAILED_IN_RAY)
             return TaskOutcome(error=job.stop_reason or _ray_error(job.call, exc))
         if report.start is None:  # an upstream call failed: the scheduler has skipped this task already
+            job.outputs_failed = True
             return TaskOutcome(error=job.stop_reason or report.error)
         # The group comes with the hub's note only: a report means the task is over.
         self._started(job, report.start, None)
@@ -838,6 +841,7 @@ class RayBackend:
             job.report(log)
         started, finished = report.start.at, report.finished
         if not report.ok:
+            job.outputs_failed = True
             return TaskOutcome(error=report.error, started_at=started, finished_at=finished)
         handles = dict(zip(job.call.outputs, job.refs[1:]))
         inline = report.inline
@@ -906,3 +910,6 @@ def _ray_error(call: TaskCall, exc: BaseException) -> TaskError:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# Ray's errors of a call that failed or was stopped in Ray: its outputs are errors too.
+_FAILED_IN_RAY = (ray.exceptions.RayTaskError, ray.exceptions.TaskCancelledError, ray.exceptions.WorkerCrashedError,
+                  ray.exceptions.NodeDiedError, ray.exceptions.LocalRayletDiedError)
