@@ -227,9 +227,9 @@ class LocalBackend:
                 return
             reason = TaskError.cancelled(job.call.task_id)
             if job.behind is not None:   # lined up, not started: the one behind it moves up
-                job.behind.next, nxt = job.next, job.next
-                if nxt is not None:
-                    nxt.behind = job.behind
+                job.behind.next = job.next
+                if job.next is not None:
+                    job.next.behind = job.behind
                 job.behind = job.next = None
                 del self._jobs[call_id]
             elif job in self._queue:

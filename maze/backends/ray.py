@@ -444,8 +444,8 @@ def _small(value: Any) -> bool:
 @dataclass(eq=False, kw_only=True)
 class _Job(Job):
     refs: list[Any]                       # the report's object reference, then the outputs'
-    # Object references among its arguments: while any is unresolved, Ray cannot
-    # cancel the call safely (see RayBackend._cancel).
+    # Object references among its arguments: until they have resolved, Ray cannot
+    # cancel the call safely (see RayBackend._cancel_resolved).
     waits_on: list[Any] = field(default_factory=list)
     upstream: list[_Job] = field(default_factory=list)   # the calls of this backend that make them
     # Its outputs are markers or Ray's errors (it failed in Ray, or was stopped there): a call
@@ -495,7 +495,7 @@ class RayBackend:
         self._by_ref: dict[Any, _Job] = {}
         self._timed: dict[str, _Job] = {}                  # the jobs with a timeout, by call id (see _enforce_timeouts)
         self._producers: dict[Any, _Job] = {}              # object reference -> the call in flight that makes it
-        self._to_cancel: dict[_Job, float | None] = {}     # stopped, inputs unresolved: since when seen resolved
+        self._to_cancel: dict[_Job, float | None] = {}     # stopped, not started: since when its inputs were seen resolved
         self._code: OrderedDict[str, None] = OrderedDict()  # code keys the hub holds (the last few sent)
         self._kills: set[Any] = set()                      # group kills still running
         self._notes_lock = threading.Lock()                # one drain of the hub at a time, delivered whole
@@ -683,7 +683,7 @@ class RayBackend:
             ray.cancel(job.refs[0], force=True)
         else:
             with self._lock:
-                self._to_cancel[job] = None  # _watch cancels it once its inputs have resolved
+                self._to_cancel[job] = None  # _cancel_resolved cancels it once Ray has surely taken it in
         if group is not None:
             self._kill_group(*group)
         # else: not started, or its start note is not here yet; _started kills the group when it comes
@@ -725,12 +725,12 @@ class RayBackend:
                     if len(resolved) < len(job.waits_on):
                         continue
                     if since is None:
-                        since = now        # seen resolved now; after its submission, necessarily
+                        since = now        # seen resolved now, so after its submission too
                         with self._lock:
                             self._to_cancel[job] = since
                 else:
                     since = job.submitted_at
-                if now - max(since, job.submitted_at) < _CANCEL_GRACE_S:
+                if now - since < _CANCEL_GRACE_S:
                     continue
             with self._lock:
                 self._to_cancel.pop(job, None)
