@@ -398,3 +398,203 @@ def test_a_task_is_not_lined_up_while_resources_of_its_own_are_free():
         summary = wf.wait(wf.run(), timeout=30)
     (_, slow_end), (nxt_start, _) = (summary["task_results"][t.task_id]["span"] for t in (slow, nxt))
     assert nxt_start < slow_end - 0.5, "it waited behind the slow call"
+
+
+# -- chains: a quick task's dependent lined up behind it, taking its outputs as they come -------------
+
+
+def plus_one(params):
+    import os
+    import time as _time
+
+    start = _time.time()
+    if params.get("seconds"):
+        _time.sleep(params["seconds"])
+    if params.get("fail"):
+        raise RuntimeError("this link fails")
+    return {"y": params["x"] + 1, "pid": os.getpid(), "start": start, "end": _time.time()}
+
+
+def _link(name: str, x: object, seconds: float = 0.0, fail: bool = False) -> TaskCall:
+    constants = {"seconds": seconds, "fail": fail}
+    inputs = {}
+    if isinstance(x, int):
+        constants["x"] = x
+    else:
+        inputs["x"] = x
+    return TaskCall(
+        call_id=f"run:{name}:1", run_id="run", task_id=name, task_name=name, attempt=1, func=plus_one,
+        code=ship(plus_one), constants=constants, inputs=inputs,
+        outputs=("y", "pid", "start", "end"), resources=Resources(),
+    )
+
+
+def test_a_call_lined_up_behind_another_takes_its_outputs_as_they_come(backend):
+    events = Events()
+    first = backend.submit(_link("c1", 41, seconds=0.3), events.reporter("c1"))
+    upcoming = backend.upcoming_outputs("run:c1:1")
+    assert upcoming is not None and set(upcoming) == {"y", "pid", "start", "end"}
+    second = backend.submit_behind(_link("c2", upcoming["y"]), events.reporter("c2"), behind="run:c1:1")
+    a, b = first.result(10).result, second.result(10).result
+    assert a is not None and b is not None
+    assert (a["y"], b["y"]) == (42, 43)
+    assert b["pid"] == a["pid"] and b["start"] >= a["end"]
+
+
+def test_a_call_taking_the_outputs_of_one_that_fails_never_runs(backend):
+    events = Events()
+    first = backend.submit(_link("c3", 1, seconds=0.2, fail=True), events.reporter("c3"))
+    upcoming = backend.upcoming_outputs("run:c3:1")
+    assert upcoming is not None
+    second = backend.submit_behind(_link("c4", upcoming["y"]), events.reporter("c4"), behind="run:c3:1")
+    assert first.result(10).error is not None
+    outcome = second.result(10)          # no scheduler stops it here: the backend must not run it
+    assert outcome.error is not None and outcome.error.kind is Failure.CANCELLED
+    assert "ended without outputs" in outcome.error.error
+    assert not events.started("c4")
+
+
+def test_outputs_of_a_call_that_ended_are_filled_in_at_once(backend):
+    events = Events()
+    first = backend.submit(_link("c5", 10, seconds=0.1), events.reporter("c5"))
+    upcoming = backend.upcoming_outputs("run:c5:1")
+    assert upcoming is not None
+    assert first.result(10).ok
+    assert backend.upcoming_outputs("run:c5:1") is None      # ended: the scheduler passes its outputs itself
+    late = backend.submit_behind(_link("c6", upcoming["y"]), events.reporter("c6"), behind="run:c5:1")
+    assert late.result(10).result["y"] == 12
+    again = backend.submit(_link("c7", upcoming["y"]), events.reporter("c7"))   # a retry of a dependent
+    assert again.result(10).result["y"] == 12
+
+
+def test_outputs_still_to_come_are_refused_outside_a_line(backend):
+    from maze.core.errors import BackendError
+
+    first = backend.submit(_link("c8", 1, seconds=0.3), Events().reporter("c8"))
+    upcoming = backend.upcoming_outputs("run:c8:1")
+    assert upcoming is not None
+    with pytest.raises(BackendError, match=r"takes an output of call 'run:c8:1', still going"):
+        backend.submit(_link("c9", upcoming["y"]), Events().reporter("c9"))
+    assert first.result(10).ok
+
+
+@task(inputs=["x", "mark", "fail_at", "i"], outputs=["x"])
+def link(params):
+    import os
+
+    if params["mark"]:
+        open(os.path.join(params["mark"], f"ran-{params['i']}"), "a").close()
+    if params["i"] == params["fail_at"]:
+        raise ValueError(f"link {params['i']} fails")
+    return {"x": params["x"] + 1}
+
+
+def _chain(client, name: str, n: int, *, mark: str = "", fail_at: int = -1):
+    wf = client.create_workflow(name)
+    prev = wf.add_task(link, inputs={"x": 0, "mark": mark, "fail_at": fail_at, "i": 0})
+    tasks = [prev]
+    for i in range(1, n):
+        prev = wf.add_task(link, inputs={"x": prev.outputs["x"], "mark": mark, "fail_at": fail_at, "i": i})
+        tasks.append(prev)
+    return wf, tasks
+
+
+class LinedUp:
+    """Counts the calls the scheduler lines up behind the one whose outputs they take."""
+
+    def __init__(self, monkeypatch) -> None:
+        from maze.backends import local
+
+        self.count = 0
+        submit_behind = LocalBackend.submit_behind
+
+        def spy(backend, call, report, behind):
+            if any(isinstance(v, local._Upcoming) for v in call.inputs.values()):
+                self.count += 1
+            return submit_behind(backend, call, report, behind)
+
+        monkeypatch.setattr(LocalBackend, "submit_behind", spy)
+
+
+def test_a_chain_of_quick_tasks_runs_link_after_link_in_order(monkeypatch):
+    lined = LinedUp(monkeypatch)
+    with MaClient(resources={"cpu": 2}, history=None) as client:
+        wf, tasks = _chain(client, "chain", 60)
+        wf.wait(wf.run())                       # learnt as quick
+        lined.count = 0
+        run_id = wf.run()
+        summary = wf.wait(run_id, timeout=30)
+        messages = list(wf.get_results(run_id))
+    assert summary["status"] == "completed"
+    assert summary["task_results"][tasks[-1].task_id] == {"x": 60}
+    assert lined.count >= 50, lined.count
+    at = {(m["type"], m["data"].get("task_id")): i for i, m in enumerate(messages)}
+    for up, down in zip(tasks, tasks[1:]):
+        assert at[("finish_task", up.task_id)] < at[("start_task", down.task_id)], (up.task_id, down.task_id)
+
+
+def test_a_failing_link_skips_the_rest_of_its_chain_and_keeps_what_finished(tmp_path, monkeypatch):
+    lined = LinedUp(monkeypatch)
+    with MaClient(resources={"cpu": 2}, history=None) as client:
+        warm, _ = _chain(client, "warm", 20)
+        warm.wait(warm.run())
+        lined.count = 0
+        wf, tasks = _chain(client, "chain", 40, mark=str(tmp_path), fail_at=20)
+        run_id = wf.run()
+        summary = wf.wait(run_id, timeout=30)
+        messages = list(wf.get_results(run_id))
+    assert lined.count >= 10, lined.count
+    assert summary["status"] == "failed"
+    assert [t.task_id for t in tasks[:20]] == list(summary["task_results"])   # nothing that finished is lost
+    assert sorted(summary["skipped_tasks"]) == sorted(t.task_id for t in tasks[21:])
+    exceptions = [m for m in messages if m["type"] == "task_exception"]
+    assert [m["data"]["task_id"] for m in exceptions] == [tasks[20].task_id]   # skipped, not failed again
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"ran-{i}" for i in range(21))
+
+
+@task(inputs=["x", "mark"], outputs=["x"], retries=1, retry_delay=0.0)
+def flaky_link(params):
+    import os
+
+    if not os.path.exists(params["mark"]):
+        open(params["mark"], "a").close()
+        raise RuntimeError("the first attempt fails")
+    return {"x": params["x"] + 1}
+
+
+def test_a_link_that_retries_hands_its_dependents_the_outputs_of_the_attempt_that_worked(tmp_path):
+    with MaClient(resources={"cpu": 2}, history=None) as client:
+        warm, _ = _chain(client, "warm", 10)
+        warm.wait(warm.run())
+        wf = client.create_workflow("retrying chain")
+        prev = wf.add_task(link, inputs={"x": 0, "mark": "", "fail_at": -1, "i": 0})
+        for i in range(1, 30):
+            if i == 15:
+                prev = wf.add_task(flaky_link, inputs={"x": prev.outputs["x"], "mark": str(tmp_path / "once")})
+            else:
+                prev = wf.add_task(link, inputs={"x": prev.outputs["x"], "mark": "", "fail_at": -1, "i": i})
+        run_id = wf.run()
+        summary = wf.wait(run_id, timeout=30)
+        kinds = [m["type"] for m in wf.get_results(run_id)]
+    assert summary["status"] == "completed"
+    assert summary["task_results"][prev.task_id] == {"x": 30}
+    assert kinds.count("task_retry") == 1
+
+
+def test_cancelling_a_long_chain_of_quick_tasks_ends_it_promptly():
+    with MaClient(resources={"cpu": 2}, history=None) as client:
+        wf, tasks = _chain(client, "long chain", 3000)
+        wf.wait(wf.run(), timeout=60)
+        run_id = wf.run()
+        for m in wf.get_results(run_id):
+            if m["type"] == "finish_task" and m["data"]["task_id"] == tasks[100].task_id:
+                wf.cancel(run_id)
+                break
+        summary = wf.wait(run_id, timeout=30)
+        again = wf.wait(wf.run(), timeout=60)     # nothing was left holding a grant or a worker
+    assert summary["status"] == "cancelled"
+    done = summary["task_results"]
+    stopped = summary["cancelled_tasks"] + summary["skipped_tasks"]
+    assert 100 < len(done) < 3000 and len(done) + len(stopped) == 3000
+    assert list(done) == [t.task_id for t in tasks[:len(done)]]     # a prefix of the chain, values kept
+    assert again["status"] == "completed" and again["task_results"][tasks[-1].task_id] == {"x": 3000}

@@ -25,7 +25,9 @@ for "started" and ``print()`` events ahead of the result. This pool is small:
   for quick tasks) goes to the worker the moment that one's result arrives,
   before the scheduler hears of it, so the worker runs it while the scheduler
   concludes the one before; after a failure it waits for the scheduler, which
-  may stop it;
+  may stop it. Such a call may take the outputs of the one before it
+  (``upcoming_outputs``: a quick task's dependent in a chain), filled in from
+  that one's result as it is sent;
 * a worker serves one device set: GPU tasks run in workers started with
   ``CUDA_VISIBLE_DEVICES`` naming the granted devices, set before any CUDA
   library could read it;
@@ -100,10 +102,34 @@ class _Constant:
 @dataclass(eq=False, kw_only=True)
 class _Job(Job):
     constants: list[_Constant]             # packed ``call.constants``, in order; alive as long as the job
+    inputs: dict[str, Any]                 # ``call.inputs``, with the upcoming outputs filled in once known
+    outputs: dict[str, _packing.Packed] | None = None   # what it returned, once it has ended well
     started: bool = False                  # its start was reported
     sent_at: float | None = None           # when it was handed to a worker (time.time())
     next: _Job | None = None               # the call lined up behind this one (submit_behind)
     behind: _Job | None = None             # the call this one is lined up behind, until that one ends
+
+
+@dataclass(frozen=True, eq=False)
+class _Upcoming:
+    """An output of a call that has not ended yet, in the inputs of the call lined up behind it."""
+
+    job: _Job
+    key: str
+
+
+@dataclass(frozen=True, eq=False)
+class _Unfed:
+    """A job dropped because an output it takes will never be made, and why."""
+
+    job: _Job
+    error: TaskError
+
+
+def _end_unfed(unfed: _Unfed | None) -> None:
+    """Resolve a dropped job's future (with the backend's lock released: the scheduler's callbacks run)."""
+    if unfed is not None:
+        unfed.job.future.set_result(TaskOutcome(error=unfed.error))
 
 
 @dataclass(eq=False)
@@ -162,7 +188,10 @@ class LocalBackend:
             return job.future
         with self._lock:
             self._admit(job)
-            self._place(job)
+            unfed = self._fill_in(job)
+            if unfed is None:
+                self._place(job)
+        _end_unfed(unfed)
         return job.future
 
     def submit_behind(self, call: TaskCall, report: Reporter, behind: str) -> Future[TaskOutcome]:
@@ -170,14 +199,44 @@ class LocalBackend:
         job = self._new_job(call, report)
         if job.future.done():
             return job.future
+        unfed = None
         with self._lock:
             self._admit(job)
             head = self._jobs.get(behind)
             if head is not None and head.next is None and head is not job:
                 head.next, job.behind = job, head
-            else:  # ended already
-                self._place(job)
+            else:  # ended already (if it takes its outputs, they are known now)
+                unfed = self._fill_in(job)
+                if unfed is None:
+                    self._place(job)
+        _end_unfed(unfed)
         return job.future
+
+    def upcoming_outputs(self, call_id: str) -> dict[str, _Upcoming] | None:
+        """Handles for the outputs of a call that has not ended, for the call lined up behind it."""
+        with self._lock:
+            job = self._jobs.get(call_id)
+            return None if job is None else {key: _Upcoming(job, key) for key in job.call.outputs}
+
+    def _fill_in(self, job: _Job) -> _Unfed | None:
+        """Fill in the upcoming outputs ``job`` takes, before it is sent (lock held).
+
+        If one of them never will be (its call ended badly), ``job`` is dropped
+        and returned with why, for :func:`_end_unfed` once the lock is released.
+        """
+        for key, value in job.inputs.items():
+            if not isinstance(value, _Upcoming):
+                continue
+            if value.job.outputs is not None:
+                job.inputs[key] = value.job.outputs[value.key]
+            elif self._jobs.get(value.job.call.call_id) is value.job:
+                raise BackendError(f"the call of task {job.call.task_id!r} takes an output of call "
+                                   f"{value.job.call.call_id!r}, still going, without being lined up behind it")
+            else:
+                self._jobs.pop(job.call.call_id, None)
+                return _Unfed(job, TaskError.cancelled(
+                    job.call.task_id, f"the call whose {value.key!r} it takes ended without outputs"))
+        return None
 
     def _new_job(self, call: TaskCall, report: Reporter) -> _Job:
         """A job for ``call`` with its constants packed; its future is failed already if one cannot be."""
@@ -192,7 +251,7 @@ class LocalBackend:
                     type(exc).__name__, f"the input {key!r} of task {call.task_id!r} could not be pickled: {exc}"
                 )))
                 break
-        return _Job(call, report, future, constants=constants)
+        return _Job(call, report, future, constants=constants, inputs=dict(call.inputs))
 
     def _admit(self, job: _Job) -> None:
         """Take a new job in (lock held)."""
@@ -208,17 +267,24 @@ class LocalBackend:
         else:
             self._send(worker, job)
 
-    def _follow_on(self, job: _Job, worker: _Worker | None) -> None:
-        """``job`` ended: start the call lined up behind it, on ``worker`` when given, else anywhere (lock held)."""
+    def _follow_on(self, job: _Job, worker: _Worker | None) -> _Unfed | None:
+        """``job`` ended: start the call lined up behind it, on ``worker`` when given, else anywhere (lock held).
+
+        That call is not started if it takes outputs ``job`` did not make (see :meth:`_fill_in`).
+        """
         nxt, job.next = job.next, None
         if nxt is None or self._closed:
-            return
+            return None
         nxt.behind = None
+        unfed = self._fill_in(nxt)
+        if unfed is not None:
+            return unfed
         if worker is not None and worker.job is None and not worker.retiring \
                 and worker.devices == (nxt.call.gpu_ids or None):
             self._send(worker, nxt)
         else:
             self._place(nxt)
+        return None
 
     def stop(self, call_id: str) -> None:
         with self._lock:
@@ -226,6 +292,7 @@ class LocalBackend:
             if job is None:
                 return
             reason = TaskError.cancelled(job.call.task_id)
+            unfed = None
             if job.behind is not None:   # lined up, not started: the one behind it moves up
                 job.behind.next = job.next
                 if job.next is not None:
@@ -235,12 +302,13 @@ class LocalBackend:
             elif job in self._queue:
                 self._queue.remove(job)
                 del self._jobs[call_id]
-                self._follow_on(job, None)
+                unfed = self._follow_on(job, None)
             else:
                 job.stop_reason = reason
                 self._kill_running(job)
                 return
         job.future.set_result(TaskOutcome(error=reason))
+        _end_unfed(unfed)
 
     def close(self) -> None:
         with self._lock:
@@ -356,7 +424,7 @@ class LocalBackend:
         call = job.call
         code = call.code
         ship = code.key not in worker.known
-        inputs: list[_packing.Packed] = list(call.inputs.values())
+        inputs: list[_packing.Packed] = list(job.inputs.values())
         packs = [c.packed for c in job.constants] + inputs
         header = encode(CallHeader(
             call.call_id, call.task_id, code.key, ship, list(call.constants), list(call.inputs),
@@ -448,18 +516,22 @@ class LocalBackend:
                 ), started_at=started, finished_at=finished)
         else:
             outcome = TaskOutcome(error=error, started_at=started, finished_at=finished)
+        unfed = None
         with self._lock:
             worker.known.difference_update(done.dropped)
             worker.job = None
             self._jobs.pop(job.call.call_id, None)
             if outcome.ok:
-                self._follow_on(job, worker)   # at once: the worker need not wait for the scheduler
+                job.outputs = dict(zip(keys, packs))
+                unfed = self._follow_on(job, worker)   # at once: the worker need not wait for the scheduler
             if worker.job is None:
                 self._feed(worker)
+        _end_unfed(unfed)
         job.future.set_result(outcome)
         if not outcome.ok:   # now that the scheduler knows (it may have stopped the next one)
             with self._lock:
-                self._follow_on(job, None)
+                unfed = self._follow_on(job, None)
+            _end_unfed(unfed)
 
     def _feed(self, worker: _Worker) -> None:
         """Give queued work to a worker that just became idle (lock held)."""
@@ -512,7 +584,8 @@ class LocalBackend:
             error = job.stop_reason or TaskError.worker_died(job.call.task_id, f"pid {pid}, {_describe_exit(code)}")
             job.future.set_result(TaskOutcome(error=error))
         with self._lock:
-            self._follow_on(job, None)
+            unfed = self._follow_on(job, None)
+        _end_unfed(unfed)
 
     def _enforce_timeouts(self) -> float | None:
         """Stop the running jobs past their deadline; the earliest deadline left (lock held, I/O thread)."""

@@ -35,7 +35,8 @@ still decided by the scheduler from outcomes, as for any backend.
 :class:`LiningBackend`: a backend that can line a call up behind another one
 sharing its resources (``submit_behind``) and start it the moment that one
 ends; the scheduler lines up quick tasks so that a worker never waits for it
-between them (the local backend).
+between them, and a quick task's one dependent behind it, taking its outputs
+as they come (the local backend).
 """
 
 from __future__ import annotations
@@ -220,9 +221,18 @@ class LiningBackend(Backend, Protocol):
     backend resolves ``behind``'s future first, so that a scheduler stopping
     everything (fail-fast) stops the lined-up call before it starts. If
     ``behind`` has ended already, the call is submitted as usual.
+
+    A call lined up behind another may take that one's outputs before they
+    exist: ``upcoming_outputs(behind)`` gives handles for them, or None once
+    ``behind`` has ended (or is unknown). They are valid in the ``inputs`` of
+    calls submitted behind ``behind`` and, once it has ended well, of any
+    call. When ``behind`` ends without outputs, a call taking them never runs:
+    its outcome is an error the scheduler ignores, having skipped that task.
     """
 
     def submit_behind(self, call: TaskCall, report: Reporter, behind: str) -> Future[TaskOutcome]: ...
+
+    def upcoming_outputs(self, call_id: str) -> Mapping[str, Any] | None: ...
 
 
 # -- what a reader of a run sees ---------------------------------------------------------------

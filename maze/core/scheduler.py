@@ -64,7 +64,7 @@ from typing import Any
 from .admission import Grant, ResourcePool
 from .errors import BackendError, UnsatisfiableError
 from .history import Dropped, HistoryReader, HistoryWriter, Stored
-from .plan import Plan
+from .plan import PerPlan, Plan
 from .protocol import (
     Backend,
     EagerBackend,
@@ -89,6 +89,7 @@ _NO_CODE = ShippedCode("", b"")  # in calls whose function could not be pickled 
 # A task is lined up behind another only when both have lately run this briefly: a
 # lined-up task reads as submitted while it waits, so it must not wait long.
 QUICK_S = 0.005
+_below: PerPlan[Mapping[str, list[str]]] = PerPlan()   # each plan's dependents, for every run of it
 
 
 @dataclass(eq=False)
@@ -115,7 +116,7 @@ class _Work:
     timers: dict[str, threading.Timer] = field(default_factory=dict)  # retries waiting for their delay
     # Submitting ahead (see the module docstring); empty unless the backend resolves submitted calls.
     eager: bool = False
-    below: dict[str, list[str]] = field(default_factory=dict)     # task -> the tasks that wait for it
+    below: Mapping[str, list[str]] = field(default_factory=dict)  # task -> the tasks that wait for it (eager or lining)
     unsettled: dict[str, int] = field(default_factory=dict)       # upstream tasks neither submitted for good nor finished
     counted: set[str] = field(default_factory=set)                # tasks already taken off their dependents' unsettled
     solid: dict[str, Submitted] = field(default_factory=dict)     # submitted, not settled, will not retry: their handles
@@ -127,7 +128,7 @@ class _Work:
     draining: bool = False
 
     @classmethod
-    def of(cls, run: RunState, snapshot: Snapshot, *, eager: bool = False) -> _Work:
+    def of(cls, run: RunState, snapshot: Snapshot, *, eager: bool = False, lining: bool = False) -> _Work:
         plan = run.plan
         sorter: TopologicalSorter[str] = TopologicalSorter({tid: t.upstream for tid, t in plan.tasks.items()})
         sorter.prepare()   # the plan was checked for cycles already
@@ -136,8 +137,9 @@ class _Work:
             for up in {ref.task_id for ref in t.refs.values()}:
                 consumers[up] += 1
         work = cls(run, snapshot, sorter, consumers, dict.fromkeys(plan.tasks, 0), eager=eager)
+        if eager or lining:
+            work.below = _below.get(plan, plan.downstream)
         if eager:
-            work.below = plan.downstream()
             work.unsettled = {tid: len(set(t.upstream)) for tid, t in plan.tasks.items()}
         return work
 
@@ -217,7 +219,7 @@ class Engine:
         snapshot = Snapshot.take(plan)
         run = RunState(run_id, plan, self._lock, fail_fast=fail_fast, recorder=self.history,
                        on_interrupt=lambda: self.cancel(run, "interrupted while waiting"))
-        work = _Work.of(run, snapshot, eager=self._ahead is not None)
+        work = _Work.of(run, snapshot, eager=self._ahead is not None, lining=self._lining is not None)
         with self._lock:
             self._live[run_id] = work
             self._runs[run_id] = run
@@ -358,6 +360,8 @@ class Engine:
         held = work.held_done.pop(tid, None)
         if held is not None:
             work.outcomes.append((tid, *held))
+        elif self._lining is not None:
+            self._line_dependent(work, tid)
 
     def _reuse(self, work: _Work, tid: str) -> bool:
         """Settle ``tid`` from an earlier run or the result cache, if either holds it."""
@@ -440,6 +444,42 @@ class Engine:
             self._launch(work, tid, slot, behind=tail.call_id)
             return
 
+    def _line_dependent(self, work: _Work, tid: str) -> None:
+        """Line up, behind quick task ``tid``'s call, a quick dependent waiting for ``tid`` alone.
+
+        It takes ``tid``'s outputs as they come (``upcoming_outputs``), so in a
+        chain the worker runs the next link the moment the one before ends,
+        while this thread concludes that one. Until ``tid`` finishes here the
+        dependent is ahead (see the module docstring): pending in its run, what
+        it reports held. One link at a time: the next when it is promoted.
+        """
+        assert self._lining is not None
+        run, call, slot = work.run, work.calls[tid], work.grants[tid]
+        task = run.plan.tasks[tid]
+        if (slot.line[-1] is not call or run.cancelling or task.spec.options.retries
+                or not self._quick(call.code.key)):
+            return
+        for child in work.below[tid]:
+            t = run.plan.tasks[child]
+            code = work.snapshot.code[child]
+            if (run.states[child] is not TaskState.PENDING or child in work.calls or len(t.upstream) != 1
+                    or t.spec.options.cache or child in work.reusable or t.spec.resources != task.spec.resources
+                    or isinstance(code, TaskError) or not self._quick(code.key)):
+                continue
+            upcoming = self._lining.upcoming_outputs(call.call_id)
+            if upcoming is None:   # it has ended: the dependent goes the usual way
+                return
+            work.ahead.add(child)
+            run.explain(child, "ran: nothing to reuse", replace=False)
+            had = work.handles.get(tid)
+            work.handles[tid] = upcoming
+            self._launch(work, child, slot, behind=call.call_id)
+            if had is not None:
+                work.handles[tid] = had
+            elif work.handles.get(tid) is upcoming:
+                del work.handles[tid]
+            return
+
     def _quick(self, code_key: str) -> bool:
         return self._durations.get(code_key, QUICK_S) < QUICK_S
 
@@ -479,6 +519,8 @@ class Engine:
             future.add_done_callback(partial(self._on_done, work, tid, call))
             if tid in work.solid and tid not in work.ahead:
                 self._upstream_settled(work, tid)
+            elif self._lining is not None and tid not in work.ahead and not future.done():
+                self._line_dependent(work, tid)
 
     def _first_call(self, work: _Work, tid: str, grant: Grant) -> TaskCall:
         run = work.run
