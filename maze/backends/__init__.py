@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import importlib
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from maze.core.errors import UnknownBackendError
-from maze.core.protocol import Backend
+
+if TYPE_CHECKING:   # a worker process imports this package, and needs none of the protocol
+    from maze.core.protocol import Backend
 
 _BUILTIN = {
     "joblib": "maze.backends.local:LocalBackend",

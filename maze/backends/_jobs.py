@@ -22,12 +22,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from maze.core.execute import error_of
-from maze.core.protocol import Reporter, TaskCall, TaskError, TaskOutcome
+from maze.core.failure import TaskError
+
+if TYPE_CHECKING:   # a worker imports this module too, and needs none of these
+    from concurrent.futures import Future
+
+    from maze.core.protocol import Reporter, TaskCall, TaskOutcome
 
 
 @dataclass(eq=False)

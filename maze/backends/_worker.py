@@ -46,15 +46,17 @@ import threading
 import time
 from collections import OrderedDict
 from multiprocessing.connection import Connection
-from typing import Any, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 from maze.backends import _packing
 from maze.backends._jobs import wrapped_error
 from maze.backends._packing import Descriptor
 from maze.core.execute import captured_output, gather_params, run_body
-from maze.core.protocol import TaskError
+from maze.core.failure import TaskError
 from maze.core.shipping import ShippedCode
-from maze.core.task import TaskBody
+
+if TYPE_CHECKING:
+    from maze.core.task import TaskBody
 
 ANNOUNCE_S = 0.01               # a call still running after this long is announced (Started)
 _CODE_CACHE_COUNT = 256

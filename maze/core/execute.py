@@ -12,12 +12,14 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import TaskOutputError
+from .failure import TaskError
 from .messages import short_repr
-from .protocol import TaskError
-from .task import TaskBody
+
+if TYPE_CHECKING:
+    from .task import TaskBody
 
 Emit = Callable[[str, str], None]  # (stream, text)
 

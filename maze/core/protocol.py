@@ -41,14 +41,14 @@ as they come (the local backend).
 
 from __future__ import annotations
 
-import enum
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from .errors import TaskCancelled, WorkerDiedError
+from .failure import Failure as Failure  # re-exported: part of the contract, defined apart for workers
+from .failure import TaskError as TaskError
 from .resources import Capacity, Resources
 from .shipping import ShippedCode
 from .task import TaskBody
@@ -81,53 +81,6 @@ class TaskCall:
     # not take (ordering-only edges). It must not start before they end, and
     # must not run its body if one of them failed.
     after: tuple[Any, ...] = ()
-
-
-class Failure(str, enum.Enum):
-    """What kind of failure an attempt had: the scheduler acts on this, never on a type name."""
-
-    RAISED = "raised"              # the task raised, or returned something other than its outputs
-    CANCELLED = "cancelled"        # stopped because its run was cancelled (or its backend closed)
-    TIMED_OUT = "timed_out"        # stopped because it ran past its timeout
-    WORKER_DIED = "worker_died"    # the process running it ended first
-
-
-@dataclass(frozen=True, slots=True)
-class TaskError:
-    """Why an attempt failed, in the words of the ``task_exception`` message."""
-
-    error_type: str     # the exception's class name, e.g. "ValueError"
-    error: str          # one line
-    traceback: str      # the full text, for the message's ``result``
-    kind: Failure = Failure.RAISED
-
-    @property
-    def text(self) -> str:
-        """``"ValueError: bad input"``: the type and the line, as ``get_task_result`` reports it."""
-        return f"{self.error_type}: {self.error}" if self.error else self.error_type
-
-    @classmethod
-    def simple(cls, error_type: str, error: str, kind: Failure = Failure.RAISED) -> TaskError:
-        return cls(error_type, error, f"{error_type}: {error}", kind)
-
-    # The type names on the wire (``error_type``) are those of maze's own errors,
-    # so ``except maze.core.errors.TaskCancelled`` and the message agree.
-
-    @classmethod
-    def cancelled(cls, task_id: str, why: str = "its run was cancelled") -> TaskError:
-        """What a backend reports for an attempt it stopped because the run was cancelled."""
-        return cls.simple(TaskCancelled.__name__, f"task {task_id!r} was stopped: {why}", Failure.CANCELLED)
-
-    @classmethod
-    def timed_out(cls, task_id: str, timeout: float, *, stopped: bool = True) -> TaskError:
-        what = "and was stopped" if stopped else "(it could not be stopped; reported when it returned)"
-        return cls.simple(TimeoutError.__name__, f"task {task_id!r} ran longer than its timeout of {timeout:g} s {what}",
-                          Failure.TIMED_OUT)
-
-    @classmethod
-    def worker_died(cls, task_id: str, how: str) -> TaskError:
-        return cls.simple(WorkerDiedError.__name__, f"the worker process running task {task_id!r} died ({how})",
-                          Failure.WORKER_DIED)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,11 +31,12 @@ from __future__ import annotations
 import hashlib
 import pickle
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from .task import TaskBody
+if TYPE_CHECKING:
+    from .task import TaskBody
 
 
 @dataclass(frozen=True, slots=True)
