@@ -25,6 +25,17 @@ def test_core_imports_nothing_heavy():
     assert out.strip() == "[]"
 
 
+def test_a_worker_starts_without_the_schedulers_side_of_the_core():
+    # A worker process boots on every cold start; what it imports is on the path to the first result.
+    code = (
+        "import sys; from maze.backends._worker import main;"
+        "print([m for m in ('maze.core.protocol', 'maze.core.scheduler', 'maze.core.task', 'maze.core.run',"
+        " 'concurrent.futures') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_core_never_imports_backends_or_notebook():
     import ast
     from pathlib import Path
