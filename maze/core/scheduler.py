@@ -41,6 +41,18 @@ outputs of a failed attempt; they are submitted when it finishes, as on other
 backends), and tasks with ``cache=True`` or reusable from ``resume_from`` (the
 reuse is decided when the task is ready).
 
+Lining up
+---------
+On a backend that can line a call up behind another
+(:class:`~maze.core.protocol.LiningBackend`, the local one), where admission is
+the scheduler's, quick calls (under ``QUICK_S`` lately) share one grant, one
+after the other: when no resources are free, the next waiting task of the same
+shape goes behind a running one (``_line_up``); and a quick task's one
+dependent that waits for it alone goes behind it at once, taking its outputs as
+they come (``_line_dependent``). Such a dependent is ahead until its upstream
+task finishes here, exactly as above. The backend starts a lined-up call the
+moment the one before ends, while this thread is still concluding that one.
+
 ``finish_workflow`` is always sent: when the last task settles, when a run is
 cancelled, and, through :meth:`Engine._guard`, when the scheduler itself hits
 an unexpected error.
