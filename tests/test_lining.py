@@ -598,3 +598,72 @@ def test_cancelling_a_long_chain_of_quick_tasks_ends_it_promptly():
     assert 100 < len(done) < 3000 and len(done) + len(stopped) == 3000
     assert list(done) == [t.task_id for t in tasks[:len(done)]]     # a prefix of the chain, values kept
     assert again["status"] == "completed" and again["task_results"][tasks[-1].task_id] == {"x": 3000}
+
+
+@task(inputs=["x"], outputs=["y"])
+def next_array(params):
+    return {"y": params["x"] + 1}
+
+
+def test_a_chain_of_quick_array_tasks_keeps_only_the_outputs_still_needed():
+    # Each link returns a 2 MiB array, which travels through a shared-memory file. A lined-up
+    # link must hold its upstream's outputs only, not (through it) those of every link before.
+    import os
+
+    import numpy as np
+
+    from maze.backends import _packing
+
+    with MaClient(resources={"cpu": 2}, history=None) as client:
+        owner = client._backend._owner
+
+        def files() -> int:
+            return sum(1 for n in os.listdir(_packing._SHM_DIR) if n.startswith(f"{_packing.FILE_PREFIX}{owner}-"))
+
+        def chain(n: int):
+            wf = client.create_workflow("arrays")
+            prev = wf.add_task(next_array, inputs={"x": np.zeros(1 << 18)})
+            for _ in range(n - 1):
+                prev = wf.add_task(next_array, inputs={"x": prev.outputs["y"]})
+            return wf, prev
+
+        warm, _ = chain(20)
+        warm.wait(warm.run(), timeout=60)
+        wf, last = chain(300)
+        peak, done = [0], threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], files())
+                time.sleep(0.002)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            run_id = wf.run()
+            summary = wf.wait(run_id, timeout=120)
+        finally:
+            done.set()
+            watcher.join()
+        assert summary["status"] == "completed"
+        assert float(summary["task_results"][last.task_id]["y"][0]) == 300
+    assert peak[0] <= 12, f"{peak[0]} shared-memory files at once: earlier links' outputs were kept"
+
+
+def test_a_worker_stopped_as_its_call_ended_is_not_handed_the_next_one(backend):
+    # The stop (a timeout, a cancel) kills the worker's group; if the call's result was already on
+    # its way, the call ends well, but the worker is dying and must not run the call lined up behind.
+    events = Events()
+    first = backend.submit(_call("s1", 0.1), events.reporter("s1"))
+    second = backend.submit_behind(_call("s2"), events.reporter("s2"), behind="run:s1:1")
+    time.sleep(0.02)
+    with backend._lock:                      # the I/O thread reads s1's result, then waits here
+        time.sleep(0.4)
+        job = backend._jobs["run:s1:1"]
+        job.stop_reason = job.timed_out()    # what the timeout sweep does, as the result arrived
+        backend._kill_running(job)
+    assert first.result(10).ok
+    outcome = second.result(10)
+    assert outcome.ok, outcome.error
+    pids = {e.worker for n, e in events.seen if isinstance(e, TaskStarted)}
+    assert len(pids) == 2                    # s2 ran on another worker

@@ -103,18 +103,31 @@ class _Constant:
 class _Job(Job):
     constants: list[_Constant]             # packed ``call.constants``, in order; alive as long as the job
     inputs: dict[str, Any]                 # ``call.inputs``, with the upcoming outputs filled in once known
-    outputs: dict[str, _packing.Packed] | None = None   # what it returned, once it has ended well
+    outbox: _Outbox                        # what it returned, for calls lined up behind it that take it
     started: bool = False                  # its start was reported
     sent_at: float | None = None           # when it was handed to a worker (time.time())
     next: _Job | None = None               # the call lined up behind this one (submit_behind)
     behind: _Job | None = None             # the call this one is lined up behind, until that one ends
 
 
+@dataclass(eq=False)
+class _Outbox:
+    """The outputs of one call, once it has ended well.
+
+    Apart from the call's job so that a lined-up call holds the outputs it
+    takes and nothing more: holding the job would hold its inputs, which may be
+    the outbox of the call before it, and so on down a chain.
+    """
+
+    call_id: str
+    outputs: dict[str, _packing.Packed] | None = None
+
+
 @dataclass(frozen=True, eq=False)
 class _Upcoming:
     """An output of a call that has not ended yet, in the inputs of the call lined up behind it."""
 
-    job: _Job
+    outbox: _Outbox
     key: str
 
 
@@ -216,7 +229,7 @@ class LocalBackend:
         """Handles for the outputs of a call that has not ended, for the call lined up behind it."""
         with self._lock:
             job = self._jobs.get(call_id)
-            return None if job is None else {key: _Upcoming(job, key) for key in job.call.outputs}
+            return None if job is None else {key: _Upcoming(job.outbox, key) for key in job.call.outputs}
 
     def _fill_in(self, job: _Job) -> _Unfed | None:
         """Fill in the upcoming outputs ``job`` takes, before it is sent (lock held).
@@ -227,11 +240,12 @@ class LocalBackend:
         for key, value in job.inputs.items():
             if not isinstance(value, _Upcoming):
                 continue
-            if value.job.outputs is not None:
-                job.inputs[key] = value.job.outputs[value.key]
-            elif self._jobs.get(value.job.call.call_id) is value.job:
+            outbox = value.outbox
+            if outbox.outputs is not None:
+                job.inputs[key] = outbox.outputs[value.key]
+            elif (going := self._jobs.get(outbox.call_id)) is not None and going.outbox is outbox:
                 raise BackendError(f"the call of task {job.call.task_id!r} takes an output of call "
-                                   f"{value.job.call.call_id!r}, still going, without being lined up behind it")
+                                   f"{outbox.call_id!r}, still going, without being lined up behind it")
             else:
                 self._jobs.pop(job.call.call_id, None)
                 return _Unfed(job, TaskError.cancelled(
@@ -251,7 +265,7 @@ class LocalBackend:
                     type(exc).__name__, f"the input {key!r} of task {call.task_id!r} could not be pickled: {exc}"
                 )))
                 break
-        return _Job(call, report, future, constants=constants, inputs=dict(call.inputs))
+        return _Job(call, report, future, constants=constants, inputs=dict(call.inputs), outbox=_Outbox(call.call_id))
 
     def _admit(self, job: _Job) -> None:
         """Take a new job in (lock held)."""
@@ -521,10 +535,14 @@ class LocalBackend:
             worker.known.difference_update(done.dropped)
             worker.job = None
             self._jobs.pop(job.call.call_id, None)
+            if job.stop_reason is not None:
+                # Stopped (a timeout, a cancel) as it ended: its group is being killed, so the
+                # worker takes nothing more; the I/O thread reaps it like a retired one.
+                worker.retiring = True
             if outcome.ok:
-                job.outputs = dict(zip(keys, packs))
+                job.outbox.outputs = dict(zip(keys, packs))
                 unfed = self._follow_on(job, worker)   # at once: the worker need not wait for the scheduler
-            if worker.job is None:
+            if worker.job is None and not worker.retiring:
                 self._feed(worker)
         _end_unfed(unfed)
         job.future.set_result(outcome)
