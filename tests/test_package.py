@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 
@@ -15,29 +16,26 @@ def test_exported_members_are_complete_and_sorted():
     assert maze.__all__ == sorted(maze.__all__, key=str.lower) or maze.__all__ == sorted(maze.__all__)
 
 
-def test_core_imports_nothing_heavy():
-    code = (
-        "import sys, maze, maze.core.scheduler, maze.core.workflow;"
-        "heavy = [m for m in ('ray', 'joblib', 'ipywidgets', 'graphviz', 'maze.backends.local', 'maze.notebook.widget') if m in sys.modules];"
-        "print(heavy)"
-    )
+def _imported(statement: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of ``modules`` a fresh interpreter holds after running ``statement``."""
+    code = f"import sys; {statement}; print([m for m in {modules!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    found: list[str] = ast.literal_eval(out)
+    return found
+
+
+def test_core_imports_nothing_heavy():
+    heavy = ("ray", "joblib", "ipywidgets", "graphviz", "maze.backends.local", "maze.notebook.widget")
+    assert _imported("import maze, maze.core.scheduler, maze.core.workflow", heavy) == []
 
 
 def test_a_worker_starts_without_the_schedulers_side_of_the_core():
     # A worker process boots on every cold start; what it imports is on the path to the first result.
-    code = (
-        "import sys; from maze.backends._worker import main;"
-        "print([m for m in ('maze.core.protocol', 'maze.core.scheduler', 'maze.core.task', 'maze.core.run',"
-        " 'concurrent.futures') if m in sys.modules])"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    scheduling = ("maze.core.protocol", "maze.core.scheduler", "maze.core.task", "maze.core.run", "concurrent.futures")
+    assert _imported("from maze.backends._worker import main", scheduling) == []
 
 
 def test_core_never_imports_backends_or_notebook():
-    import ast
     from pathlib import Path
 
     core = Path(maze.__file__).parent / "core"

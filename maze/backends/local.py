@@ -62,6 +62,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -120,7 +121,7 @@ class _Outbox:
     """
 
     call_id: str
-    outputs: dict[str, _packing.Packed] | None = None
+    outputs: Mapping[str, _packing.Packed] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -540,7 +541,7 @@ class LocalBackend:
                 # worker takes nothing more; the I/O thread reaps it like a retired one.
                 worker.retiring = True
             if outcome.ok:
-                job.outbox.outputs = dict(zip(keys, packs))
+                job.outbox.outputs = outcome.handles
                 unfed = self._follow_on(job, worker)   # at once: the worker need not wait for the scheduler
             if worker.job is None and not worker.retiring:
                 self._feed(worker)

@@ -483,13 +483,11 @@ class Engine:
                 return
             work.ahead.add(child)
             run.explain(child, "ran: nothing to reuse", replace=False)
-            had = work.handles.get(tid)
+            # Only while the call is built: ``tid`` has not finished, so it has no handles of its
+            # own; its other dependents get its real ones when it does (_succeed).
             work.handles[tid] = upcoming
             self._launch(work, child, slot, behind=call.call_id)
-            if had is not None:
-                work.handles[tid] = had
-            elif work.handles.get(tid) is upcoming:
-                del work.handles[tid]
+            work.handles.pop(tid, None)
             return
 
     def _quick(self, code_key: str) -> bool:
