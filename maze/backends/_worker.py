@@ -9,6 +9,13 @@ From the driver: a :class:`CallHeader` (the content key of the task's code,
 the names and descriptors of its inputs, constants included), the code itself
 when this worker has not loaded that key yet, then the small frames of the
 inputs. An empty frame says goodbye: the worker exits.
+A call may come while the one before still runs (the driver sends a call lined
+up behind it at once, so that the worker finds it waiting): the worker reads
+everything that has arrived before it starts a call, so a :class:`Drop` sent
+for a call not started yet is seen in time, and that call never runs. After a
+call that failed, the worker starts nothing more until the driver says
+:class:`Go`, which it does once the scheduler has heard of the failure (and
+has dropped what it stops, fail-fast).
 To the driver: :class:`Ready` once, then for each call, in order,
 :class:`Started`, any number of :class:`Log`, then :class:`Done` with the
 descriptors of the output values and the code keys this worker no longer
@@ -44,7 +51,7 @@ import socket
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
@@ -78,6 +85,16 @@ class CallHeader(NamedTuple):
     descriptors: list[Descriptor]     # the constants' values, then the inputs', in the order of the names
     outputs: tuple[str, ...]          # declared outputs, checked here
     announce: bool                    # send Started at once (the call has a timeout), not only if it runs a while
+
+
+class Drop(NamedTuple):
+    """Driver to worker: do not start this call, sent earlier; it was stopped before it started."""
+
+    call_id: str
+
+
+class Go(NamedTuple):
+    """Driver to worker: the scheduler has heard of the failed call; start the next one."""
 
 
 class Ready(NamedTuple):
@@ -115,8 +132,9 @@ class Done(NamedTuple):
     dropped: list[str]                # code keys this worker no longer holds: send them again when needed
 
 
-Frame = Union[CallHeader, Ready, Started, Log, Done]
-_KINDS: tuple[type[Frame], ...] = (CallHeader, Ready, Started, Log, Done)
+Frame = Union[CallHeader, Ready, Started, Log, Done, Drop, Go]
+# New kinds go last: a kind's number is its place here.
+_KINDS: tuple[type[Frame], ...] = (CallHeader, Ready, Started, Log, Done, Drop, Go)
 _TAGS: dict[type[Frame], int] = {kind: tag for tag, kind in enumerate(_KINDS)}
 
 
@@ -253,22 +271,51 @@ def _orphaned(parent: int) -> None:
     os._exit(1)
 
 
+class _Inbox:
+    """What the driver sent: calls not started yet, in order, and whether to hold them (after a failure)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self.calls: deque[tuple[CallHeader, bytes | None, list[_packing.Packed]]] = deque()
+        self.holding = False
+        self.open = True
+
+    def next_call(self) -> tuple[CallHeader, bytes | None, list[_packing.Packed]] | None:
+        """The call to run next, once everything sent so far is read; ``None`` on goodbye."""
+        while self.open and (not self.calls or self.holding or self._conn.poll(0)):
+            self._take()
+        return self.calls.popleft() if self.open else None
+
+    def _take(self) -> None:
+        """Read one thing the driver sent (a call with its code and inputs, a Drop, a Go, goodbye)."""
+        data = self._conn.recv_bytes()
+        if not data:
+            self.open = False   # goodbye
+            return
+        frame = decode(data)
+        if isinstance(frame, CallHeader):
+            code_bytes = self._conn.recv_bytes() if frame.ship else None
+            self.calls.append((frame, code_bytes, _packing.receive(self._conn.recv_bytes, frame.descriptors)))
+        elif isinstance(frame, Drop):   # of a call not started (a late one, for a call already run, is moot)
+            self.calls = deque(c for c in self.calls if c[0].call_id != frame.call_id)
+        elif isinstance(frame, Go):
+            self.holding = False
+
+
 def _serve(fd: int, parent: int, owner: str) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     conn = Connection(fd)
     host, pid = socket.gethostname(), os.getpid()
     code = _CodeCache()
     announcer = _Announcer(conn)
+    inbox = _Inbox(conn)
     conn.send_bytes(encode(Ready(pid, host)))
     while True:
-        data = conn.recv_bytes()
-        if not data:
+        taken = inbox.next_call()
+        if taken is None:
             return  # goodbye
-        call = decode(data)
-        assert isinstance(call, CallHeader)
+        call, code_bytes, packs = taken
         call_id, task_id, code_key = call.call_id, call.task_id, call.code_key
-        code_bytes = conn.recv_bytes() if call.ship else None
-        packs = _packing.receive(conn.recv_bytes, call.descriptors)
         started = time.time()
         announcer.begin(call_id, started, call.announce)
 
@@ -302,9 +349,10 @@ def _serve(fd: int, parent: int, owner: str) -> None:
             dropped.append(code_key)
         conn.send_bytes(encode(Done(call_id, keys, error, started, time.time(), [p.descriptor() for p in out], dropped)))
         _packing.send(conn.send_bytes, out)
+        inbox.holding = error is not None
         # Drop references now, so an idle worker does not hold the last task's data.
-        result, out, packs = None, [], []
-        del data, call
+        result, out, packs, taken = None, [], [], None
+        del call
 
 
 if __name__ == "__main__":

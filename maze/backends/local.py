@@ -22,12 +22,15 @@ for "started" and ``print()`` events ahead of the result. This pool is small:
 * one I/O thread waits on all worker sockets and resolves futures; their
   callbacks (the scheduler) submit the next tasks straight from that thread.
   A call lined up behind another (``submit_behind``, which the scheduler uses
-  for quick tasks) goes to the worker the moment that one's result arrives,
-  before the scheduler hears of it, so the worker runs it while the scheduler
-  concludes the one before; after a failure it waits for the scheduler, which
-  may stop it. Such a call may take the outputs of the one before it
-  (``upcoming_outputs``: a quick task's dependent in a chain), filled in from
-  that one's result as it is sent;
+  for quick tasks) is sent at once to the worker running that one, which finds
+  it waiting when it is done: no round trip through the driver between two
+  quick calls. It counts as started only when the one before has ended (a
+  worker runs one call at a time); stopped before that, it is dropped
+  (:class:`~maze.backends._worker.Drop`), and after a failure the worker
+  waits for the driver's ``Go``, sent once the scheduler has heard of the
+  failure (and may have stopped it). A call that takes the outputs of the one
+  before it (``upcoming_outputs``: a quick task's dependent in a chain) goes
+  the moment that one's result arrives instead, filled in from it;
 * a worker serves one device set: GPU tasks run in workers started with
   ``CUDA_VISIBLE_DEVICES`` naming the granted devices, set before any CUDA
   library could read it;
@@ -70,7 +73,7 @@ from typing import Any
 
 from maze.backends import _packing
 from maze.backends._jobs import Job, sweep
-from maze.backends._worker import CallHeader, Done, Log, Ready, Started, decode, encode
+from maze.backends._worker import CallHeader, Done, Drop, Go, Log, Ready, Started, decode, encode
 from maze.core.errors import BackendError
 from maze.core.protocol import Reporter, TaskCall, TaskError, TaskLog, TaskOutcome, TaskStarted
 from maze.core.resources import Capacity, detect_capacity, usable_cpus
@@ -107,6 +110,7 @@ class _Job(Job):
     outbox: _Outbox                        # what it returned, for calls lined up behind it that take it
     started: bool = False                  # its start was reported
     sent_at: float | None = None           # when it was handed to a worker (time.time())
+    sent_to: _Worker | None = None         # the worker it was sent to, lined up behind that worker's call
     next: _Job | None = None               # the call lined up behind this one (submit_behind)
     behind: _Job | None = None             # the call this one is lined up behind, until that one ends
 
@@ -153,8 +157,13 @@ class _Worker:
     devices: DeviceKey
     host: str = ""
     known: set[str] = field(default_factory=set)   # content keys of the code this worker holds
-    job: _Job | None = None
+    job: _Job | None = None                         # the call it runs (or is about to)
+    ahead: _Job | None = None                       # a call sent behind ``job``, not started yet
     retiring: bool = False                          # told to exit; not an error when it ends
+
+    @property
+    def idle(self) -> bool:
+        return self.job is None and self.ahead is None and not self.retiring
 
 
 class LocalBackend:
@@ -219,12 +228,29 @@ class LocalBackend:
             head = self._jobs.get(behind)
             if head is not None and head.next is None and head is not job:
                 head.next, job.behind = job, head
+                self._send_ahead(head, job)
             else:  # ended already (if it takes its outputs, they are known now)
                 unfed = self._fill_in(job)
                 if unfed is None:
                     self._place(job)
         _end_unfed(unfed)
         return job.future
+
+    def _send_ahead(self, head: _Job, job: _Job) -> None:
+        """Send ``job``, lined up behind ``head``, to the worker running ``head``, if it can go now (lock held).
+
+        Only a call of the same code (the worker keeps the code it ran last,
+        so it is there when the call starts) whose inputs are all known, behind
+        a call that is not being stopped.
+        """
+        if head.stop_reason is not None or job.call.code.key != head.call.code.key \
+                or any(isinstance(v, _Upcoming) for v in job.inputs.values()):
+            return
+        for w in self._workers:
+            if w.job is head:
+                if w.ahead is None and not w.retiring and w.devices == (job.call.gpu_ids or None):
+                    self._send(w, job, ahead=True)
+                return
 
     def upcoming_outputs(self, call_id: str) -> dict[str, _Upcoming] | None:
         """Handles for the outputs of a call that has not ended, for the call lined up behind it."""
@@ -291,11 +317,18 @@ class LocalBackend:
         if nxt is None or self._closed:
             return None
         nxt.behind = None
+        if nxt.sent_to is not None:   # it is on a worker already
+            holder = nxt.sent_to
+            if holder is worker and worker.job is None and not worker.retiring:
+                worker.ahead = nxt.sent_to = None
+                worker.job = nxt
+                nxt.sent_at = time.time()   # when it became the worker's call
+            # else its worker is being stopped: when it has gone, the call goes elsewhere (_on_worker_exit)
+            return None
         unfed = self._fill_in(nxt)
         if unfed is not None:
             return unfed
-        if worker is not None and worker.job is None and not worker.retiring \
-                and worker.devices == (nxt.call.gpu_ids or None):
+        if worker is not None and worker.idle and worker.devices == (nxt.call.gpu_ids or None):
             self._send(worker, nxt)
         else:
             self._place(nxt)
@@ -314,6 +347,11 @@ class LocalBackend:
                     job.next.behind = job.behind
                 job.behind = job.next = None
                 del self._jobs[call_id]
+                self._drop(job)
+            elif job.sent_to is not None:   # its call ended; it waits on a worker being stopped
+                del self._jobs[call_id]
+                self._drop(job)
+                unfed = self._follow_on(job, None)
             elif job in self._queue:
                 self._queue.remove(job)
                 del self._jobs[call_id]
@@ -324,6 +362,16 @@ class LocalBackend:
                 return
         job.future.set_result(TaskOutcome(error=reason))
         _end_unfed(unfed)
+
+    def _drop(self, job: _Job) -> None:
+        """Take back a call sent behind a worker's call, before it starts (lock held)."""
+        holder, job.sent_to = job.sent_to, None
+        if holder is not None:
+            holder.ahead = None
+            try:
+                holder.conn.send_bytes(encode(Drop(job.call.call_id)))
+            except OSError:
+                pass   # it died; it runs nothing more
 
     def close(self) -> None:
         with self._lock:
@@ -399,11 +447,11 @@ class LocalBackend:
     def _idle_worker(self, devices: DeviceKey) -> _Worker | None:
         """An idle worker for this device set, started or recycled if need be (lock held)."""
         for w in self._workers:
-            if w.job is None and w.devices == devices and not w.retiring:
+            if w.idle and w.devices == devices:
                 return w
         active = [w for w in self._workers if not w.retiring]
         if len(active) >= self.max_workers:
-            spare = next((w for w in active if w.job is None), None)
+            spare = next((w for w in active if w.idle), None)
             if spare is None:
                 return None
             self._retire(spare)
@@ -434,8 +482,8 @@ class LocalBackend:
                 self._kill(w)
                 return
 
-    def _send(self, worker: _Worker, job: _Job) -> None:
-        """Hand a job to an idle worker (lock held)."""
+    def _send(self, worker: _Worker, job: _Job, *, ahead: bool = False) -> None:
+        """Hand a job to an idle worker, or (``ahead``) behind the call it runs (lock held)."""
         call = job.call
         code = call.code
         ship = code.key not in worker.known
@@ -446,7 +494,10 @@ class LocalBackend:
             [p.descriptor() for p in packs], call.outputs, call.timeout is not None,
         ))
         worker.known.add(code.key)  # the worker's Done frame says what it did not keep
-        worker.job = job
+        if ahead:
+            worker.ahead, job.sent_to = job, worker
+        else:
+            worker.job = job
         job.sent_at = time.time()
         try:
             worker.conn.send_bytes(header)
@@ -494,8 +545,10 @@ class LocalBackend:
         job = worker.job
         if isinstance(frame, Ready):
             worker.host = frame.host
-        elif job is None:
-            return
+        elif job is None or frame.call_id != job.call.call_id:
+            # Of a call dropped as the worker started it: it ran, but was settled as stopped.
+            if isinstance(frame, Done):
+                self._discard(worker, frame)
         elif isinstance(frame, Started):
             job.start_clock(time.monotonic())
             self._report_start(worker, job, frame.at)
@@ -503,6 +556,16 @@ class LocalBackend:
             job.report(TaskLog(job.call.call_id, frame.stream, frame.text, frame.at))
         elif isinstance(frame, Done):
             self._on_done(worker, job, frame)
+
+    def _discard(self, worker: _Worker, done: Done) -> None:
+        """Read past the outputs of a call no longer wanted (their shared memory goes with them)."""
+        try:
+            for p in _packing.receive(worker.conn.recv_bytes, done.descriptors):
+                p.own_file()
+            if done.error is not None:
+                worker.conn.send_bytes(encode(Go()))   # no scheduler to wait for: it holds nothing back
+        except (EOFError, OSError):
+            self._on_worker_exit(worker)
 
     @staticmethod
     def _report_start(worker: _Worker, job: _Job, at: float) -> None:
@@ -543,13 +606,20 @@ class LocalBackend:
             if outcome.ok:
                 job.outbox.outputs = outcome.handles
                 unfed = self._follow_on(job, worker)   # at once: the worker need not wait for the scheduler
-            if worker.job is None and not worker.retiring:
+            if worker.idle:
                 self._feed(worker)
         _end_unfed(unfed)
         job.future.set_result(outcome)
         if not outcome.ok:   # now that the scheduler knows (it may have stopped the next one)
             with self._lock:
-                unfed = self._follow_on(job, None)
+                unfed = self._follow_on(job, worker)
+                if worker.idle:
+                    self._feed(worker)
+                if error is not None and not worker.retiring:
+                    try:
+                        worker.conn.send_bytes(encode(Go()))   # the worker holds its next call until now
+                    except OSError:
+                        pass
             _end_unfed(unfed)
 
     def _feed(self, worker: _Worker) -> None:
@@ -580,6 +650,7 @@ class LocalBackend:
             ours = False
         with self._lock:
             self._workers.remove(worker)
+            worker.retiring = True   # gone: nothing more is sent to it
             if ours:
                 self._kill(worker)
             self._selector.unregister(worker.conn)
@@ -587,6 +658,11 @@ class LocalBackend:
             job, worker.job = worker.job, None
             if job is not None:
                 self._jobs.pop(job.call.call_id, None)
+            ahead, worker.ahead = worker.ahead, None
+            if ahead is not None:   # sent behind ``job``, never started: it goes elsewhere
+                ahead.sent_to = ahead.sent_at = None
+                if ahead.behind is None and ahead.call.call_id in self._jobs and not self._closed:
+                    self._place(ahead)   # ``job`` had ended already (here, as the worker was stopped)
             if self._queue and not self._closed:
                 nxt = self._queue[0]
                 replacement = self._idle_worker(nxt.call.gpu_ids or None)
