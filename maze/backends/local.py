@@ -545,6 +545,8 @@ class LocalBackend:
         job = worker.job
         if isinstance(frame, Ready):
             worker.host = frame.host
+        elif not isinstance(frame, (Started, Log, Done)):
+            return   # a worker sends nothing else
         elif job is None or frame.call_id != job.call.call_id:
             # Of a call dropped as the worker started it: it ran, but was settled as stopped.
             if isinstance(frame, Done):
