@@ -1,0 +1,206 @@
+"""A call lined up behind a running one is sent to that worker at once (the local backend).
+
+The worker finds it waiting when the call before ends, with no round trip
+through the driver in between. What must hold, as when it waited in the
+driver: it never starts before the call ahead has ended; stopped before it
+starts, it never runs (the worker drops it); after a failure the worker starts
+nothing until the driver says so, once the scheduler has heard of the failure;
+and if the worker goes (killed, timed out), the call runs elsewhere.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import pytest
+
+from maze import MaClient, task
+from maze.backends import _packing
+from maze.backends._worker import CallHeader, Drop, Go, _Inbox, encode
+from maze.backends.local import LocalBackend
+from maze.core.protocol import Failure, TaskCall
+from maze.core.resources import Resources
+from maze.core.shipping import ship
+
+
+def mark(params):
+    import os as _os
+    import time as _time
+
+    start = _time.time()
+    _time.sleep(params["seconds"])
+    if params["marker"]:
+        Path(params["marker"]).write_text("ran")
+    if params["fail"]:
+        raise RuntimeError("this one fails")
+    return {"pid": _os.getpid(), "start": start, "end": _time.time()}
+
+
+def other(params):
+    import os as _os
+    import time as _time
+
+    return {"pid": _os.getpid(), "start": _time.time(), "end": _time.time()}
+
+
+def _call(name: str, seconds: float = 0.0, *, fail: bool = False, marker: str = "",
+          timeout: float | None = None, func=mark) -> TaskCall:
+    return TaskCall(
+        call_id=f"run:{name}:1", run_id="run", task_id=name, task_name=name, attempt=1, func=func,
+        code=ship(func), constants={"seconds": seconds, "fail": fail, "marker": marker}, inputs={},
+        outputs=("pid", "start", "end"), resources=Resources(), timeout=timeout,
+    )
+
+
+def _quiet(event: object) -> None:
+    pass
+
+
+def _holder(backend: LocalBackend, call_id: str):
+    """The worker a call was sent to ahead of its turn, if it was (looked up under the backend's lock)."""
+    with backend._lock:
+        job = backend._jobs.get(call_id)
+        return None if job is None else job.sent_to
+
+
+@pytest.fixture(scope="module")
+def backend():
+    with LocalBackend(max_workers=4) as b:
+        yield b
+
+
+def test_a_lined_up_call_waits_on_its_worker_and_starts_when_the_one_ahead_ends(backend):
+    first = backend.submit(_call("a", 0.4), _quiet)
+    second = backend.submit_behind(_call("b"), _quiet, behind="run:a:1")
+    assert _holder(backend, "run:b:1") is not None      # on the worker already, the one running a
+    a, b = first.result(10).result, second.result(10).result
+    assert a is not None and b is not None
+    assert b["pid"] == a["pid"] and b["start"] >= a["end"]
+
+
+def test_a_call_of_other_code_waits_in_the_driver(backend):
+    first = backend.submit(_call("a1", 0.3), _quiet)
+    second = backend.submit_behind(_call("b1", func=other), _quiet, behind="run:a1:1")
+    assert _holder(backend, "run:b1:1") is None         # its code might not be loaded when its turn comes
+    a, b = first.result(10).result, second.result(10).result
+    assert a is not None and b is not None and b["start"] >= a["end"]
+
+
+def test_a_call_stopped_on_its_worker_never_runs_and_the_worker_goes_on(backend, tmp_path):
+    marker = tmp_path / "b2"
+    first = backend.submit(_call("a2", 0.4), _quiet)
+    second = backend.submit_behind(_call("b2", marker=str(marker)), _quiet, behind="run:a2:1")
+    assert _holder(backend, "run:b2:1") is not None
+    backend.stop("run:b2:1")
+    assert second.result(10).error.kind is Failure.CANCELLED
+    a = first.result(10).result
+    assert a is not None
+    after = backend.submit_behind(_call("c2"), _quiet, behind="run:a2:1").result(10).result   # a2 has ended
+    assert after is not None
+    time.sleep(0.2)
+    assert not marker.exists()
+
+
+def test_after_a_failure_the_worker_waits_for_the_driver_then_runs_what_is_behind(backend):
+    first = backend.submit(_call("a3", 0.3, fail=True), _quiet)
+    second = backend.submit_behind(_call("b3"), _quiet, behind="run:a3:1")
+    assert _holder(backend, "run:b3:1") is not None
+    assert first.result(10).error is not None
+    b = second.result(10).result                        # nothing stopped it: it runs once the driver says go
+    assert b is not None
+    # A worker whose call failed with nothing behind it takes new calls too.
+    failed = backend.submit(_call("a4", fail=True), _quiet).result(10)
+    assert failed.error is not None
+    assert all(backend.submit(_call(f"n{i}"), _quiet).result(10).ok for i in range(6))
+
+
+def test_when_the_call_ahead_times_out_the_one_behind_runs_on_another_worker(backend, tmp_path):
+    first = backend.submit(_call("a5", 30.0, timeout=0.5), _quiet)
+    second = backend.submit_behind(_call("b5", marker=str(tmp_path / "b5")), _quiet, behind="run:a5:1")
+    assert _holder(backend, "run:b5:1") is not None
+    assert first.result(10).error.kind is Failure.TIMED_OUT
+    b = second.result(10).result
+    assert b is not None and (tmp_path / "b5").read_text() == "ran"
+
+
+@task(inputs=["i", "folder"], outputs=["i"])
+def note(params):
+    Path(params["folder"], f"{params['i']}-{time.time():.6f}").touch()
+    time.sleep(0.002)
+    return {"i": params["i"]}
+
+
+def test_cancelling_a_fan_out_of_quick_tasks_starts_nothing_after_the_cancel(tmp_path):
+    with MaClient(history=None) as client:
+        wf = client.create_workflow()
+        for i in range(3000):
+            wf.add_task(note, inputs={"i": i, "folder": str(tmp_path)})
+        run_id = wf.run()
+        time.sleep(1.0)
+        wf.cancel(run_id)
+        cancelled_at = time.time()
+        summary = wf.wait(run_id, timeout=30)
+    assert summary["status"] == "cancelled"
+    finished = len(summary["task_results"])
+    started = [float(p.name.split("-")[1]) for p in tmp_path.iterdir()]
+    assert 0 < len(started) < 3000
+    late = [t for t in started if t > cancelled_at + 0.05]
+    assert late == [], f"{len(late)} tasks started after the cancel"
+    assert finished <= len(started)
+
+
+# -- the worker's side ----------------------------------------------------------------
+
+
+def _header(call_id: str) -> bytes:
+    return encode(CallHeader(call_id, call_id, "key", False, [], [], [], ("x",), False))
+
+
+def test_the_worker_drops_a_call_before_it_starts_and_after_a_failure_holds_until_go():
+    ours, theirs = socket.socketpair()
+    driver, worker = Connection(ours.detach()), Connection(theirs.detach())
+    inbox = _Inbox(worker)
+    try:
+        for frame in (_header("x"), _header("y"), encode(Drop("x"))):
+            driver.send_bytes(frame)
+        call, _, packs = inbox.next_call()                  # x was dropped before its turn
+        assert call.call_id == "y" and packs == []
+        driver.send_bytes(encode(Drop("y")))                 # too late for y: moot
+        inbox.holding = True                                 # as after a failed call
+        driver.send_bytes(_header("z"))
+        got: list[str] = []
+        reader = threading.Thread(target=lambda: got.append(inbox.next_call()[0].call_id))
+        reader.start()
+        reader.join(0.3)
+        assert reader.is_alive() and got == []              # z waits for the driver's go
+        driver.send_bytes(encode(Go()))
+        reader.join(5)
+        assert got == ["z"]
+        driver.send_bytes(b"")                               # goodbye
+        assert inbox.next_call() is None
+    finally:
+        driver.close()
+        worker.close()
+
+
+def test_a_call_read_ahead_keeps_its_inputs_frames_in_order():
+    ours, theirs = socket.socketpair()
+    driver, worker = Connection(ours.detach()), Connection(theirs.detach())
+    inbox = _Inbox(worker)
+    try:
+        small = _packing.pack(b"abc" * 10, "test-owner")
+        framed = _packing.pack(bytearray(b"z" * 1000), "test-owner")
+        for name, value in (("p", small), ("q", framed)):
+            driver.send_bytes(encode(CallHeader(name, name, "key", False, [], ["v"], [value.descriptor()], ("x",), False)))
+            for frame in value.frames:
+                driver.send_bytes(frame)
+        first, second = inbox.next_call(), inbox.next_call()
+        assert _packing.unpack(first[2][0]) == b"abc" * 10
+        assert _packing.unpack(second[2][0]) == bytearray(b"z" * 1000)
+    finally:
+        driver.close()
+        worker.close()
