@@ -10,16 +10,18 @@ import pytest
 
 from maze.backends import _packing
 from maze.backends._jobs import Job, sweep
-from maze.backends._worker import CallHeader, Done, Log, Ready, Started, decode, encode
+from maze.backends._worker import CallHeader, Done, Drop, Go, Log, Ready, Started, decode, encode
 from maze.core.protocol import Failure, TaskError, TaskLog
 
 ERROR = TaskError.simple("ValueError", "bad input")
 DESCRIPTOR = _packing.pack({"x": 1}, "test").descriptor()
 
 LOCAL_FRAMES = [
-    (CallHeader("c1", "t1", "key", True, ["a"], ["b"], [DESCRIPTOR, DESCRIPTOR], ("out",), False),
+    (CallHeader("c1", "t1", "key", True, ["a"], ["b"], [DESCRIPTOR, DESCRIPTOR], ("out",), False, True),
      ("call_id", "task_id", "code_key", "ship", "constant_names", "input_names", "descriptors", "outputs",
-      "announce")),
+      "announce", "ahead")),
+    (Drop("c1"), ("call_id",)),
+    (Go(), ()),
     (Ready(123, "host"), ("pid", "host")),
     (Started("c1", 1.5), ("call_id", "at")),
     (Log("c1", "stdout", "hello\n", 2.5), ("call_id", "stream", "text", "at")),

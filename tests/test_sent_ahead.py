@@ -156,8 +156,8 @@ def test_cancelling_a_fan_out_of_quick_tasks_starts_nothing_after_the_cancel(tmp
 # -- the worker's side ----------------------------------------------------------------
 
 
-def _header(call_id: str) -> bytes:
-    return encode(CallHeader(call_id, call_id, "key", False, [], [], [], ("x",), False))
+def _header(call_id: str, ahead: bool = True) -> bytes:
+    return encode(CallHeader(call_id, call_id, "key", False, [], [], [], ("x",), False, ahead))
 
 
 def test_the_worker_drops_a_call_before_it_starts_and_after_a_failure_holds_until_go():
@@ -169,6 +169,9 @@ def test_the_worker_drops_a_call_before_it_starts_and_after_a_failure_holds_unti
             driver.send_bytes(frame)
         call, _, packs = inbox.next_call()                  # x was dropped before its turn
         assert call.call_id == "y" and packs == []
+        driver.send_bytes(_header("w", ahead=False))         # sent to an idle worker: no Drop can follow
+        driver.send_bytes(encode(Drop("v")))
+        assert inbox.next_call()[0].call_id == "w"          # taken without reading on
         driver.send_bytes(encode(Drop("y")))                 # too late for y: moot
         inbox.holding = True                                 # as after a failed call
         driver.send_bytes(_header("z"))

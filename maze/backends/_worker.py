@@ -10,9 +10,9 @@ the names and descriptors of its inputs, constants included), the code itself
 when this worker has not loaded that key yet, then the small frames of the
 inputs. An empty frame says goodbye: the worker exits.
 A call may come while the one before still runs (the driver sends a call lined
-up behind it at once, so that the worker finds it waiting): the worker reads
-everything that has arrived before it starts a call, so a :class:`Drop` sent
-for a call not started yet is seen in time, and that call never runs. After a
+up behind it at once, so that the worker finds it waiting): before it starts
+a call sent that way, the worker reads everything that has arrived, so a
+:class:`Drop` sent for it is seen in time, and that call never runs. After a
 call that failed, the worker starts nothing more until the driver says
 :class:`Go`, which it does once the scheduler has heard of the failure (and
 has dropped what it stops, fail-fast).
@@ -85,6 +85,7 @@ class CallHeader(NamedTuple):
     descriptors: list[Descriptor]     # the constants' values, then the inputs', in the order of the names
     outputs: tuple[str, ...]          # declared outputs, checked here
     announce: bool                    # send Started at once (the call has a timeout), not only if it runs a while
+    ahead: bool = False               # sent behind the call running here: a Drop for it may follow
 
 
 class Drop(NamedTuple):
@@ -281,8 +282,13 @@ class _Inbox:
         self.open = True
 
     def next_call(self) -> tuple[CallHeader, bytes | None, list[_packing.Packed]] | None:
-        """The call to run next, once everything sent so far is read; ``None`` on goodbye."""
-        while self.open and (not self.calls or self.holding or self._conn.poll(0)):
+        """The call to run next; ``None`` on goodbye.
+
+        A call sent ahead is taken only once everything sent after it has been
+        read, so that a Drop for it is seen in time; any other is taken at once
+        (reading on would cost a system call per call for nothing).
+        """
+        while self.open and (not self.calls or self.holding or (self.calls[0][0].ahead and self._conn.poll(0))):
             self._take()
         return self.calls.popleft() if self.open else None
 

@@ -491,7 +491,7 @@ class LocalBackend:
         packs = [c.packed for c in job.constants] + inputs
         header = encode(CallHeader(
             call.call_id, call.task_id, code.key, ship, list(call.constants), list(call.inputs),
-            [p.descriptor() for p in packs], call.outputs, call.timeout is not None,
+            [p.descriptor() for p in packs], call.outputs, call.timeout is not None, ahead,
         ))
         worker.known.add(code.key)  # the worker's Done frame says what it did not keep
         if ahead:
