@@ -167,6 +167,8 @@ class _CodeCache:
     def get(self, key: str, data: bytes | None) -> TaskBody:
         """The function of ``key``, loaded from ``data`` when sent (the driver sends it when we lack it)."""
         if data is None:
+            if key not in self._loaded:   # sent ahead, behind a call whose load of the same code failed
+                raise RuntimeError(f"the task's code {key} did not load in this worker (see the call before)")
             self._loaded.move_to_end(key)
             return self._loaded[key][0]
         func = ShippedCode(key, data).load()
