@@ -10,7 +10,7 @@ import pytest
 
 from maze.backends import _packing
 from maze.backends._jobs import Job, sweep
-from maze.backends._worker import CallHeader, Done, Drop, Go, Log, Ready, Started, decode, encode
+from maze.backends._worker import CallHeader, Done, Drop, Dropped, Go, Log, Ready, Started, decode, encode
 from maze.core.protocol import Failure, TaskError, TaskLog
 
 ERROR = TaskError.simple("ValueError", "bad input")
@@ -22,6 +22,7 @@ LOCAL_FRAMES = [
       "announce", "ahead")),
     (Drop("c1"), ("call_id",)),
     (Go(), ()),
+    (Dropped("c1", True), ("call_id", "ran")),
     (Ready(123, "host"), ("pid", "host")),
     (Started("c1", 1.5), ("call_id", "at")),
     (Log("c1", "stdout", "hello\n", 2.5), ("call_id", "stream", "text", "at")),

@@ -20,7 +20,7 @@ import pytest
 
 from maze import MaClient, task
 from maze.backends import _packing
-from maze.backends._worker import CallHeader, Drop, Go, _Inbox, encode
+from maze.backends._worker import CallHeader, Drop, Dropped, Go, _Inbox, decode, encode
 from maze.backends.local import LocalBackend
 from maze.core.protocol import Failure, TaskCall
 from maze.core.resources import Resources
@@ -153,6 +153,71 @@ def test_cancelling_a_fan_out_of_quick_tasks_starts_nothing_after_the_cancel(tmp
     assert finished <= len(started)
 
 
+def unreadable(params):
+    import os as _os
+    import time as _time
+
+    _time.sleep(params["seconds"])
+    if params["marker"]:
+        Path(params["marker"]).write_text("ran")
+    import sys as _sys
+    import types as _types
+
+    # A class of a module that exists in this worker only: it pickles by reference, which the
+    # driver cannot follow.
+    module = _sys.modules.setdefault("made_in_the_worker", _types.ModuleType("made_in_the_worker"))
+    module.Made = type("Made", (), {"__module__": "made_in_the_worker"})
+    return {"pid": _os.getpid(), "start": module.Made(), "end": 0.0}
+
+
+def test_after_a_result_the_driver_cannot_read_a_stop_stops_the_call_behind_it_as_a_running_one(backend, tmp_path):
+    from maze.core.protocol import TaskStarted
+
+    seen: list[object] = []
+    first = backend.submit(_call("u1", 0.3, func=unreadable), _quiet)
+    second = backend.submit_behind(_call("u2", 2.0, marker=str(tmp_path / "u2"), func=unreadable),
+                                   seen.append, behind="run:u1:1")
+    assert _holder(backend, "run:u2:1") is not None
+    first.add_done_callback(lambda _: backend.stop("run:u2:1"))     # what fail-fast does
+    assert "could not be unpickled" in first.result(10).error.error
+    assert second.result(10).error.kind is Failure.CANCELLED
+    # The worker saw no failure and had gone on to it: it is told as started, and stopped (killed).
+    assert any(isinstance(e, TaskStarted) for e in seen)
+    began = time.monotonic()
+    assert backend.submit(_call("u3"), _quiet).result(10).ok
+    assert time.monotonic() - began < 1.5                      # no worker is left busy with it
+    time.sleep(2.2)
+    assert not (tmp_path / "u2").exists()
+
+
+def test_a_call_the_worker_started_before_its_drop_arrived_is_killed(tmp_path):
+    marker = tmp_path / "s2"
+    with LocalBackend(max_workers=2) as backend:
+        heard = threading.Event()
+        go_on = threading.Event()
+        on_done = backend._on_done
+
+        def slow_to_hear(worker, job, done):   # the driver hears of s1's end late; its worker goes on
+            if job.call.task_id == "s1":
+                heard.set()
+                go_on.wait(10)
+            return on_done(worker, job, done)
+
+        backend._on_done = slow_to_hear  # type: ignore[method-assign]
+        first = backend.submit(_call("s1", 0.05), _quiet)
+        second = backend.submit_behind(_call("s2", 1.5, marker=str(marker)), _quiet, behind="run:s1:1")
+        assert _holder(backend, "run:s2:1") is not None
+        assert heard.wait(10)
+        time.sleep(0.2)                        # s2 runs on the worker by now
+        backend.stop("run:s2:1")               # to the driver it has not started: a Drop, too late
+        assert second.result(10).error.kind is Failure.CANCELLED
+        go_on.set()
+        assert first.result(10).ok
+        assert all(backend.submit(_call(f"s3-{i}"), _quiet).result(10).ok for i in range(4))
+        time.sleep(1.6)
+        assert not marker.exists()             # killed once it said it runs, not left to its end
+
+
 # -- the worker's side ----------------------------------------------------------------
 
 
@@ -163,12 +228,13 @@ def _header(call_id: str, ahead: bool = True) -> bytes:
 def test_the_worker_drops_a_call_before_it_starts_and_after_a_failure_holds_until_go():
     ours, theirs = socket.socketpair()
     driver, worker = Connection(ours.detach()), Connection(theirs.detach())
-    inbox = _Inbox(worker)
+    inbox = _Inbox(worker, worker.send_bytes)
     try:
         for frame in (_header("x"), _header("y"), encode(Drop("x"))):
             driver.send_bytes(frame)
         call, _, packs = inbox.next_call()                  # x was dropped before its turn
         assert call.call_id == "y" and packs == []
+        assert decode(driver.recv_bytes()) == Dropped("x", ran=False)
         driver.send_bytes(_header("w", ahead=False))         # sent to an idle worker: no Drop can follow
         driver.send_bytes(encode(Drop("v")))
         assert inbox.next_call()[0].call_id == "w"          # taken without reading on
@@ -183,6 +249,9 @@ def test_the_worker_drops_a_call_before_it_starts_and_after_a_failure_holds_unti
         driver.send_bytes(encode(Go()))
         reader.join(5)
         assert got == ["z"]
+        answers = [decode(driver.recv_bytes()) for _ in range(2)]
+        assert answers == [Dropped("v", ran=True), Dropped("y", ran=True)] or \
+            answers == [Dropped("y", ran=True), Dropped("v", ran=True)]   # too late: the driver must stop them
         driver.send_bytes(b"")                               # goodbye
         assert inbox.next_call() is None
     finally:
@@ -193,7 +262,7 @@ def test_the_worker_drops_a_call_before_it_starts_and_after_a_failure_holds_unti
 def test_a_call_read_ahead_keeps_its_inputs_frames_in_order():
     ours, theirs = socket.socketpair()
     driver, worker = Connection(ours.detach()), Connection(theirs.detach())
-    inbox = _Inbox(worker)
+    inbox = _Inbox(worker, worker.send_bytes)
     try:
         small = _packing.pack(b"abc" * 10, "test-owner")
         framed = _packing.pack(bytearray(b"z" * 1000), "test-owner")

@@ -63,6 +63,8 @@ from maze.core.failure import TaskError
 from maze.core.shipping import ShippedCode
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from maze.core.task import TaskBody
 
 ANNOUNCE_S = 0.01               # a call still running after this long is announced (Started)
@@ -92,6 +94,13 @@ class Drop(NamedTuple):
     """Driver to worker: do not start this call, sent earlier; it was stopped before it started."""
 
     call_id: str
+
+
+class Dropped(NamedTuple):
+    """Worker to driver, for each Drop: whether the call had started already (then it ran, or runs)."""
+
+    call_id: str
+    ran: bool
 
 
 class Go(NamedTuple):
@@ -133,9 +142,9 @@ class Done(NamedTuple):
     dropped: list[str]                # code keys this worker no longer holds: send them again when needed
 
 
-Frame = Union[CallHeader, Ready, Started, Log, Done, Drop, Go]
+Frame = Union[CallHeader, Ready, Started, Log, Done, Drop, Go, Dropped]
 # New kinds go last: a kind's number is its place here.
-_KINDS: tuple[type[Frame], ...] = (CallHeader, Ready, Started, Log, Done, Drop, Go)
+_KINDS: tuple[type[Frame], ...] = (CallHeader, Ready, Started, Log, Done, Drop, Go, Dropped)
 _TAGS: dict[type[Frame], int] = {kind: tag for tag, kind in enumerate(_KINDS)}
 
 
@@ -213,7 +222,7 @@ class _Announcer:
                 self._wake.set()
 
     def send(self, data: bytes) -> None:
-        """Send a frame of the current call (a Log), announcing the call first."""
+        """Send a frame of the current call (a Log), announcing the call first; or one between calls."""
         with self.lock:
             self._announce()
             self._conn.send_bytes(data)
@@ -277,8 +286,9 @@ def _orphaned(parent: int) -> None:
 class _Inbox:
     """What the driver sent: calls not started yet, in order, and whether to hold them (after a failure)."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, reply: Callable[[bytes], None]) -> None:
         self._conn = conn
+        self._reply = reply
         self.calls: deque[tuple[CallHeader, bytes | None, list[_packing.Packed]]] = deque()
         self.holding = False
         self.open = True
@@ -304,8 +314,10 @@ class _Inbox:
         if isinstance(frame, CallHeader):
             code_bytes = self._conn.recv_bytes() if frame.ship else None
             self.calls.append((frame, code_bytes, _packing.receive(self._conn.recv_bytes, frame.descriptors)))
-        elif isinstance(frame, Drop):   # of a call not started (a late one, for a call already run, is moot)
-            self.calls = deque(c for c in self.calls if c[0].call_id != frame.call_id)
+        elif isinstance(frame, Drop):   # too late when the call has started: the driver learns it ran
+            kept = deque(c for c in self.calls if c[0].call_id != frame.call_id)
+            self._reply(encode(Dropped(frame.call_id, ran=len(kept) == len(self.calls))))
+            self.calls = kept
         elif isinstance(frame, Go):
             self.holding = False
 
@@ -316,7 +328,7 @@ def _serve(fd: int, parent: int, owner: str) -> None:
     host, pid = socket.gethostname(), os.getpid()
     code = _CodeCache()
     announcer = _Announcer(conn)
-    inbox = _Inbox(conn)
+    inbox = _Inbox(conn, announcer.send)
     conn.send_bytes(encode(Ready(pid, host)))
     while True:
         taken = inbox.next_call()

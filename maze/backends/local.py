@@ -73,7 +73,7 @@ from typing import Any
 
 from maze.backends import _packing
 from maze.backends._jobs import Job, sweep
-from maze.backends._worker import CallHeader, Done, Drop, Go, Log, Ready, Started, decode, encode
+from maze.backends._worker import CallHeader, Done, Drop, Dropped, Go, Log, Ready, Started, decode, encode
 from maze.core.errors import BackendError
 from maze.core.protocol import Reporter, TaskCall, TaskError, TaskLog, TaskOutcome, TaskStarted
 from maze.core.resources import Capacity, detect_capacity, usable_cpus
@@ -159,11 +159,12 @@ class _Worker:
     known: set[str] = field(default_factory=set)   # content keys of the code this worker holds
     job: _Job | None = None                         # the call it runs (or is about to)
     ahead: _Job | None = None                       # a call sent behind ``job``, not started yet
+    dropping: set[str] = field(default_factory=set)  # calls told to drop, not yet answered (they may run)
     retiring: bool = False                          # told to exit; not an error when it ends
 
     @property
     def idle(self) -> bool:
-        return self.job is None and self.ahead is None and not self.retiring
+        return self.job is None and self.ahead is None and not self.dropping and not self.retiring
 
 
 class LocalBackend:
@@ -368,6 +369,7 @@ class LocalBackend:
         holder, job.sent_to = job.sent_to, None
         if holder is not None:
             holder.ahead = None
+            holder.dropping.add(job.call.call_id)   # it takes nothing new until it answers
             try:
                 holder.conn.send_bytes(encode(Drop(job.call.call_id)))
             except OSError:
@@ -545,12 +547,21 @@ class LocalBackend:
         job = worker.job
         if isinstance(frame, Ready):
             worker.host = frame.host
+        elif isinstance(frame, Dropped):
+            with self._lock:
+                worker.dropping.discard(frame.call_id)
+                if worker.idle:
+                    self._feed(worker)
         elif not isinstance(frame, (Started, Log, Done)):
             return   # a worker sends nothing else
         elif job is None or frame.call_id != job.call.call_id:
-            # Of a call dropped as the worker started it: it ran, but was settled as stopped.
+            # Of a call the worker had started when told to drop it: settled as stopped already.
             if isinstance(frame, Done):
                 self._discard(worker, frame)
+            elif frame.call_id in worker.dropping:   # still running: stop it as any stopped call
+                with self._lock:
+                    worker.retiring = True
+                    self._kill(worker)
         elif isinstance(frame, Started):
             job.start_clock(time.monotonic())
             self._report_start(worker, job, frame.at)
@@ -608,6 +619,10 @@ class LocalBackend:
             if outcome.ok:
                 job.outbox.outputs = outcome.handles
                 unfed = self._follow_on(job, worker)   # at once: the worker need not wait for the scheduler
+            elif error is None and job.next is not None and job.next.sent_to is worker:
+                # The worker saw no failure (this side could not read the result), so it has gone on
+                # to the call sent behind: that one runs now, and a stop must stop it as such.
+                unfed = self._follow_on(job, worker)
             if worker.idle:
                 self._feed(worker)
         _end_unfed(unfed)
