@@ -29,9 +29,10 @@ for "started" and ``print()`` events ahead of the result. This pool is small:
   (:class:`~maze.backends._worker.Drop`; if the worker had started it
   already, it is killed like any running call once it says it runs), and
   after a failure the worker waits for the driver's ``Go``, sent once the
-  scheduler has heard of the failure (and may have stopped it). A call that takes the outputs of the one
-  before it (``upcoming_outputs``: a quick task's dependent in a chain) goes
-  the moment that one's result arrives instead, filled in from it;
+  scheduler has heard of the failure (and may have stopped it). A call that
+  takes the outputs of the one before it (``upcoming_outputs``: a quick
+  task's dependent in a chain) goes the moment that one's result arrives
+  instead, filled in from it;
 * a worker serves one device set: GPU tasks run in workers started with
   ``CUDA_VISIBLE_DEVICES`` naming the granted devices, set before any CUDA
   library could read it;
