@@ -19,8 +19,10 @@ has dropped what it stops, fail-fast).
 To the driver: :class:`Ready` once, then for each call, in order,
 :class:`Started`, any number of :class:`Log`, then :class:`Done` with the
 descriptors of the output values and the code keys this worker no longer
-holds, then the outputs' small frames. Because everything shares one ordered
-socket, the driver sees a task's start and its prints before its result.
+holds, then the outputs' small frames; and for each Drop, a :class:`Dropped`
+saying whether the call had started already. Because everything shares one
+ordered socket, the driver sees a task's start and its prints before its
+result.
 ``Started`` goes out only for a call still running after ``ANNOUNCE_S``, or
 that prints, or that has a timeout (whose clock starts with it): a quick
 call's start comes in its ``Done``, one frame and one wake-up of the driver
