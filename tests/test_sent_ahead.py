@@ -155,14 +155,13 @@ def test_cancelling_a_fan_out_of_quick_tasks_starts_nothing_after_the_cancel(tmp
 
 def unreadable(params):
     import os as _os
+    import sys as _sys
     import time as _time
+    import types as _types
 
     _time.sleep(params["seconds"])
     if params["marker"]:
         Path(params["marker"]).write_text("ran")
-    import sys as _sys
-    import types as _types
-
     # A class of a module that exists in this worker only: it pickles by reference, which the
     # driver cannot follow.
     module = _sys.modules.setdefault("made_in_the_worker", _types.ModuleType("made_in_the_worker"))
