@@ -19,7 +19,10 @@ DESCRIPTOR = _packing.pack({"x": 1}, "test").descriptor()
 LOCAL_FRAMES = [
     (CallHeader("c1", "t1", "key", True, ["a"], ["b"], [DESCRIPTOR, DESCRIPTOR], ("out",), False, True),
      ("call_id", "task_id", "code_key", "ship", "constant_names", "input_names", "descriptors", "outputs",
-      "announce", "ahead")),
+      "announce", "ahead", "chain")),
+    (CallHeader("c2", "t2", "key", False, ["a"], ["b"], [DESCRIPTOR, None], ("out",), False, True, ("c1", [(1, "out")])),
+     ("call_id", "task_id", "code_key", "ship", "constant_names", "input_names", "descriptors", "outputs",
+      "announce", "ahead", "chain")),
     (Drop("c1"), ("call_id",)),
     (Go(), ()),
     (Dropped("c1", True), ("call_id", "ran")),
@@ -88,3 +91,77 @@ def test_sweep_takes_late_jobs_once():
     assert taken == [late] and earliest == soon.deadline
     assert late.deadline is None and late.timed_out().kind is Failure.TIMED_OUT
     assert sweep([late, soon, untimed], now + 5) == ([], soon.deadline)
+
+
+# -- frames read and written in bulk (maze.backends._wire) ---------------------------------
+
+
+def _pair():
+    import socket
+    from multiprocessing.connection import Connection
+
+    ours, theirs = socket.socketpair()
+    return Connection(ours.detach()), Connection(theirs.detach())
+
+
+def test_frames_written_together_arrive_in_one_read_and_in_order():
+    from maze.backends._wire import FrameReader, FrameWriter
+
+    a, b = _pair()
+    try:
+        writer, reader = FrameWriter(a.fileno()), FrameReader(b.fileno())
+        sent = [b"one", b"", memoryview(b"three"), b"x" * 200_000]   # an empty frame, a view, one over a read
+        for frame in sent:
+            writer.put(frame)
+        assert writer.queued and not reader.pending()     # nothing goes before flush()
+        writer.flush()
+        assert not writer.queued and reader.pending()
+        reader.fill()
+        assert reader.has_frame()
+        got = [reader.recv_bytes() for _ in sent]            # the long one is read on until whole
+        assert got == [bytes(f) for f in sent]
+        assert not reader.has_frame() and not reader.pending()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_bulk_frames_speak_the_connection_framing_both_ways():
+    from maze.backends._wire import FrameReader, FrameWriter
+
+    a, b = _pair()
+    try:
+        a.send_bytes(b"from a connection")
+        a.send_bytes(b"y" * 70_000)
+        reader = FrameReader(b.fileno())
+        assert reader.recv_bytes() == b"from a connection"
+        assert reader.recv_bytes() == b"y" * 70_000
+        writer = FrameWriter(b.fileno())
+        writer.put(b"to a connection")
+        writer.put(b"")
+        writer.flush()
+        assert a.recv_bytes() == b"to a connection" and a.recv_bytes() == b""
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_frame_cut_short_by_the_other_end_closing_is_an_eof():
+    import struct
+
+    from maze.backends._wire import FrameReader
+
+    a, b = _pair()
+    try:
+        reader = FrameReader(b.fileno())
+        a.send_bytes(b"whole")
+        import os
+        os.write(a.fileno(), struct.pack("!i", 10) + b"half")   # a frame of 10 bytes, 4 sent
+        a.close()
+        reader.fill()
+        assert reader.recv_bytes() == b"whole"
+        assert not reader.has_frame() and reader.pending()
+        with pytest.raises(EOFError):
+            reader.recv_bytes()
+    finally:
+        b.close()

@@ -155,22 +155,24 @@ def test_the_announcer_sends_at_once_when_told_else_only_after_a_while():
     import socket
     from multiprocessing.connection import Connection
 
+    from maze.backends._wire import FrameWriter
     from maze.backends._worker import ANNOUNCE_S, Started, _Announcer, decode
 
     ours, theirs = socket.socketpair()
     driver, worker = Connection(ours.detach()), Connection(theirs.detach())
-    announcer = _Announcer(worker)
+    announcer = _Announcer(FrameWriter(worker.fileno()))
     at = time.time()
     announcer.begin("timed", at, now=True)               # a call with a timeout: its clock starts now
     assert driver.poll(0) and decode(driver.recv_bytes()) == Started("timed", at)   # sent before begin returned
-    announcer.end()
+    announcer.end([])
     began = time.time()
     announcer.begin("slow", began, now=False)
     assert not driver.poll(ANNOUNCE_S / 2)              # not before it has run a while
     assert driver.poll(2) and decode(driver.recv_bytes()) == Started("slow", began)
-    announcer.end()
+    announcer.end([])
     announcer.begin("quick", time.time(), now=False)
-    announcer.end()                                      # over before it was due: never announced
+    announcer.end([b"done", b"output"])                  # over before it was due: never announced
+    assert [driver.recv_bytes(), driver.recv_bytes()] == [b"done", b"output"]
     assert not driver.poll(ANNOUNCE_S * 5)
 
 

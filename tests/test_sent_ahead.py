@@ -20,6 +20,7 @@ import pytest
 
 from maze import MaClient, task
 from maze.backends import _packing
+from maze.backends._wire import FrameReader
 from maze.backends._worker import CallHeader, Drop, Dropped, Go, _Inbox, decode, encode
 from maze.backends.local import LocalBackend
 from maze.core.protocol import Failure, TaskCall
@@ -227,7 +228,7 @@ def _header(call_id: str, ahead: bool = True) -> bytes:
 def test_the_worker_drops_a_call_before_it_starts_and_after_a_failure_holds_until_go():
     ours, theirs = socket.socketpair()
     driver, worker = Connection(ours.detach()), Connection(theirs.detach())
-    inbox = _Inbox(worker, worker.send_bytes)
+    inbox = _Inbox(FrameReader(worker.fileno()), worker.send_bytes)
     try:
         for frame in (_header("x"), _header("y"), encode(Drop("x"))):
             driver.send_bytes(frame)
@@ -261,7 +262,7 @@ def test_the_worker_drops_a_call_before_it_starts_and_after_a_failure_holds_unti
 def test_a_call_read_ahead_keeps_its_inputs_frames_in_order():
     ours, theirs = socket.socketpair()
     driver, worker = Connection(ours.detach()), Connection(theirs.detach())
-    inbox = _Inbox(worker, worker.send_bytes)
+    inbox = _Inbox(FrameReader(worker.fileno()), worker.send_bytes)
     try:
         small = _packing.pack(b"abc" * 10, "test-owner")
         framed = _packing.pack(bytearray(b"z" * 1000), "test-owner")
@@ -275,3 +276,97 @@ def test_a_call_read_ahead_keeps_its_inputs_frames_in_order():
     finally:
         driver.close()
         worker.close()
+
+
+# -- a call that takes the outputs of the call ahead of it (a chain's next link) -----------------
+
+
+def step(params):
+    import os as _os
+    import time as _time
+
+    _time.sleep(params["seconds"])
+    if params["marker"]:
+        Path(params["marker"]).write_text("ran")
+    if params["size"]:
+        import numpy as _np
+
+        return {"y": _np.full(params["size"], params["x"], dtype=_np.int64), "pid": _os.getpid()}
+    if params["fail"]:
+        raise RuntimeError("this link fails")
+    return {"y": params["x"] + 1, "pid": _os.getpid()}
+
+
+def _step(name: str, x, seconds: float = 0.0, *, marker: str = "", size: int = 0, fail: bool = False,
+          timeout: float | None = None) -> TaskCall:
+    constants = {"seconds": seconds, "marker": marker, "size": size, "fail": fail}
+    inputs = {}
+    if isinstance(x, int):
+        constants["x"] = x
+    else:
+        inputs["x"] = x
+    return TaskCall(
+        call_id=f"run:{name}:1", run_id="run", task_id=name, task_name=name, attempt=1, func=step,
+        code=ship(step), constants=constants, inputs=inputs, outputs=("y", "pid"), resources=Resources(),
+        timeout=timeout,
+    )
+
+
+def _link_behind(backend: LocalBackend, name: str, ahead: str, **kw):
+    upcoming = backend.upcoming_outputs(f"run:{ahead}:1")
+    assert upcoming is not None
+    return backend.submit_behind(_step(name, upcoming["y"], **kw), _quiet, behind=f"run:{ahead}:1")
+
+
+def test_a_link_taking_the_outputs_of_the_call_ahead_waits_on_its_worker_and_takes_them_there(backend):
+    first = backend.submit(_step("l1", 41, 0.3), _quiet)
+    second = _link_behind(backend, "l2", "l1")
+    assert _holder(backend, "run:l2:1") is not None     # sent before l1 ended: the worker fills its input in
+    a, b = first.result(10).result, second.result(10).result
+    assert a is not None and b is not None
+    assert (a["y"], b["y"]) == (42, 43) and a["pid"] == b["pid"]
+
+
+def test_a_large_output_taken_on_the_worker_reaches_the_next_link_and_leaves_no_file(backend):
+    import numpy as np
+
+    before = set(Path(_packing._SHM_DIR).iterdir())
+    first = backend.submit(_step("s1", 7, 0.3, size=300_000), _quiet)   # 2.4 MB: through shared memory
+    second = _link_behind(backend, "s2", "s1", size=300_000)
+    assert _holder(backend, "run:s2:1") is not None
+    a, b = first.result(10).result, second.result(10).result
+    assert a is not None and b is not None
+    assert np.array_equal(b["y"], np.full(300_000, 7)) and a["pid"] == b["pid"]
+    del a, b, first, second
+    import gc
+
+    gc.collect()
+    assert set(Path(_packing._SHM_DIR).iterdir()) <= before
+
+
+def test_a_link_behind_a_call_stopped_before_it_started_is_stopped_with_it(backend, tmp_path):
+    marker = tmp_path / "k3"
+    head = backend.submit(_step("k1", 0, 0.4), _quiet)
+    middle = backend.submit_behind(_step("k2", 1), _quiet, behind="run:k1:1")
+    last = _link_behind(backend, "k3", "k2", marker=str(marker))
+    assert _holder(backend, "run:k2:1") is not None and _holder(backend, "run:k3:1") is not None
+    backend.stop("run:k2:1")
+    assert middle.result(10).error.kind is Failure.CANCELLED
+    stopped = last.result(10).error
+    assert stopped is not None and stopped.kind is Failure.CANCELLED and "was stopped" in stopped.error
+    assert head.result(10).ok
+    # The worker goes on with new calls; the link never ran (on k1's outputs, or any).
+    assert all(backend.submit(_step(f"k{i}", i), _quiet).result(10).ok for i in range(4, 8))
+    time.sleep(0.2)
+    assert not marker.exists()
+
+
+def test_after_the_worker_is_killed_a_link_sent_ahead_follows_its_call_elsewhere(backend):
+    head = backend.submit(_step("t1", 0, 5.0, timeout=0.5), _quiet)
+    middle = backend.submit_behind(_step("t2", 10), _quiet, behind="run:t1:1")
+    last = _link_behind(backend, "t3", "t2")
+    assert _holder(backend, "run:t2:1") is not None and _holder(backend, "run:t3:1") is not None
+    assert head.result(10).error.kind is Failure.TIMED_OUT   # its worker was killed, with both waiting there
+    b, c = middle.result(10).result, last.result(10).result
+    assert b is not None and c is not None
+    assert (b["y"], c["y"]) == (11, 12) and b["pid"] == c["pid"]

@@ -54,12 +54,12 @@ import sys
 import threading
 import time
 from collections import OrderedDict, deque
-from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 from maze.backends import _packing
 from maze.backends._jobs import wrapped_error
 from maze.backends._packing import Descriptor
+from maze.backends._wire import FrameReader, FrameWriter
 from maze.core.execute import captured_output, gather_params, run_body
 from maze.core.failure import TaskError
 from maze.core.shipping import ShippedCode
@@ -86,10 +86,13 @@ class CallHeader(NamedTuple):
     ship: bool                        # the worker lacks this code key: its bytes come next
     constant_names: list[str]
     input_names: list[str]
-    descriptors: list[Descriptor]     # the constants' values, then the inputs', in the order of the names
+    descriptors: list[Descriptor | None]   # the constants' values, then the inputs', in the order of the names
     outputs: tuple[str, ...]          # declared outputs, checked here
     announce: bool                    # send Started at once (the call has a timeout), not only if it runs a while
     ahead: bool = False               # sent behind the call running here: a Drop for it may follow
+    # Inputs that the call before it here makes (it was sent ahead, behind that call): that call's id,
+    # and (place among the values, output name) of each. Their descriptors are None.
+    chain: tuple[str, list[tuple[int, str]]] | None = None
 
 
 class Drop(NamedTuple):
@@ -200,14 +203,13 @@ class _CodeCache:
 class _Announcer:
     """Sends the current call's :class:`Started` frame once it has run ``ANNOUNCE_S`` (from its own thread).
 
-    The task's thread sends everything else. While a call is current, frames
-    go out under ``lock``, so that ``Started`` comes before any ``Log`` and
-    never after ``Done``. The thread polls only while a call is current, and
-    sleeps between calls.
+    Every frame to the driver goes out through here, under ``lock``, so that
+    ``Started`` comes before any ``Log`` and never after ``Done``. The thread
+    polls only while a call is current, and sleeps between calls.
     """
 
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+    def __init__(self, writer: FrameWriter) -> None:
+        self._writer = writer
         self.lock = threading.Lock()
         self._current: Started | None = None     # the call running and not yet announced
         self._idle = True
@@ -227,15 +229,21 @@ class _Announcer:
         """Send a frame of the current call (a Log), announcing the call first; or one between calls."""
         with self.lock:
             self._announce()
-            self._conn.send_bytes(data)
+            self._writer.put(data)
+            self._writer.flush()
 
-    def end(self) -> None:
+    def end(self, frames: list[Any]) -> None:
+        """The current call has ended: send its ``Done`` and output frames, in one write."""
         with self.lock:
             self._current = None
+            for frame in frames:
+                self._writer.put(frame)
+            self._writer.flush()
 
     def _announce(self) -> None:   # lock held
         if self._current is not None:
-            self._conn.send_bytes(encode(self._current))
+            self._writer.put(encode(self._current))
+            self._writer.flush()
             self._current = None
 
     def _watch(self) -> None:
@@ -288,8 +296,8 @@ def _orphaned(parent: int) -> None:
 class _Inbox:
     """What the driver sent: calls not started yet, in order, and whether to hold them (after a failure)."""
 
-    def __init__(self, conn: Connection, reply: Callable[[bytes], None]) -> None:
-        self._conn = conn
+    def __init__(self, reader: FrameReader, reply: Callable[[bytes], None]) -> None:
+        self._reader = reader
         self._reply = reply
         self.calls: deque[tuple[CallHeader, bytes | None, list[_packing.Packed]]] = deque()
         self.holding = False
@@ -302,20 +310,24 @@ class _Inbox:
         read, so that a Drop for it is seen in time; any other is taken at once
         (reading on would cost a system call per call for nothing).
         """
-        while self.open and (not self.calls or self.holding or (self.calls[0][0].ahead and self._conn.poll(0))):
+        while self.open and (not self.calls or self.holding or (self.calls[0][0].ahead and self._reader.pending())):
             self._take()
         return self.calls.popleft() if self.open else None
 
     def _take(self) -> None:
         """Read one thing the driver sent (a call with its code and inputs, a Drop, a Go, goodbye)."""
-        data = self._conn.recv_bytes()
+        data = self._reader.recv_bytes()
         if not data:
             self.open = False   # goodbye
             return
         frame = decode(data)
         if isinstance(frame, CallHeader):
-            code_bytes = self._conn.recv_bytes() if frame.ship else None
-            self.calls.append((frame, code_bytes, _packing.receive(self._conn.recv_bytes, frame.descriptors)))
+            code_bytes = self._reader.recv_bytes() if frame.ship else None
+            packs: list[Any] = _packing.receive(self._reader.recv_bytes, [d for d in frame.descriptors if d is not None])
+            if frame.chain is not None:   # the values the call before makes: filled in when this one starts
+                sent = iter(packs)
+                packs = [None if d is None else next(sent) for d in frame.descriptors]
+            self.calls.append((frame, code_bytes, packs))
         elif isinstance(frame, Drop):   # too late when the call has started: the driver learns it ran
             kept = deque(c for c in self.calls if c[0].call_id != frame.call_id)
             self._reply(encode(Dropped(frame.call_id, ran=len(kept) == len(self.calls))))
@@ -324,14 +336,40 @@ class _Inbox:
             self.holding = False
 
 
+class _Made:
+    """The outputs of the last call that ended well here, for a call sent behind it that takes them."""
+
+    def __init__(self) -> None:
+        self._call_id = ""
+        self._outputs: dict[str, _packing.Packed] = {}
+
+    def keep(self, call_id: str, keys: list[str], out: list[_packing.Packed]) -> None:
+        # Small buffers copied to bytes, as they would arrive from the driver: the taker gets
+        # values of its own, not views of the objects the call before returned.
+        self._call_id = call_id
+        self._outputs = {k: _packing.Packed(p.data, [bytes(f) for f in p.frames], p.path, p.sizes)
+                         for k, p in zip(keys, out)}
+
+    def forget(self) -> None:
+        self._call_id, self._outputs = "", {}
+
+    def feed(self, packs: list[_packing.Packed], chain: tuple[str, list[tuple[int, str]]]) -> None:
+        """Fill in, in a call's values, those the call before makes."""
+        before, wanted = chain
+        if before != self._call_id:
+            raise RuntimeError(f"the call {before!r}, whose outputs it takes, did not end well in this worker just before")
+        for place, key in wanted:
+            packs[place] = self._outputs[key]
+
+
 def _serve(fd: int, parent: int, owner: str) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    conn = Connection(fd)
     host, pid = socket.gethostname(), os.getpid()
     code = _CodeCache()
-    announcer = _Announcer(conn)
-    inbox = _Inbox(conn, announcer.send)
-    conn.send_bytes(encode(Ready(pid, host)))
+    announcer = _Announcer(FrameWriter(fd))
+    inbox = _Inbox(FrameReader(fd), announcer.send)
+    made = _Made()
+    announcer.send(encode(Ready(pid, host)))
     while True:
         taken = inbox.next_call()
         if taken is None:
@@ -348,6 +386,8 @@ def _serve(fd: int, parent: int, owner: str) -> None:
         error: TaskError | None = None
         try:
             func = code.get(code_key, code_bytes)
+            if call.chain is not None:
+                made.feed(packs, call.chain)
             values = [_packing.unpack(p) for p in packs]
         except BaseException as exc:  # noqa: BLE001 - e.g. a module the worker cannot import
             error = wrapped_error(exc, f"task {task_id!r} could not be loaded in the worker")
@@ -365,14 +405,18 @@ def _serve(fd: int, parent: int, owner: str) -> None:
             except BaseException as exc:  # noqa: BLE001
                 result, error = None, wrapped_error(exc, f"the result of task {task_id!r} could not be pickled")
         keys = list(result) if result is not None else []
-        announcer.end()
+        if error is None:
+            made.keep(call_id, keys, out)
+        else:
+            made.forget()
         dropped = code.trim()
         if code_key not in code:  # it failed to load: the driver must send it again next time
             dropped.append(code_key)
-        conn.send_bytes(encode(Done(call_id, keys, error, started, time.time(), [p.descriptor() for p in out], dropped)))
-        _packing.send(conn.send_bytes, out)
+        done = encode(Done(call_id, keys, error, started, time.time(), [p.descriptor() for p in out], dropped))
+        announcer.end([done, *(frame for p in out for frame in p.frames)])
         inbox.holding = error is not None
-        # Drop references now, so an idle worker does not hold the last task's data.
+        # Drop references now, so an idle worker does not hold the last task's data (``made`` keeps
+        # only its outputs' pickles and small buffers, for a call sent behind it that takes them).
         result, out, packs, taken = None, [], [], None
         del call
 

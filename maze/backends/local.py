@@ -75,7 +75,8 @@ from typing import Any
 
 from maze.backends import _packing
 from maze.backends._jobs import Job, sweep
-from maze.backends._worker import CallHeader, Done, Drop, Dropped, Go, Log, Ready, Started, decode, encode
+from maze.backends._wire import FrameReader, FrameWriter
+from maze.backends._worker import CallHeader, Done, Drop, Dropped, Frame, Go, Log, Ready, Started, decode, encode
 from maze.core.errors import BackendError
 from maze.core.protocol import Reporter, TaskCall, TaskError, TaskLog, TaskOutcome, TaskStarted
 from maze.core.resources import Capacity, detect_capacity, usable_cpus
@@ -155,18 +156,29 @@ def _end_unfed(unfed: _Unfed | None) -> None:
 @dataclass(eq=False)
 class _Worker:
     proc: subprocess.Popen[bytes]
-    conn: Connection
+    conn: Connection                                # owns the socket; read and written through the two below
     devices: DeviceKey
+    reader: FrameReader = field(init=False)         # I/O thread only
+    writer: FrameWriter = field(init=False)         # under the backend's lock
     host: str = ""
     known: set[str] = field(default_factory=set)   # content keys of the code this worker holds
     job: _Job | None = None                         # the call it runs (or is about to)
-    ahead: _Job | None = None                       # a call sent behind ``job``, not started yet
+    ahead: deque[_Job] = field(default_factory=deque)  # calls sent behind ``job``, in order, not started yet
     dropping: set[str] = field(default_factory=set)  # calls told to drop, not yet answered (they may run)
     retiring: bool = False                          # told to exit; not an error when it ends
 
+    def __post_init__(self) -> None:
+        self.reader = FrameReader(self.conn.fileno())
+        self.writer = FrameWriter(self.conn.fileno())
+
     @property
     def idle(self) -> bool:
-        return self.job is None and self.ahead is None and not self.dropping and not self.retiring
+        return self.job is None and not self.ahead and not self.dropping and not self.retiring
+
+    @property
+    def last(self) -> _Job | None:
+        """The call this worker will run last of those it holds."""
+        return self.ahead[-1] if self.ahead else self.job
 
 
 class LocalBackend:
@@ -192,6 +204,7 @@ class LocalBackend:
         self._selector = selectors.DefaultSelector()   # used by the I/O thread only
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._joining: list[_Worker] = []              # spawned, not yet registered with the selector
+        self._unsent: dict[_Worker, None] = {}         # workers with frames put and not yet written
         self._io = threading.Thread(target=self._io_loop, name="maze-local-io", daemon=True)
         self._io.start()
         _live.add(self)
@@ -217,6 +230,7 @@ class LocalBackend:
             unfed = self._fill_in(job)
             if unfed is None:
                 self._place(job)
+            self._write_out()
         _end_unfed(unfed)
         return job.future
 
@@ -236,24 +250,27 @@ class LocalBackend:
                 unfed = self._fill_in(job)
                 if unfed is None:
                     self._place(job)
+            self._write_out()
         _end_unfed(unfed)
         return job.future
 
     def _send_ahead(self, head: _Job, job: _Job) -> None:
-        """Send ``job``, lined up behind ``head``, to the worker running ``head``, if it can go now (lock held).
+        """Send ``job``, lined up behind ``head``, to the worker that runs ``head`` last, if it can go now (lock held).
 
         Only a call of the same code (the worker keeps the code it ran last,
-        so it is there when the call starts) whose inputs are all known, behind
-        a call that is not being stopped.
+        so it is there when the call starts) whose inputs are known or made by
+        ``head`` (the worker fills those in, see ``CallHeader.chain``), behind a
+        call that is not being stopped.
         """
         if head.stop_reason is not None or job.call.code.key != head.call.code.key \
-                or any(isinstance(v, _Upcoming) for v in job.inputs.values()):
+                or any(isinstance(v, _Upcoming) and v.outbox is not head.outbox for v in job.inputs.values()):
             return
-        for w in self._workers:
-            if w.job is head:
-                if w.ahead is None and not w.retiring and w.devices == (job.call.gpu_ids or None):
-                    self._send(w, job, ahead=True)
-                return
+        worker = head.sent_to
+        if worker is None:
+            worker = next((w for w in self._workers if w.job is head), None)
+        if worker is not None and worker.last is head and not worker.retiring \
+                and worker.devices == (job.call.gpu_ids or None):
+            self._send(worker, job, ahead=True)
 
     def upcoming_outputs(self, call_id: str) -> dict[str, _Upcoming] | None:
         """Handles for the outputs of a call that has not ended, for the call lined up behind it."""
@@ -323,9 +340,13 @@ class LocalBackend:
         if nxt.sent_to is not None:   # it is on a worker already
             holder = nxt.sent_to
             if holder is worker and worker.job is None and not worker.retiring:
-                worker.ahead = nxt.sent_to = None
+                assert worker.ahead[0] is nxt, "calls sent ahead start in the order sent"
+                worker.ahead.popleft()
+                nxt.sent_to = None
                 worker.job = nxt
                 nxt.sent_at = time.time()   # when it became the worker's call
+                if job.outbox.outputs is not None:   # the outputs it took from ``job`` there, held here as long
+                    self._fill_in(nxt)
             # else its worker is being stopped: when it has gone, the call goes elsewhere (_on_worker_exit)
             return None
         unfed = self._fill_in(nxt)
@@ -343,8 +364,9 @@ class LocalBackend:
             if job is None:
                 return
             reason = TaskError.cancelled(job.call.task_id)
-            unfed = None
+            unfed, unfed_behind = None, []
             if job.behind is not None:   # lined up, not started: the one behind it moves up
+                unfed_behind = self._unfeed(job, "was stopped before it started")
                 job.behind.next = job.next
                 if job.next is not None:
                     job.next.behind = job.behind
@@ -363,19 +385,41 @@ class LocalBackend:
                 job.stop_reason = reason
                 self._kill_running(job)
                 return
+            self._write_out()
         job.future.set_result(TaskOutcome(error=reason))
         _end_unfed(unfed)
+        for behind in unfed_behind:
+            _end_unfed(behind)
+
+    def _unfeed(self, job: _Job, why: str) -> list[_Unfed]:
+        """``job`` will make no outputs: take the calls lined up behind it that take them out (lock held).
+
+        Such a call would never be fed; and one on a worker must never start
+        there, where it would find the outputs of the call before ``job``. So
+        for a call behind it that takes the outputs of one taken out, and so on.
+        Returned for :func:`_end_unfed` once the lock is released.
+        """
+        gone, out = {job.outbox}, []
+        while (nxt := job.next) is not None and any(
+                isinstance(v, _Upcoming) and v.outbox in gone for v in nxt.inputs.values()):
+            job.next = nxt.next
+            if nxt.next is not None:
+                nxt.next.behind = job
+            nxt.next = nxt.behind = None
+            self._jobs.pop(nxt.call.call_id, None)
+            self._drop(nxt)
+            gone.add(nxt.outbox)
+            out.append(_Unfed(nxt, TaskError.cancelled(
+                nxt.call.task_id, f"the call of task {job.call.task_id!r}, whose outputs it takes, {why}")))
+        return out
 
     def _drop(self, job: _Job) -> None:
         """Take back a call sent behind a worker's call, before it starts (lock held)."""
         holder, job.sent_to = job.sent_to, None
         if holder is not None:
-            holder.ahead = None
+            holder.ahead.remove(job)
             holder.dropping.add(job.call.call_id)   # it takes nothing new until it answers
-            try:
-                holder.conn.send_bytes(encode(Drop(job.call.call_id)))
-            except OSError:
-                pass   # it died; it runs nothing more
+            self._put(holder, encode(Drop(job.call.call_id)))
 
     def close(self) -> None:
         with self._lock:
@@ -391,6 +435,7 @@ class LocalBackend:
                     self._kill(w)
                 elif not w.retiring:
                     self._retire(w)
+            self._write_out()
         self._wake()
         # The I/O thread ends once it has reaped every worker (and killed its group).
         self._io.join(timeout=2.0)
@@ -464,10 +509,7 @@ class LocalBackend:
     def _retire(self, worker: _Worker) -> None:
         """Tell an idle worker to exit; the I/O thread reaps it when it has (lock held)."""
         worker.retiring = True
-        try:
-            worker.conn.send_bytes(b"")  # the goodbye frame
-        except OSError:
-            pass  # it died already; the I/O thread hears of it
+        self._put(worker, b"")  # the goodbye frame
 
     def _kill(self, worker: _Worker) -> None:
         """SIGKILL the worker's process group: the worker and every process its task started (lock held).
@@ -491,25 +533,54 @@ class LocalBackend:
         call = job.call
         code = call.code
         ship = code.key not in worker.known
-        inputs: list[_packing.Packed] = list(job.inputs.values())
-        packs = [c.packed for c in job.constants] + inputs
+        packs: list[Any] = [c.packed for c in job.constants]
+        packs += job.inputs.values()
+        chain = None
+        if ahead and any(isinstance(p, _Upcoming) for p in packs):   # made by the call before it there
+            assert worker.last is not None
+            chain = (worker.last.call.call_id, [(i, p.key) for i, p in enumerate(packs) if isinstance(p, _Upcoming)])
+            descriptors: list[_packing.Descriptor | None] = [
+                None if isinstance(p, _Upcoming) else p.descriptor() for p in packs]
+            packs = [p for p in packs if not isinstance(p, _Upcoming)]
+        else:
+            descriptors = [p.descriptor() for p in packs]
         header = encode(CallHeader(
             call.call_id, call.task_id, code.key, ship, list(call.constants), list(call.inputs),
-            [p.descriptor() for p in packs], call.outputs, call.timeout is not None, ahead,
+            descriptors, call.outputs, call.timeout is not None, ahead, chain,
         ))
         worker.known.add(code.key)  # the worker's Done frame says what it did not keep
         if ahead:
-            worker.ahead, job.sent_to = job, worker
+            worker.ahead.append(job)
+            job.sent_to = worker
         else:
             worker.job = job
         job.sent_at = time.time()
-        try:
-            worker.conn.send_bytes(header)
-            if ship:
-                worker.conn.send_bytes(code.data)
-            _packing.send(worker.conn.send_bytes, packs)
-        except OSError:
-            pass  # the worker died; the I/O thread reports it and fails this job
+        self._put(worker, header)
+        if ship:
+            worker.writer.put(code.data)
+        _packing.send(worker.writer.put, packs)
+
+    def _put(self, worker: _Worker, frame: bytes) -> None:
+        """Queue a frame for ``worker``; it goes out with the others at :meth:`_write_out` (lock held)."""
+        worker.writer.put(frame)
+        self._unsent[worker] = None
+
+    def _write_out(self, *, io: bool = False) -> None:
+        """Write the frames queued for each worker, one write each (lock held).
+
+        The I/O thread writes once per pass, after it has handled everything
+        that arrived: the calls that its callbacks (the scheduler) line up
+        behind the ones that ended go out together. Any other thread writes
+        before it releases the lock.
+        """
+        if not io and threading.current_thread() is self._io:
+            return
+        unsent, self._unsent = self._unsent, {}
+        for w in unsent:
+            try:
+                w.writer.flush()
+            except OSError:
+                pass  # the worker died; the I/O thread reports it and fails its jobs
 
     # -- the I/O thread ---------------------------------------------------------------
 
@@ -538,14 +609,24 @@ class LocalBackend:
                         pass
                 else:
                     self._on_readable(key.data)
+            with self._lock:
+                self._write_out(io=True)
         self._selector.close()
 
     def _on_readable(self, worker: _Worker) -> None:
+        """Handle every frame the worker has sent, in one read when the frames are small."""
+        reader = worker.reader
         try:
-            frame = decode(worker.conn.recv_bytes())
+            reader.fill()
         except (EOFError, OSError):
             self._on_worker_exit(worker)
             return
+        while reader.has_frame():
+            if not self._on_frame(worker, decode(reader.recv_bytes())):
+                return   # it has gone (it died while sending)
+
+    def _on_frame(self, worker: _Worker, frame: Frame) -> bool:
+        """Handle one frame of ``worker``; whether it is still there."""
         job = worker.job
         if isinstance(frame, Ready):
             worker.host = frame.host
@@ -555,12 +636,12 @@ class LocalBackend:
                 if worker.idle:
                     self._feed(worker)
         elif not isinstance(frame, (Started, Log, Done)):
-            return   # a worker sends nothing else
+            pass   # a worker sends nothing else
         elif job is None or frame.call_id != job.call.call_id:
             # Of a call the worker had started when told to drop it: settled as stopped already.
             if isinstance(frame, Done):
-                self._discard(worker, frame)
-            elif frame.call_id in worker.dropping:   # still running: stop it as any stopped call
+                return self._discard(worker, frame)
+            if frame.call_id in worker.dropping:   # still running: stop it as any stopped call
                 with self._lock:
                     worker.retiring = True
                     self._kill(worker)
@@ -570,17 +651,21 @@ class LocalBackend:
         elif isinstance(frame, Log):
             job.report(TaskLog(job.call.call_id, frame.stream, frame.text, frame.at))
         elif isinstance(frame, Done):
-            self._on_done(worker, job, frame)
+            return self._on_done(worker, job, frame)
+        return True
 
-    def _discard(self, worker: _Worker, done: Done) -> None:
+    def _discard(self, worker: _Worker, done: Done) -> bool:
         """Read past the outputs of a call no longer wanted (their shared memory goes with them)."""
         try:
-            for p in _packing.receive(worker.conn.recv_bytes, done.descriptors):
+            for p in _packing.receive(worker.reader.recv_bytes, done.descriptors):
                 p.own_file()
-            if done.error is not None:
-                worker.conn.send_bytes(encode(Go()))   # no scheduler to wait for: it holds nothing back
         except (EOFError, OSError):
             self._on_worker_exit(worker)
+            return False
+        if done.error is not None:
+            with self._lock:
+                self._put(worker, encode(Go()))   # no scheduler to wait for: it holds nothing back
+        return True
 
     @staticmethod
     def _report_start(worker: _Worker, job: _Job, at: float) -> None:
@@ -588,15 +673,15 @@ class LocalBackend:
         job.report(TaskStarted(job.call.call_id, worker.host or socket.gethostname(), worker.proc.pid,
                                job.call.gpu_ids, at))
 
-    def _on_done(self, worker: _Worker, job: _Job, done: Done) -> None:
+    def _on_done(self, worker: _Worker, job: _Job, done: Done) -> bool:
         keys, error, started, finished = done.keys, done.error, done.started, done.finished
         if not job.started:   # a quick call: its start comes with its end (see maze.backends._worker)
             self._report_start(worker, job, started)
         try:
-            packs = _packing.receive(worker.conn.recv_bytes, done.descriptors)
+            packs = _packing.receive(worker.reader.recv_bytes, done.descriptors)
         except (EOFError, OSError):
             self._on_worker_exit(worker)
-            return
+            return False
         for p in packs:
             p.own_file()
         if error is None:
@@ -631,15 +716,17 @@ class LocalBackend:
         job.future.set_result(outcome)
         if not outcome.ok:   # now that the scheduler knows (it may have stopped the next one)
             with self._lock:
+                # The worker holds after a failure: what it would run next with the outputs is taken back.
+                unfed_behind = self._unfeed(job, "ended without outputs") if error is not None else []
                 unfed = self._follow_on(job, worker)
                 if worker.idle:
                     self._feed(worker)
                 if error is not None and not worker.retiring:
-                    try:
-                        worker.conn.send_bytes(encode(Go()))   # the worker holds its next call until now
-                    except OSError:
-                        pass
+                    self._put(worker, encode(Go()))   # the worker holds its next call until now
             _end_unfed(unfed)
+            for behind in unfed_behind:
+                _end_unfed(behind)
+        return True
 
     def _feed(self, worker: _Worker) -> None:
         """Give queued work to a worker that just became idle (lock held)."""
@@ -672,21 +759,27 @@ class LocalBackend:
             worker.retiring = True   # gone: nothing more is sent to it
             if ours:
                 self._kill(worker)
+            self._unsent.pop(worker, None)   # before its descriptor is closed (and maybe reused)
             self._selector.unregister(worker.conn)
             worker.conn.close()
             job, worker.job = worker.job, None
             if job is not None:
                 self._jobs.pop(job.call.call_id, None)
-            ahead, worker.ahead = worker.ahead, None
-            if ahead is not None:   # sent behind ``job``, never started: it goes elsewhere
-                ahead.sent_to = ahead.sent_at = None
-                if ahead.behind is None and ahead.call.call_id in self._jobs and not self._closed:
-                    self._place(ahead)   # ``job`` had ended already (here, as the worker was stopped)
+            ahead, worker.ahead = worker.ahead, deque()
+            unfed = None
+            for sent in ahead:   # sent behind ``job``, never started: they go elsewhere
+                sent.sent_to = sent.sent_at = None
+                if sent.behind is None and sent.call.call_id in self._jobs and not self._closed:
+                    # ``job`` had ended already (here, as the worker was stopped)
+                    unfed = self._fill_in(sent)   # (at most the first: it is behind no other)
+                    if unfed is None:
+                        self._place(sent)
             if self._queue and not self._closed:
                 nxt = self._queue[0]
                 replacement = self._idle_worker(nxt.call.gpu_ids or None)
                 if replacement is not None:
                     self._send(replacement, self._queue.popleft())
+        _end_unfed(unfed)
         code = worker.proc.wait()
         if job is None:
             return

@@ -101,6 +101,10 @@ _NO_CODE = ShippedCode("", b"")  # in calls whose function could not be pickled 
 # A task is lined up behind another only when both have lately run this briefly: a
 # lined-up task reads as submitted while it waits, so it must not wait long.
 QUICK_S = 0.005
+# How many quick calls share one grant at most: the one running and those lined up behind it. Deep
+# enough that a worker rarely waits for this thread, and its calls can travel, and their results
+# be read, several at a time; shallow enough that a line waits a few tens of ms at most.
+LINE_DEPTH = 8
 _below: PerPlan[Mapping[str, list[str]]] = PerPlan()   # each plan's dependents, for every run of it
 
 
@@ -429,22 +433,24 @@ class Engine:
             self._dispatching = False
 
     def _line_up(self, slot: _Slot, need: Resources) -> None:
-        """Line the next waiting task of shape ``need`` up behind the slot's last call, if both are quick.
+        """Line waiting tasks of shape ``need`` up behind the slot's last call, while all are quick,
+        up to ``LINE_DEPTH`` calls in the slot.
 
-        The backend starts it the moment that call ends, on the same worker,
-        while this thread is still concluding the call before: on tasks much
+        The backend starts each the moment the call before it ends, on the same
+        worker, while this thread is still concluding that one: on tasks much
         shorter than the scheduler's own work per task, workers would otherwise
-        wait for it. Both run under the slot's one grant, one after the other.
+        wait for it. They run under the slot's one grant, one after the other.
         """
-        if self._lining is None or len(slot.line) != 1 or not self._quick(slot.line[0].code.key):
+        if self._lining is None or not slot.line or not self._quick(slot.line[0].code.key):
+            return
+        queue = self._waiting.get(need)
+        if not queue:
             return
         room = self._pool.try_acquire(need)
         if room is not None:   # the next one can have resources of its own (_dispatch gives them)
             self._pool.release(room)
             return
-        tail = slot.line[0]
-        queue = self._waiting.get(need)
-        while queue:
+        while queue and len(slot.line) < LINE_DEPTH:
             work, tid = queue[0]
             if work.run.cancelling or work.run.states[tid].terminal:
                 queue.popleft()
@@ -453,8 +459,7 @@ class Engine:
             if isinstance(code, TaskError) or not self._quick(code.key):
                 return
             queue.popleft()   # an emptied queue is dropped by _dispatch
-            self._launch(work, tid, slot, behind=tail.call_id)
-            return
+            self._launch(work, tid, slot, behind=slot.line[-1].call_id)
 
     def _line_dependent(self, work: _Work, tid: str) -> None:
         """Line up, behind quick task ``tid``'s call, a quick dependent waiting for ``tid`` alone.

@@ -1,0 +1,112 @@
+"""Length-prefixed frames over a socket, read and written in bulk.
+
+The framing is ``multiprocessing.connection``'s (a 4-byte big-endian length, or
+-1 and an 8-byte length, then the bytes), so either end may still use a
+``Connection``. What differs is the reading and writing: a ``Connection``
+makes two reads per frame (the length, then the body) and one write per frame.
+When the driver is busy, a worker's results pile up in its socket; when a call
+ends, the driver may line several calls up behind it on the same worker. Here
+one read takes everything that has arrived, and the frames put during one pass
+of the driver's I/O thread go out in one write.
+
+No locks: each side says which of its locks guards a reader or a writer.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import struct
+from typing import Any
+
+_SHORT = struct.Struct("!i")
+_LONG = struct.Struct("!Q")
+_CHUNK = 1 << 16
+
+
+class FrameReader:
+    """The frames arriving on a file descriptor (a blocking socket)."""
+
+    __slots__ = ("_fd", "_buf", "_pos")
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buf = bytearray()
+        self._pos = 0   # where the first frame not taken yet begins in ``_buf``
+
+    def fill(self, size: int = _CHUNK) -> None:
+        """Read what has arrived, waiting for at least one byte; ``EOFError`` when the other end has closed."""
+        data = os.read(self._fd, size)
+        if not data:
+            raise EOFError
+        if self._pos:
+            del self._buf[:self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def has_frame(self) -> bool:
+        """Whether a whole frame has been read and not taken."""
+        return self._missing() == 0
+
+    def pending(self) -> bool:
+        """Whether anything has arrived that is not taken: a frame, part of one, or bytes not read yet."""
+        return len(self._buf) > self._pos or bool(select.select([self._fd], [], [], 0)[0])
+
+    def recv_bytes(self) -> bytes:
+        """The next frame, reading (and waiting) until it is whole."""
+        while (missing := self._missing()) != 0:
+            self.fill(max(missing, _CHUNK))
+        buf, pos = self._buf, self._pos
+        (size,) = _SHORT.unpack_from(buf, pos)
+        head = 4
+        if size == -1:
+            (size,) = _LONG.unpack_from(buf, pos + 4)
+            head = 12
+        end = pos + head + size
+        frame = bytes(buf[pos + head:end])
+        self._pos = end
+        return frame
+
+    def _missing(self) -> int:
+        """How many more bytes the next frame needs (a guess of 1 while its length is incomplete)."""
+        buf, pos = self._buf, self._pos
+        have = len(buf) - pos
+        if have < 4:
+            return 4 - have
+        (size,) = _SHORT.unpack_from(buf, pos)
+        head = 4
+        if size == -1:
+            if have < 12:
+                return 12 - have
+            (size,) = _LONG.unpack_from(buf, pos + 4)
+            head = 12
+        return max(0, head + size - have)
+
+
+class FrameWriter:
+    """Frames put for a file descriptor (a blocking socket), sent together by :meth:`flush`."""
+
+    __slots__ = ("_fd", "_out")
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._out: list[Any] = []
+
+    def put(self, data: Any) -> None:
+        """Queue one frame: ``bytes`` or a byte-formatted ``memoryview``."""
+        size = len(data)
+        self._out.append(_SHORT.pack(size) if size <= 0x7FFFFFFF else _SHORT.pack(-1) + _LONG.pack(size))
+        self._out.append(data)
+
+    @property
+    def queued(self) -> bool:
+        return bool(self._out)
+
+    def flush(self) -> None:
+        """Send what was put, in one write where the socket takes it all; ``OSError`` if the other end has gone."""
+        if not self._out:
+            return
+        out, self._out = self._out, []
+        view = memoryview(b"".join(out))
+        while view:
+            view = view[os.write(self._fd, view):]
