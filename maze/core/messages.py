@@ -121,8 +121,19 @@ class FinishWorkflowData(RunData, _Interrupted):
     duration: float | None
 
 
-def _message(kind: MessageType, data: RunData) -> Message:
-    return {"type": kind.value, "data": data}
+# Each type's wire name, looked up once: an enum member's ``.value`` costs a Python call, and
+# messages are made several times per task.
+_FINISH_TASK = MessageType.FINISH_TASK.value
+_FINISH_WORKFLOW = MessageType.FINISH_WORKFLOW.value
+_START_TASK = MessageType.START_TASK.value
+_TASK_EXCEPTION = MessageType.TASK_EXCEPTION.value
+_TASK_LOG = MessageType.TASK_LOG.value
+_TASK_RETRY = MessageType.TASK_RETRY.value
+_TASK_SKIPPED = MessageType.TASK_SKIPPED.value
+
+
+def _message(kind: str, data: RunData) -> Message:
+    return {"type": kind, "data": data}
 
 
 def _task(run: RunData, task_id: str, task_name: str, at: float | None) -> TaskData:
@@ -135,7 +146,7 @@ def start_task(run: RunData, task_id: str, task_name: str, *, at: float, node: s
                            "gpu_ids": gpu_ids, "attempt": attempt}
     if node_id:
         data["node_id"] = node_id
-    return _message(MessageType.START_TASK, data)
+    return _message(_START_TASK, data)
 
 
 def finish_task(run: RunData, task_id: str, task_name: str, *, at: float | None, result: Any, duration: float,
@@ -144,32 +155,32 @@ def finish_task(run: RunData, task_id: str, task_name: str, *, at: float | None,
                             "fingerprint": fingerprint}
     if reused_from:
         data["cached"], data["reused_from"] = True, reused_from
-    return _message(MessageType.FINISH_TASK, data)
+    return _message(_FINISH_TASK, data)
 
 
 def task_exception(run: RunData, task_id: str, task_name: str, *, traceback: str, error_type: str, error: str,
                    attempt: int) -> Message:
     data: TaskExceptionData = {**_task(run, task_id, task_name, None), "result": clip(traceback, TRACEBACK_LIMIT),
                                "error_type": error_type, "error": clip(error, ERROR_LINE_LIMIT), "attempt": attempt}
-    return _message(MessageType.TASK_EXCEPTION, data)
+    return _message(_TASK_EXCEPTION, data)
 
 
 def task_retry(run: RunData, task_id: str, task_name: str, *, attempt: int, error: str, delay: float) -> Message:
     data: TaskRetryData = {**_task(run, task_id, task_name, None), "attempt": attempt,
                            "error": clip(error, ERROR_LINE_LIMIT), "delay": delay}
-    return _message(MessageType.TASK_RETRY, data)
+    return _message(_TASK_RETRY, data)
 
 
 def task_skipped(run: RunData, task_id: str, task_name: str, *, reason: str, upstream: str | None,
                  cancelled: bool) -> Message:
     data: TaskSkippedData = {**_task(run, task_id, task_name, None), "reason": reason, "upstream": upstream,
                              "cancelled": cancelled}
-    return _message(MessageType.TASK_SKIPPED, data)
+    return _message(_TASK_SKIPPED, data)
 
 
 def task_log(run: RunData, task_id: str, task_name: str, *, at: float, stream: str, text: str) -> Message:
     data: TaskLogData = {**_task(run, task_id, task_name, at), "stream": stream, "text": text}
-    return _message(MessageType.TASK_LOG, data)
+    return _message(_TASK_LOG, data)
 
 
 def finish_workflow(run: RunData, *, status: str, has_exception: bool, duration: float | None,
@@ -177,7 +188,7 @@ def finish_workflow(run: RunData, *, status: str, has_exception: bool, duration:
     data: FinishWorkflowData = {**run, "status": status, "has_exception": has_exception, "duration": duration}
     if interrupted:
         data["interrupted"] = interrupted
-    return _message(MessageType.FINISH_WORKFLOW, data)
+    return _message(_FINISH_WORKFLOW, data)
 
 
 def copy_message(message: Message) -> Message:

@@ -42,12 +42,10 @@ class TaskState(str, enum.Enum):
     CANCELLED = "cancelled"     # the run was cancelled before or while it ran
     INTERRUPTED = "interrupted" # the process driving the run died first (known from the history)
 
-    @property
-    def terminal(self) -> bool:
-        return self in _TERMINAL
+    terminal: bool   # set below for each state: a plain attribute, read several times per task
 
-
-_TERMINAL = {TaskState.FINISHED, TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED, TaskState.INTERRUPTED}
+    def __init__(self, value: str) -> None:
+        self.terminal = value in {"finished", "failed", "skipped", "cancelled", "interrupted"}
 
 #: ``get_task_result``'s ``status`` for each terminal state (the original SDK's words).
 RESULT_STATUS = {
@@ -102,6 +100,7 @@ class RunState:
         self._cancelling = False
 
         self._states: dict[str, TaskState] = dict.fromkeys(plan.tasks, TaskState.PENDING)
+        self._states_view = MappingProxyType(self._states)   # made once: the scheduler reads it often
         self._open = len(plan.tasks)                 # tasks not yet in a terminal state
         self._results: dict[str, Mapping[str, Any]] = {}
         self._errors: dict[str, TaskError] = {}
@@ -162,7 +161,7 @@ class RunState:
 
     @property
     def states(self) -> Mapping[str, TaskState]:
-        return MappingProxyType(self._states)
+        return self._states_view
 
     @property
     def results(self) -> Mapping[str, Mapping[str, Any]]:
@@ -333,6 +332,7 @@ class RunState:
             self._messages.extend(messages)
             fold.apply(messages)
             self._states = {tid: _FROM_VIEW[view] for tid, view in fold.states.items()}
+            self._states_view = MappingProxyType(self._states)
             self._reused = set(fold.in_state(TaskView.CACHED))
             self._results = dict(fold.results)
             self._errors = dict(fold.errors)
