@@ -15,7 +15,10 @@ a call sent that way, the worker reads everything that has arrived, so a
 :class:`Drop` sent for it is seen in time, and that call never runs. After a
 call that failed, the worker starts nothing more until the driver says
 :class:`Go`, which it does once the scheduler has heard of the failure (and
-has dropped what it stops, fail-fast).
+has dropped what it stops, fail-fast). A call sent that way may take outputs
+of the call before it (``CallHeader.chain``, a chain's next link): the worker
+fills them in from the outputs of the last call it ran (:class:`_Made`),
+having checked that it is that call.
 To the driver: :class:`Ready` once, then for each call, in order,
 :class:`Started`, any number of :class:`Log`, then :class:`Done` with the
 descriptors of the output values and the code keys this worker no longer
@@ -27,7 +30,9 @@ result.
 that prints, or that has a timeout (whose clock starts with it): a quick
 call's start comes in its ``Done``, one frame and one wake-up of the driver
 fewer per task.
-Values are packed as :mod:`._packing` describes.
+Values are packed as :mod:`._packing` describes. Frames are read in bulk, and
+a call's ``Done`` goes out with its output frames in one write
+(:mod:`._wire`).
 
 The frames are named tuples, defined here once for both sides; on the wire
 each is a plain tuple led by its kind's number (:func:`encode`,

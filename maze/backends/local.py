@@ -21,18 +21,25 @@ for "started" and ``print()`` events ahead of the result. This pool is small:
   shared memory (see ``_packing``), never through the socket;
 * one I/O thread waits on all worker sockets and resolves futures; their
   callbacks (the scheduler) submit the next tasks straight from that thread.
+  It reads everything a worker has sent in one read, and writes the frames
+  its pass queued for a worker in one write (:mod:`maze.backends._wire`);
+  other threads write before they release the lock.
   A call lined up behind another (``submit_behind``, which the scheduler uses
-  for quick tasks) is sent at once to the worker running that one, which finds
-  it waiting when it is done: no round trip through the driver between two
-  quick calls. It counts as started only when the one before has ended (a
-  worker runs one call at a time); stopped before that, it is dropped
-  (:class:`~maze.backends._worker.Drop`; if the worker had started it
-  already, it is killed like any running call once it says it runs), and
-  after a failure the worker waits for the driver's ``Go``, sent once the
-  scheduler has heard of the failure (and may have stopped it). A call that
-  takes the outputs of the one before it (``upcoming_outputs``: a quick
-  task's dependent in a chain) goes the moment that one's result arrives
-  instead, filled in from it;
+  for quick tasks, several deep) is sent at once to the worker that will run
+  that one, which finds it waiting when it is done: no round trip through the
+  driver between two quick calls. It counts as started only when the one
+  before has ended (a worker runs one call at a time); stopped before that,
+  it is dropped (:class:`~maze.backends._worker.Drop`; if the worker had
+  started it already, it is killed like any running call once it says it
+  runs), and after a failure the worker waits for the driver's ``Go``, sent
+  once the scheduler has heard of the failure (and may have stopped it). A
+  call that takes the outputs of the one before it (``upcoming_outputs``: a
+  quick task's dependent in a chain) is sent the same way, and the worker
+  fills those inputs in from what it kept of that call's outputs
+  (``CallHeader.chain``). If that call makes no outputs (it fails, it is
+  stopped before it starts), the call behind it is taken back with it
+  (``_unfeed``); if the worker goes, it runs elsewhere with the outputs as
+  the driver received them;
 * a worker serves one device set: GPU tasks run in workers started with
   ``CUDA_VISIBLE_DEVICES`` naming the granted devices, set before any CUDA
   library could read it;

@@ -46,8 +46,9 @@ Lining up
 On a backend that can line a call up behind another
 (:class:`~maze.core.protocol.LiningBackend`, the local one), where admission is
 the scheduler's, quick calls (under ``QUICK_S`` lately) share one grant, one
-after the other: when no resources are free, the next waiting task of the same
-shape goes behind a running one (``_line_up``); and a quick task's one
+after the other: when no resources are free, the next waiting tasks of the same
+shape go behind a running one, up to ``LINE_DEPTH`` calls in all (``_line_up``);
+and a quick task's one
 dependent that waits for it alone goes behind it at once, taking its outputs as
 they come (``_line_dependent``). Such a dependent is ahead until its upstream
 task finishes here, exactly as above. The backend starts a lined-up call the
