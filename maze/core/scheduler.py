@@ -48,9 +48,8 @@ On a backend that can line a call up behind another
 the scheduler's, quick calls (under ``QUICK_S`` lately) share one grant, one
 after the other: when no resources are free, the next waiting tasks of the same
 shape go behind a running one, up to ``LINE_DEPTH`` calls in all (``_line_up``);
-and a quick task's one
-dependent that waits for it alone goes behind it at once, taking its outputs as
-they come (``_line_dependent``). Such a dependent is ahead until its upstream
+and a quick task's one dependent that waits for it alone goes behind it at
+once, taking its outputs as they come (``_line_dependent``). Such a dependent is ahead until its upstream
 task finishes here, exactly as above. The backend starts a lined-up call the
 moment the one before ends, while this thread is still concluding that one.
 
