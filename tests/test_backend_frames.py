@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import threading
 import time
 from concurrent.futures import Future
 
@@ -165,3 +166,28 @@ def test_a_frame_cut_short_by_the_other_end_closing_is_an_eof():
             reader.recv_bytes()
     finally:
         b.close()
+
+
+def test_a_writer_that_never_waits_keeps_what_the_socket_did_not_take_and_sends_it_first():
+    import socket
+
+    from maze.backends._wire import FrameReader, FrameWriter
+
+    ours, theirs = socket.socketpair()
+    try:
+        writer = FrameWriter(ours.fileno(), lambda view: ours.send(view, socket.MSG_DONTWAIT))
+        big = bytes(range(256)) * 20_000                    # 5 MB: more than the socket holds
+        writer.put(big)
+        assert writer.flush() is False and writer.queued    # sent part, kept the rest, did not wait
+        writer.put(b"after")                                 # put meanwhile: goes after the rest
+        reader = FrameReader(theirs.fileno())
+        got: list[bytes] = []
+        drain = threading.Thread(target=lambda: got.extend(reader.recv_bytes() for _ in range(2)))
+        drain.start()
+        while not writer.flush():
+            time.sleep(0.001)
+        drain.join(10)
+        assert got == [big, b"after"] and not writer.queued
+    finally:
+        ours.close()
+        theirs.close()

@@ -370,3 +370,27 @@ def test_after_the_worker_is_killed_a_link_sent_ahead_follows_its_call_elsewhere
     b, c = middle.result(10).result, last.result(10).result
     assert b is not None and c is not None
     assert (b["y"], c["y"]) == (11, 12) and b["pid"] == c["pid"]
+
+
+@task(inputs=["i", "blob"], outputs=["i", "blob"])
+def echo_blob(params):
+    return {"i": params["i"], "blob": params["blob"]}
+
+
+@pytest.mark.timeout(120)
+def test_quick_calls_with_inputs_and_outputs_larger_than_a_socket_buffer_do_not_deadlock():
+    # Each input and output is 600 KB, under the shared-memory threshold: it travels through
+    # the socket. Calls lined up behind a running one fill the worker's socket while that
+    # worker waits to send its own result: the driver must go on reading as it writes.
+    import numpy as np
+
+    with MaClient(history=None) as client:
+        wf = client.create_workflow("big-frames")
+        tasks = [wf.add_task(echo_blob, inputs={"i": i, "blob": np.full(600_000, i % 251, dtype=np.uint8)})
+                 for i in range(200)]
+        for _ in range(2):
+            summary = wf.wait(wf.run(), timeout=60)
+            assert summary["workflow_completed"]
+            results = summary["task_results"]
+            assert all(results[t.task_id]["i"] == i and results[t.task_id]["blob"][-1] == i % 251
+                       for i, t in enumerate(tasks))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import select
 import struct
+from collections.abc import Callable
 from typing import Any
 
 _SHORT = struct.Struct("!i")
@@ -84,13 +85,22 @@ class FrameReader:
 
 
 class FrameWriter:
-    """Frames put for a file descriptor (a blocking socket), sent together by :meth:`flush`."""
+    """Frames put for a socket, sent together by :meth:`flush`.
 
-    __slots__ = ("_fd", "_out")
+    A writer made with ``send`` never waits: :meth:`flush` sends what the
+    socket takes now and keeps the rest for the next call (the driver's side,
+    whose I/O thread must go on reading while a busy worker does not read; it
+    calls again when the socket is writable). Without, it writes everything,
+    waiting as needed (a worker's side).
+    """
 
-    def __init__(self, fd: int) -> None:
+    __slots__ = ("_fd", "_send", "_out", "_left")
+
+    def __init__(self, fd: int, send: Callable[[memoryview], int] | None = None) -> None:
         self._fd = fd
+        self._send = send
         self._out: list[Any] = []
+        self._left = memoryview(b"")   # bytes a non-waiting flush could not send yet
 
     def put(self, data: Any) -> None:
         """Queue one frame: ``bytes`` or a byte-formatted ``memoryview``."""
@@ -100,13 +110,24 @@ class FrameWriter:
 
     @property
     def queued(self) -> bool:
-        return bool(self._out)
+        """Whether anything put has not been sent yet."""
+        return bool(self._out) or bool(self._left)
 
-    def flush(self) -> None:
-        """Send what was put, in one write where the socket takes it all; ``OSError`` if the other end has gone."""
-        if not self._out:
-            return
-        out, self._out = self._out, []
-        view = memoryview(b"".join(out))
-        while view:
-            view = view[os.write(self._fd, view):]
+    def flush(self) -> bool:
+        """Send what was put, in order, in one write where the socket takes it all; whether all is sent.
+
+        ``OSError`` if the other end has gone.
+        """
+        if self._out:
+            out, self._out = self._out, []
+            if self._left:
+                out.insert(0, self._left)
+            self._left = memoryview(b"".join(out))
+        view = self._left
+        try:
+            while view:
+                view = view[self._send(view) if self._send is not None else os.write(self._fd, view):]
+        except BlockingIOError:
+            pass
+        self._left = view
+        return not view

@@ -77,7 +77,6 @@ from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from typing import Any
 
 from maze.backends import _packing
@@ -163,10 +162,10 @@ def _end_unfed(unfed: _Unfed | None) -> None:
 @dataclass(eq=False)
 class _Worker:
     proc: subprocess.Popen[bytes]
-    conn: Connection                                # owns the socket; read and written through the two below
+    sock: socket.socket                             # read and written through the two below
     devices: DeviceKey
     reader: FrameReader = field(init=False)         # I/O thread only
-    writer: FrameWriter = field(init=False)         # under the backend's lock
+    writer: FrameWriter = field(init=False)         # under the backend's lock; never waits (see _write_out)
     host: str = ""
     known: set[str] = field(default_factory=set)   # content keys of the code this worker holds
     job: _Job | None = None                         # the call it runs (or is about to)
@@ -175,8 +174,9 @@ class _Worker:
     retiring: bool = False                          # told to exit; not an error when it ends
 
     def __post_init__(self) -> None:
-        self.reader = FrameReader(self.conn.fileno())
-        self.writer = FrameWriter(self.conn.fileno())
+        sock = self.sock
+        self.reader = FrameReader(sock.fileno())
+        self.writer = FrameWriter(sock.fileno(), lambda view: sock.send(view, socket.MSG_DONTWAIT))
 
     @property
     def idle(self) -> bool:
@@ -212,6 +212,7 @@ class LocalBackend:
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._joining: list[_Worker] = []              # spawned, not yet registered with the selector
         self._unsent: dict[_Worker, None] = {}         # workers with frames put and not yet written
+        self._stalled: dict[_Worker, bool] = {}        # workers whose socket took only part: watched for writing?
         self._io = threading.Thread(target=self._io_loop, name="maze-local-io", daemon=True)
         self._io.start()
         _live.add(self)
@@ -494,7 +495,7 @@ class LocalBackend:
             )
         finally:
             theirs.close()
-        worker = _Worker(proc, Connection(ours.detach()), devices)
+        worker = _Worker(proc, ours, devices)
         self._workers.append(worker)
         self._joining.append(worker)
         self._wake()
@@ -578,16 +579,34 @@ class LocalBackend:
         The I/O thread writes once per pass, after it has handled everything
         that arrived: the calls that its callbacks (the scheduler) line up
         behind the ones that ended go out together. Any other thread writes
-        before it releases the lock.
+        before it releases the lock. No write waits: a worker running a call
+        reads nothing, and may itself be waiting to send its result, so what
+        its socket does not take at once is sent by the I/O thread as the
+        worker reads it (``_on_writable``), and frames put meanwhile go after.
         """
         if not io and threading.current_thread() is self._io:
             return
         unsent, self._unsent = self._unsent, {}
+        newly = False
         for w in unsent:
             try:
-                w.writer.flush()
+                if not w.writer.flush() and w not in self._stalled:
+                    self._stalled[w] = False   # the I/O thread watches it from its next pass
+                    newly = True
             except OSError:
                 pass  # the worker died; the I/O thread reports it and fails its jobs
+        if newly and not io:
+            self._wake()
+
+    def _on_writable(self, worker: _Worker) -> None:
+        """A worker's socket takes more of what could not be sent at once (I/O thread)."""
+        with self._lock:
+            try:
+                done = worker.writer.flush()
+            except OSError:
+                done = True   # it died; its end of file comes
+            if done and self._stalled.pop(worker, None) is not None:
+                self._selector.modify(worker.sock, selectors.EVENT_READ, worker)
 
     # -- the I/O thread ---------------------------------------------------------------
 
@@ -603,18 +622,25 @@ class LocalBackend:
                 if self._closed and not self._workers:
                     break
                 for w in self._joining:
-                    self._selector.register(w.conn, selectors.EVENT_READ, w)
+                    self._selector.register(w.sock, selectors.EVENT_READ, w)
                 self._joining.clear()
+                for w, watched in self._stalled.items():
+                    if not watched:
+                        self._selector.modify(w.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, w)
+                        self._stalled[w] = True
                 deadline = self._enforce_timeouts()
             timeout = max(0.0, deadline - time.monotonic()) if deadline is not None else None
-            for key, _ in self._selector.select(timeout):
+            for key, events in self._selector.select(timeout):
                 if key.data is None:
                     try:
                         while self._wake_r.recv(4096):
                             pass
                     except (BlockingIOError, OSError):
                         pass
-                else:
+                    continue
+                if events & selectors.EVENT_WRITE:
+                    self._on_writable(key.data)
+                if events & selectors.EVENT_READ:
                     self._on_readable(key.data)
             with self._lock:
                 self._write_out(io=True)
@@ -767,8 +793,9 @@ class LocalBackend:
             if ours:
                 self._kill(worker)
             self._unsent.pop(worker, None)   # before its descriptor is closed (and maybe reused)
-            self._selector.unregister(worker.conn)
-            worker.conn.close()
+            self._stalled.pop(worker, None)
+            self._selector.unregister(worker.sock)
+            worker.sock.close()
             job, worker.job = worker.job, None
             if job is not None:
                 self._jobs.pop(job.call.call_id, None)
