@@ -11,7 +11,7 @@ import pytest
 
 from maze.backends import _packing
 from maze.backends._jobs import Job, sweep
-from maze.backends._worker import CallHeader, Done, Drop, Dropped, Go, Log, Ready, Started, decode, encode
+from maze.backends._worker import CallHeader, Done, Drop, Dropped, Fed, Go, Log, Ready, Started, decode, encode
 from maze.core.protocol import Failure, TaskError, TaskLog
 
 ERROR = TaskError.simple("ValueError", "bad input")
@@ -25,6 +25,7 @@ LOCAL_FRAMES = [
      ("call_id", "task_id", "code_key", "ship", "constant_names", "input_names", "descriptors", "outputs",
       "announce", "ahead", "chain")),
     (Drop("c1"), ("call_id",)),
+    (Fed("c1"), ("call_id",)),
     (Go(), ()),
     (Dropped("c1", True), ("call_id", "ran")),
     (Ready(123, "host"), ("pid", "host")),

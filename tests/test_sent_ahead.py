@@ -21,7 +21,7 @@ import pytest
 from maze import MaClient, task
 from maze.backends import _packing
 from maze.backends._wire import FrameReader
-from maze.backends._worker import CallHeader, Drop, Dropped, Go, _Inbox, decode, encode
+from maze.backends._worker import CallHeader, Drop, Dropped, Fed, Go, _Inbox, decode, encode
 from maze.backends.local import LocalBackend
 from maze.core.protocol import Failure, TaskCall
 from maze.core.resources import Resources
@@ -259,6 +259,35 @@ def test_the_worker_drops_a_call_before_it_starts_and_after_a_failure_holds_unti
         worker.close()
 
 
+def test_a_call_taking_the_outputs_of_the_one_before_waits_until_the_driver_has_read_them():
+    ours, theirs = socket.socketpair()
+    driver, worker = Connection(ours.detach()), Connection(theirs.detach())
+    inbox = _Inbox(FrameReader(worker.fileno()), worker.send_bytes)
+    try:
+        driver.send_bytes(_header("a", ahead=False))
+        driver.send_bytes(encode(CallHeader("b", "b", "key", False, [], ["x"], [None], ("x",), False, True,
+                                            ("a", [(0, "x")]))))
+        assert inbox.next_call()[0].call_id == "a"
+        got: list[str] = []
+        reader = threading.Thread(target=lambda: got.append(inbox.next_call()[0].call_id))
+        reader.start()
+        reader.join(0.3)
+        assert reader.is_alive() and got == []              # a's result is not read yet: b waits
+        driver.send_bytes(encode(Fed("a")))
+        reader.join(5)
+        assert got == ["b"]
+        # Taken back instead (the driver could not read a's result): dropped, never run.
+        driver.send_bytes(encode(CallHeader("d", "d", "key", False, [], ["x"], [None], ("x",), False, True,
+                                            ("c", [(0, "x")]))))
+        driver.send_bytes(_header("e"))
+        driver.send_bytes(encode(Drop("d")))
+        assert inbox.next_call()[0].call_id == "e"
+        assert decode(driver.recv_bytes()) == Dropped("d", ran=False)
+    finally:
+        driver.close()
+        worker.close()
+
+
 def test_a_call_read_ahead_keeps_its_inputs_frames_in_order():
     ours, theirs = socket.socketpair()
     driver, worker = Connection(ours.detach()), Connection(theirs.detach())
@@ -394,3 +423,36 @@ def test_quick_calls_with_inputs_and_outputs_larger_than_a_socket_buffer_do_not_
             results = summary["task_results"]
             assert all(results[t.task_id]["i"] == i and results[t.task_id]["blob"][-1] == i % 251
                        for i, t in enumerate(tasks))
+
+
+@task(inputs=["v", "junk", "folder"], outputs=["v", "junk"])
+def chain_link(params):
+    import sys as _sys
+    import types as _types
+    from pathlib import Path as _Path
+
+    _Path(params["folder"], f"ran-{params['v']}").touch()
+    junk = None
+    if params["junk"]:   # a class of a module only this worker has: the driver cannot read it
+        module = _sys.modules.setdefault("made_in_the_worker", _types.ModuleType("made_in_the_worker"))
+        module.Made = type("Made", (), {"__module__": "made_in_the_worker"})
+        junk = module.Made()
+    return {"v": params["v"] + 1, "junk": junk}
+
+
+def test_the_next_link_of_a_result_the_driver_cannot_read_is_skipped_and_never_runs(tmp_path):
+    # The next link waits on the worker, which saw no failure and holds the outputs it
+    # would take: it must wait for the driver to have read them, not run on them.
+    with MaClient(history=None) as client:
+        wf = client.create_workflow("unreadable-chain")
+        links = []
+        for i in range(30):
+            v = links[-1].outputs["v"] if links else 0
+            links.append(wf.add_task(chain_link, inputs={"v": v, "junk": i == 20, "folder": str(tmp_path)}))
+        run_id = wf.run()
+        summary = wf.wait(run_id, timeout=60)
+        ends = {m["data"]["task_id"]: m["type"] for m in wf.get_results(run_id)
+                if m["type"] in ("finish_task", "task_exception", "task_skipped")}
+    assert [ends[t.task_id] for t in links[19:22]] == ["finish_task", "task_exception", "task_skipped"]
+    assert summary["skipped_tasks"] == [t.task_id for t in links[21:]]
+    assert sorted(int(p.name.split("-")[1]) for p in tmp_path.iterdir()) == list(range(21))

@@ -117,6 +117,17 @@ class Go(NamedTuple):
     """Driver to worker: the scheduler has heard of the failed call; start the next one."""
 
 
+class Fed(NamedTuple):
+    """Driver to worker: it has read this call's outputs, so the call sent behind it that takes them may start.
+
+    Until then that call waits: if the driver cannot read them (a class it
+    cannot import), the call before failed as far as the run is concerned, and
+    its dependent must not run; the driver drops it instead.
+    """
+
+    call_id: str
+
+
 class Ready(NamedTuple):
     """Worker to driver, once, first: the worker is up."""
 
@@ -152,9 +163,9 @@ class Done(NamedTuple):
     dropped: list[str]                # code keys this worker no longer holds: send them again when needed
 
 
-Frame = Union[CallHeader, Ready, Started, Log, Done, Drop, Go, Dropped]
+Frame = Union[CallHeader, Ready, Started, Log, Done, Drop, Go, Dropped, Fed]
 # New kinds go last: a kind's number is its place here.
-_KINDS: tuple[type[Frame], ...] = (CallHeader, Ready, Started, Log, Done, Drop, Go, Dropped)
+_KINDS: tuple[type[Frame], ...] = (CallHeader, Ready, Started, Log, Done, Drop, Go, Dropped, Fed)
 _TAGS: dict[type[Frame], int] = {kind: tag for tag, kind in enumerate(_KINDS)}
 
 
@@ -306,6 +317,7 @@ class _Inbox:
         self._reply = reply
         self.calls: deque[tuple[CallHeader, bytes | None, list[_packing.Packed]]] = deque()
         self.holding = False
+        self.fed = ""          # the last call whose outputs the driver says it has read (see Fed)
         self.open = True
 
     def next_call(self) -> tuple[CallHeader, bytes | None, list[_packing.Packed]] | None:
@@ -315,9 +327,15 @@ class _Inbox:
         read, so that a Drop for it is seen in time; any other is taken at once
         (reading on would cost a system call per call for nothing).
         """
-        while self.open and (not self.calls or self.holding or (self.calls[0][0].ahead and self._reader.pending())):
+        while self.open and (not self.calls or self.holding or self._waits(self.calls[0][0])):
             self._take()
         return self.calls.popleft() if self.open else None
+
+    def _waits(self, call: CallHeader) -> bool:
+        """Whether ``call`` must wait for the driver: for what else has arrived (a Drop), or for its inputs to be read."""
+        if not call.ahead:
+            return False
+        return self._reader.pending() or (call.chain is not None and call.chain[0] != self.fed)
 
     def _take(self) -> None:
         """Read one thing the driver sent (a call with its code and inputs, a Drop, a Go, goodbye)."""
@@ -339,6 +357,8 @@ class _Inbox:
             self.calls = kept
         elif isinstance(frame, Go):
             self.holding = False
+        elif isinstance(frame, Fed):
+            self.fed = frame.call_id
 
 
 class _Made:

@@ -82,7 +82,20 @@ from typing import Any
 from maze.backends import _packing
 from maze.backends._jobs import Job, sweep
 from maze.backends._wire import FrameReader, FrameWriter
-from maze.backends._worker import CallHeader, Done, Drop, Dropped, Frame, Go, Log, Ready, Started, decode, encode
+from maze.backends._worker import (
+    CallHeader,
+    Done,
+    Drop,
+    Dropped,
+    Fed,
+    Frame,
+    Go,
+    Log,
+    Ready,
+    Started,
+    decode,
+    encode,
+)
 from maze.core.errors import BackendError
 from maze.core.protocol import Reporter, TaskCall, TaskError, TaskLog, TaskOutcome, TaskStarted
 from maze.core.resources import Capacity, detect_capacity, usable_cpus
@@ -122,6 +135,7 @@ class _Job(Job):
     sent_to: _Worker | None = None         # the worker it was sent to, lined up behind that worker's call
     next: _Job | None = None               # the call lined up behind this one (submit_behind)
     behind: _Job | None = None             # the call this one is lined up behind, until that one ends
+    chained: bool = False                  # sent ahead taking outputs of the call before it there (waits for Fed)
 
 
 @dataclass(eq=False)
@@ -544,7 +558,8 @@ class LocalBackend:
         packs: list[Any] = [c.packed for c in job.constants]
         packs += job.inputs.values()
         chain = None
-        if ahead and any(isinstance(p, _Upcoming) for p in packs):   # made by the call before it there
+        job.chained = ahead and any(isinstance(p, _Upcoming) for p in packs)   # made by the call before it there
+        if job.chained:
             assert worker.last is not None
             chain = (worker.last.call.call_id, [(i, p.key) for i, p in enumerate(packs) if isinstance(p, _Upcoming)])
             descriptors: list[_packing.Descriptor | None] = [
@@ -573,30 +588,42 @@ class LocalBackend:
         worker.writer.put(frame)
         self._unsent[worker] = None
 
-    def _write_out(self, *, io: bool = False) -> None:
+    def _write_out(self, *, io: bool = False, only: _Worker | None = None) -> None:
         """Write the frames queued for each worker, one write each (lock held).
 
         The I/O thread writes once per pass, after it has handled everything
         that arrived: the calls that its callbacks (the scheduler) line up
-        behind the ones that ended go out together. Any other thread writes
-        before it releases the lock. No write waits: a worker running a call
-        reads nothing, and may itself be waiting to send its result, so what
-        its socket does not take at once is sent by the I/O thread as the
-        worker reads it (``_on_writable``), and frames put meanwhile go after.
+        behind the ones that ended go out together. It writes at once only to
+        a worker that may be waiting for what was put (``only``). Any other
+        thread writes before it releases the lock. No write waits: a worker
+        running a call reads nothing, and may itself be waiting to send its
+        result, so what its socket does not take at once is sent by the I/O
+        thread as the worker reads it (``_on_writable``), and frames put
+        meanwhile go after.
         """
+        if only is not None:
+            if only in self._unsent:
+                del self._unsent[only]
+                self._flush(only)
+            return
         if not io and threading.current_thread() is self._io:
             return
         unsent, self._unsent = self._unsent, {}
         newly = False
         for w in unsent:
-            try:
-                if not w.writer.flush() and w not in self._stalled:
-                    self._stalled[w] = False   # the I/O thread watches it from its next pass
-                    newly = True
-            except OSError:
-                pass  # the worker died; the I/O thread reports it and fails its jobs
+            newly |= self._flush(w)
         if newly and not io:
             self._wake()
+
+    def _flush(self, worker: _Worker) -> bool:
+        """Send what was put for ``worker``; whether its socket has just stopped taking it (lock held)."""
+        try:
+            if not worker.writer.flush() and worker not in self._stalled:
+                self._stalled[worker] = False   # the I/O thread watches it from its next pass
+                return True
+        except OSError:
+            pass  # the worker died; the I/O thread reports it and fails its jobs
+        return False
 
     def _on_writable(self, worker: _Worker) -> None:
         """A worker's socket takes more of what could not be sent at once (I/O thread)."""
@@ -727,7 +754,7 @@ class LocalBackend:
                 ), started_at=started, finished_at=finished)
         else:
             outcome = TaskOutcome(error=error, started_at=started, finished_at=finished)
-        unfed = None
+        unfed, unread = None, []
         with self._lock:
             worker.known.difference_update(done.dropped)
             worker.job = None
@@ -736,16 +763,25 @@ class LocalBackend:
                 # Stopped (a timeout, a cancel) as it ended: its group is being killed, so the
                 # worker takes nothing more; the I/O thread reaps it like a retired one.
                 worker.retiring = True
+            nxt = job.next
             if outcome.ok:
                 job.outbox.outputs = outcome.handles
                 unfed = self._follow_on(job, worker)   # at once: the worker need not wait for the scheduler
-            elif error is None and job.next is not None and job.next.sent_to is worker:
-                # The worker saw no failure (this side could not read the result), so it has gone on
-                # to the call sent behind: that one runs now, and a stop must stop it as such.
+                if nxt is not None and nxt.chained and worker.job is nxt:
+                    self._put(worker, encode(Fed(job.call.call_id)))   # it waits for this to start
+            elif error is None and nxt is not None and nxt.sent_to is worker:
+                # The worker saw no failure (this side could not read the result): it waits to start a
+                # call that takes the outputs (the run has none: that call is taken back), and goes on
+                # to any other call sent behind, which runs now: a stop must stop it as such.
+                if nxt.chained:
+                    unread = self._unfeed(job, "ended with outputs that could not be read")
                 unfed = self._follow_on(job, worker)
             if worker.idle:
                 self._feed(worker)
+            self._write_out(only=worker)   # it may be waiting for this: before the scheduler's turn
         _end_unfed(unfed)
+        for behind in unread:
+            _end_unfed(behind)
         job.future.set_result(outcome)
         if not outcome.ok:   # now that the scheduler knows (it may have stopped the next one)
             with self._lock:

@@ -473,7 +473,7 @@ class Engine:
         assert self._lining is not None
         run, call, slot = work.run, work.calls[tid], work.grants[tid]
         task = run.plan.tasks[tid]
-        if (slot.line[-1] is not call or run.cancelling or task.spec.options.retries
+        if (slot.line[-1] is not call or len(slot.line) >= LINE_DEPTH or run.cancelling or task.spec.options.retries
                 or not self._quick(call.code.key)):
             return
         for child in work.below[tid]:
