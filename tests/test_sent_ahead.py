@@ -456,3 +456,13 @@ def test_the_next_link_of_a_result_the_driver_cannot_read_is_skipped_and_never_r
     assert [ends[t.task_id] for t in links[19:22]] == ["finish_task", "task_exception", "task_skipped"]
     assert summary["skipped_tasks"] == [t.task_id for t in links[21:]]
     assert sorted(int(p.name.split("-")[1]) for p in tmp_path.iterdir()) == list(range(21))
+
+
+def test_several_calls_lined_up_one_behind_another_all_wait_on_the_worker_and_run_in_order(backend):
+    first = backend.submit(_call("m0", 0.3), _quiet)
+    behind = [backend.submit_behind(_call(f"m{i}", 0.05), _quiet, behind=f"run:m{i - 1}:1") for i in range(1, 4)]
+    assert all(_holder(backend, f"run:m{i}:1") is not None for i in range(1, 4))   # all on m0's worker
+    results = [f.result(10).result for f in [first, *behind]]
+    assert all(r is not None for r in results)
+    assert len({r["pid"] for r in results}) == 1
+    assert all(later["start"] >= earlier["end"] for earlier, later in zip(results, results[1:]))

@@ -102,9 +102,11 @@ _NO_CODE = ShippedCode("", b"")  # in calls whose function could not be pickled 
 # lined-up task reads as submitted while it waits, so it must not wait long.
 QUICK_S = 0.005
 # How many quick calls share one grant at most: the one running and those lined up behind it. Deep
-# enough that a worker rarely waits for this thread, and its calls can travel, and their results
-# be read, several at a time; shallow enough that a line waits a few tens of ms at most.
-LINE_DEPTH = 8
+# enough that a worker rarely waits for this thread, and that its calls travel, and their results
+# are read, several at a time; shallow enough that when a function turns slow (a larger input), few
+# of its calls are stuck on one worker behind a slow one while another worker idles. 8 deep made
+# the 10,000-task DAG about a tenth quicker than 4, but a slow tail a third slower (docs/benchmarks.md).
+LINE_DEPTH = 4
 _below: PerPlan[Mapping[str, list[str]]] = PerPlan()   # each plan's dependents, for every run of it
 
 
