@@ -323,12 +323,20 @@ def step(params):
         return {"y": _np.full(params["size"], params["x"], dtype=_np.int64), "pid": _os.getpid()}
     if params["fail"]:
         raise RuntimeError("this link fails")
-    return {"y": params["x"] + 1, "pid": _os.getpid()}
+    pid: object = _os.getpid()
+    if params["junk"]:   # a class of a module only this worker has: the driver cannot read it
+        import sys as _sys
+        import types as _types
+
+        module = _sys.modules.setdefault("made_in_the_worker", _types.ModuleType("made_in_the_worker"))
+        module.Made = type("Made", (), {"__module__": "made_in_the_worker"})
+        pid = module.Made()
+    return {"y": params["x"] + 1, "pid": pid}
 
 
 def _step(name: str, x, seconds: float = 0.0, *, marker: str = "", size: int = 0, fail: bool = False,
-          timeout: float | None = None) -> TaskCall:
-    constants = {"seconds": seconds, "marker": marker, "size": size, "fail": fail}
+          junk: bool = False, timeout: float | None = None) -> TaskCall:
+    constants = {"seconds": seconds, "marker": marker, "size": size, "fail": fail, "junk": junk}
     inputs = {}
     if isinstance(x, int):
         constants["x"] = x
@@ -347,13 +355,15 @@ def _link_behind(backend: LocalBackend, name: str, ahead: str, **kw):
     return backend.submit_behind(_step(name, upcoming["y"], **kw), _quiet, behind=f"run:{ahead}:1")
 
 
-def test_a_link_taking_the_outputs_of_the_call_ahead_waits_on_its_worker_and_takes_them_there(backend):
+def test_a_link_taking_the_outputs_of_the_call_ahead_goes_to_its_worker_once_a_call_is_lined_up_behind_it(backend):
     first = backend.submit(_step("l1", 41, 0.3), _quiet)
     second = _link_behind(backend, "l2", "l1")
-    assert _holder(backend, "run:l2:1") is not None     # sent before l1 ended: the worker fills its input in
-    a, b = first.result(10).result, second.result(10).result
-    assert a is not None and b is not None
-    assert (a["y"], b["y"]) == (42, 43) and a["pid"] == b["pid"]
+    assert _holder(backend, "run:l2:1") is None          # alone: it goes when l1's result arrives
+    third = backend.submit_behind(_step("l3", 7), _quiet, behind="run:l2:1")
+    assert _holder(backend, "run:l2:1") is not None and _holder(backend, "run:l3:1") is not None
+    a, b, c = (f.result(10).result for f in (first, second, third))
+    assert a is not None and b is not None and c is not None
+    assert (a["y"], b["y"], c["y"]) == (42, 43, 8) and a["pid"] == b["pid"] == c["pid"]
 
 
 def test_a_large_output_taken_on_the_worker_reaches_the_next_link_and_leaves_no_file(backend):
@@ -362,9 +372,10 @@ def test_a_large_output_taken_on_the_worker_reaches_the_next_link_and_leaves_no_
     before = set(Path(_packing._SHM_DIR).iterdir())
     first = backend.submit(_step("s1", 7, 0.3, size=300_000), _quiet)   # 2.4 MB: through shared memory
     second = _link_behind(backend, "s2", "s1", size=300_000)
+    third = backend.submit_behind(_step("s3", 1), _quiet, behind="run:s2:1")
     assert _holder(backend, "run:s2:1") is not None
     a, b = first.result(10).result, second.result(10).result
-    assert a is not None and b is not None
+    assert a is not None and b is not None and third.result(10).ok
     assert np.array_equal(b["y"], np.full(300_000, 7)) and a["pid"] == b["pid"]
     del a, b, first, second
     import gc
@@ -377,28 +388,45 @@ def test_a_link_behind_a_call_stopped_before_it_started_is_stopped_with_it(backe
     marker = tmp_path / "k3"
     head = backend.submit(_step("k1", 0, 0.4), _quiet)
     middle = backend.submit_behind(_step("k2", 1), _quiet, behind="run:k1:1")
-    last = _link_behind(backend, "k3", "k2", marker=str(marker))
-    assert _holder(backend, "run:k2:1") is not None and _holder(backend, "run:k3:1") is not None
+    link = _link_behind(backend, "k3", "k2", marker=str(marker))
+    last = backend.submit_behind(_step("k4", 4), _quiet, behind="run:k3:1")
+    assert all(_holder(backend, f"run:k{i}:1") is not None for i in (2, 3, 4))
     backend.stop("run:k2:1")
     assert middle.result(10).error.kind is Failure.CANCELLED
-    stopped = last.result(10).error
+    stopped = link.result(10).error
     assert stopped is not None and stopped.kind is Failure.CANCELLED and "was stopped" in stopped.error
     assert head.result(10).ok
-    # The worker goes on with new calls; the link never ran (on k1's outputs, or any).
-    assert all(backend.submit(_step(f"k{i}", i), _quiet).result(10).ok for i in range(4, 8))
+    after = last.result(10).result                       # it takes nothing of theirs: it runs, after k1
+    assert after is not None and after["y"] == 5
     time.sleep(0.2)
-    assert not marker.exists()
+    assert not marker.exists()                           # the link never ran (on k1's outputs, or any)
 
 
-def test_after_the_worker_is_killed_a_link_sent_ahead_follows_its_call_elsewhere(backend):
+def test_after_the_worker_is_killed_links_sent_ahead_follow_their_calls_elsewhere(backend):
     head = backend.submit(_step("t1", 0, 5.0, timeout=0.5), _quiet)
     middle = backend.submit_behind(_step("t2", 10), _quiet, behind="run:t1:1")
-    last = _link_behind(backend, "t3", "t2")
-    assert _holder(backend, "run:t2:1") is not None and _holder(backend, "run:t3:1") is not None
-    assert head.result(10).error.kind is Failure.TIMED_OUT   # its worker was killed, with both waiting there
-    b, c = middle.result(10).result, last.result(10).result
-    assert b is not None and c is not None
-    assert (b["y"], c["y"]) == (11, 12) and b["pid"] == c["pid"]
+    link = _link_behind(backend, "t3", "t2")
+    last = backend.submit_behind(_step("t4", 20), _quiet, behind="run:t3:1")
+    assert all(_holder(backend, f"run:t{i}:1") is not None for i in (2, 3, 4))
+    assert head.result(10).error.kind is Failure.TIMED_OUT   # its worker was killed, with all three waiting there
+    b, c, d = (f.result(10).result for f in (middle, link, last))
+    assert b is not None and c is not None and d is not None
+    assert (b["y"], c["y"], d["y"]) == (11, 12, 21) and b["pid"] == c["pid"]
+
+
+def test_a_link_sent_ahead_of_a_result_the_driver_cannot_read_is_taken_back_unrun(backend, tmp_path):
+    marker = tmp_path / "v2"
+    first = backend.submit(_step("v1", 1, 0.3, junk=True), _quiet)
+    link = _link_behind(backend, "v2", "v1", marker=str(marker))
+    last = backend.submit_behind(_step("v3", 3), _quiet, behind="run:v2:1")
+    assert _holder(backend, "run:v2:1") is not None       # on the worker, which would have v1's outputs at hand
+    assert "could not be unpickled" in first.result(10).error.error
+    taken_back = link.result(10).error
+    assert taken_back is not None and taken_back.kind is Failure.CANCELLED and "could not be read" in taken_back.error
+    after = last.result(10).result
+    assert after is not None and after["y"] == 4
+    time.sleep(0.2)
+    assert not marker.exists()
 
 
 @task(inputs=["i", "blob"], outputs=["i", "blob"])

@@ -276,23 +276,34 @@ class LocalBackend:
         _end_unfed(unfed)
         return job.future
 
-    def _send_ahead(self, head: _Job, job: _Job) -> None:
-        """Send ``job``, lined up behind ``head``, to the worker that runs ``head`` last, if it can go now (lock held).
+    def _send_ahead(self, head: _Job, job: _Job, *, chain: bool = False) -> bool:
+        """Send ``job``, lined up behind ``head``, to the worker that runs ``head`` last, if it can go now
+        (lock held); whether it went.
 
         Only a call of the same code (the worker keeps the code it ran last,
         so it is there when the call starts) whose inputs are known or made by
-        ``head`` (the worker fills those in, see ``CallHeader.chain``), behind a
-        call that is not being stopped.
+        ``head``, behind a call that is not being stopped. One that takes
+        ``head``'s outputs (a chain's next link: the worker fills them in, see
+        ``CallHeader.chain``) goes only when another call is lined up behind
+        it (``chain``): alone, it would cost the worker a wait for the driver's
+        ``Fed`` as long as the wait for the call itself, and one more write.
         """
-        if head.stop_reason is not None or job.call.code.key != head.call.code.key \
-                or any(isinstance(v, _Upcoming) and v.outbox is not head.outbox for v in job.inputs.values()):
-            return
+        for v in job.inputs.values():
+            if isinstance(v, _Upcoming) and (v.outbox is not head.outbox or not chain):
+                return False
+        if head.stop_reason is not None or job.call.code.key != head.call.code.key:
+            return False
         worker = head.sent_to
         if worker is None:
             worker = next((w for w in self._workers if w.job is head), None)
+        if worker is None and head.behind is not None:   # a chain's link waiting here: it goes first
+            if self._send_ahead(head.behind, head, chain=True):
+                worker = head.sent_to
         if worker is not None and worker.last is head and not worker.retiring \
                 and worker.devices == (job.call.gpu_ids or None):
             self._send(worker, job, ahead=True)
+            return True
+        return False
 
     def upcoming_outputs(self, call_id: str) -> dict[str, _Upcoming] | None:
         """Handles for the outputs of a call that has not ended, for the call lined up behind it."""
