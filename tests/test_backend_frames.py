@@ -192,3 +192,27 @@ def test_a_writer_that_never_waits_keeps_what_the_socket_did_not_take_and_sends_
     finally:
         ours.close()
         theirs.close()
+
+
+def test_a_reader_polls_a_descriptor_numbered_past_fd_setsize():
+    import os
+    import resource
+    import socket
+
+    from maze.backends._wire import FrameReader
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft <= 1500:   # room for descriptor 1500 (within the hard limit, which no test may exceed)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    ours, theirs = socket.socketpair()
+    high = os.dup2(theirs.fileno(), 1500)   # a driver with many files open hands such numbers to its workers
+    try:
+        reader = FrameReader(high)
+        assert not reader.pending()
+        ours.sendall(b"\x00\x00\x00\x02hi")
+        assert reader.pending() and reader.recv_bytes() == b"hi"
+    finally:
+        os.close(high)
+        ours.close()
+        theirs.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -28,12 +28,14 @@ _CHUNK = 1 << 16
 class FrameReader:
     """The frames arriving on a file descriptor (a blocking socket)."""
 
-    __slots__ = ("_fd", "_buf", "_pos")
+    __slots__ = ("_fd", "_buf", "_pos", "_poll")
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._buf = bytearray()
         self._pos = 0   # where the first frame not taken yet begins in ``_buf``
+        self._poll = select.poll()   # not select(): a descriptor may be numbered past FD_SETSIZE
+        self._poll.register(fd, select.POLLIN)
 
     def fill(self, size: int = _CHUNK) -> None:
         """Read what has arrived, waiting for at least one byte; ``EOFError`` when the other end has closed."""
@@ -51,7 +53,7 @@ class FrameReader:
 
     def pending(self) -> bool:
         """Whether anything has arrived that is not taken: a frame, part of one, or bytes not read yet."""
-        return len(self._buf) > self._pos or bool(select.select([self._fd], [], [], 0)[0])
+        return len(self._buf) > self._pos or bool(self._poll.poll(0))
 
     def recv_bytes(self) -> bytes:
         """The next frame, reading (and waiting) until it is whole."""
