@@ -11,6 +11,7 @@ prints, or has a timeout; a quick call's start comes with its end.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from concurrent.futures import Future
@@ -652,12 +653,23 @@ def test_a_chain_of_quick_array_tasks_keeps_only_the_outputs_still_needed():
     assert peak[0] <= 12, f"{peak[0]} shared-memory files at once: earlier links' outputs were kept"
 
 
+def stamp_again(params):   # stamp's body under another code key: a call of it is not sent ahead behind stamp's
+    import os
+    import time as _time
+
+    start = _time.time()
+    _time.sleep(params["seconds"])
+    return {"pid": os.getpid(), "start": start, "end": _time.time()}
+
+
 def test_a_worker_stopped_as_its_call_ended_is_not_handed_the_next_one(backend):
     # The stop (a timeout, a cancel) kills the worker's group; if the call's result was already on
-    # its way, the call ends well, but the worker is dying and must not run the call lined up behind.
+    # its way, the call ends well, but the worker is dying and must not run the call lined up behind
+    # (waiting in the driver here: of other code; for one sent ahead, see test_sent_ahead.py).
     events = Events()
     first = backend.submit(_call("s1", 0.1), events.reporter("s1"))
-    second = backend.submit_behind(_call("s2"), events.reporter("s2"), behind="run:s1:1")
+    again = dataclasses.replace(_call("s2"), func=stamp_again, code=ship(stamp_again))
+    second = backend.submit_behind(again, events.reporter("s2"), behind="run:s1:1")
     time.sleep(0.02)
     with backend._lock:                      # the I/O thread reads s1's result, then waits here
         time.sleep(0.4)

@@ -494,3 +494,37 @@ def test_several_calls_lined_up_one_behind_another_all_wait_on_the_worker_and_ru
     assert all(r is not None for r in results)
     assert len({r["pid"] for r in results}) == 1
     assert all(later["start"] >= earlier["end"] for earlier, later in zip(results, results[1:]))
+
+
+def test_a_stop_that_comes_as_the_call_ends_kills_nothing_and_the_call_behind_runs_once(backend, tmp_path):
+    # The worker has ended a and gone on to b; the stop of a comes before the driver has read a's
+    # result (here: while it reports a's start, just before). Killing the worker then would stop
+    # b midway, and b would run a second time elsewhere.
+    from maze.core.protocol import TaskStarted
+
+    ran = tmp_path / "b-ran"
+
+    def report_a(event: object) -> None:
+        if isinstance(event, TaskStarted):
+            deadline = time.time() + 5
+            while not ran.exists() and time.time() < deadline:   # b has started on the worker
+                time.sleep(0.01)
+            backend.stop("run:w1:1")
+
+    first = backend.submit(_step("w1", 1, 0.3), report_a)
+    second = backend.submit_behind(_step("w2", 2, 0.5, marker=str(ran)), _quiet, behind="run:w1:1")
+    assert _holder(backend, "run:w2:1") is not None
+    a, b = first.result(10), second.result(10)
+    assert a.ok and b.ok                                  # a had ended: its result stands
+    assert a.result["pid"] == b.result["pid"]             # b ran once, where it started
+
+
+def test_a_running_call_stopped_with_calls_sent_behind_it_is_killed_and_they_run_once_elsewhere(backend, tmp_path):
+    head = backend.submit(_step("x1", 1, 5.0), _quiet)
+    behind = [backend.submit_behind(_step(f"x{i}", i), _quiet, behind=f"run:x{i - 1}:1") for i in (2, 3)]
+    assert all(_holder(backend, f"run:x{i}:1") is not None for i in (2, 3))
+    time.sleep(0.3)
+    backend.stop("run:x1:1")
+    assert head.result(10).error.kind is Failure.CANCELLED
+    results = [f.result(10).result for f in behind]
+    assert [r["y"] for r in results] == [3, 4]

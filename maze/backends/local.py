@@ -227,6 +227,7 @@ class LocalBackend:
         self._joining: list[_Worker] = []              # spawned, not yet registered with the selector
         self._unsent: dict[_Worker, None] = {}         # workers with frames put and not yet written
         self._stalled: dict[_Worker, bool] = {}        # workers whose socket took only part: watched for writing?
+        self._killing: dict[_Worker, _Job] = {}        # running calls to stop once the worker's frames are read
         self._io = threading.Thread(target=self._io_loop, name="maze-local-io", daemon=True)
         self._io.start()
         _live.add(self)
@@ -556,10 +557,43 @@ class LocalBackend:
             pass
 
     def _kill_running(self, job: _Job) -> None:
+        """Stop a running call: kill its worker's group (lock held).
+
+        If calls were sent behind it, the I/O thread does it, after reading
+        what the worker has sent: the call may have ended there already, its
+        result not read yet, and the worker gone on to the next one, which a
+        kill would stop midway (and run again elsewhere, never having been
+        seen to start). If its result is there, the call has ended and nothing
+        is killed.
+        """
         for w in self._workers:
             if w.job is job:
-                self._kill(w)
+                if w.ahead:
+                    self._killing[w] = job
+                    if threading.current_thread() is not self._io:
+                        self._wake()
+                else:
+                    self._kill(w)
                 return
+
+    def _kill_unless_ended(self) -> None:
+        """Carry out the kills that wait for a look at what the worker sent (I/O thread, lock not held).
+
+        A look: what has arrived, a few reads at most (a task printing without
+        pause must not hold this thread). A result read meanwhile takes the
+        kill back (``_on_done``).
+        """
+        with self._lock:
+            killing = list(self._killing.items())
+        for worker, job in killing:
+            for _ in range(4):
+                if worker.job is not job or not worker.reader.pending() or not self._on_readable(worker):
+                    break
+            with self._lock:
+                if self._killing.get(worker) is job:
+                    del self._killing[worker]
+                    if worker.job is job:
+                        self._kill(worker)
 
     def _send(self, worker: _Worker, job: _Job, *, ahead: bool = False) -> None:
         """Hand a job to an idle worker, or (``ahead``) behind the call it runs (lock held)."""
@@ -667,6 +701,8 @@ class LocalBackend:
                         self._selector.modify(w.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, w)
                         self._stalled[w] = True
                 deadline = self._enforce_timeouts()
+            if self._killing:
+                self._kill_unless_ended()
             timeout = max(0.0, deadline - time.monotonic()) if deadline is not None else None
             for key, events in self._selector.select(timeout):
                 if key.data is None:
@@ -684,17 +720,18 @@ class LocalBackend:
                 self._write_out(io=True)
         self._selector.close()
 
-    def _on_readable(self, worker: _Worker) -> None:
-        """Handle every frame the worker has sent, in one read when the frames are small."""
+    def _on_readable(self, worker: _Worker) -> bool:
+        """Handle every frame the worker has sent, in one read when the frames are small; whether it is still there."""
         reader = worker.reader
         try:
             reader.fill()
         except (EOFError, OSError):
             self._on_worker_exit(worker)
-            return
+            return False
         while reader.has_frame():
             if not self._on_frame(worker, decode(reader.recv_bytes())):
-                return   # it has gone (it died while sending)
+                return False   # it has gone (it died while sending)
+        return True
 
     def _on_frame(self, worker: _Worker, frame: Frame) -> bool:
         """Handle one frame of ``worker``; whether it is still there."""
@@ -770,7 +807,9 @@ class LocalBackend:
             worker.known.difference_update(done.dropped)
             worker.job = None
             self._jobs.pop(job.call.call_id, None)
-            if job.stop_reason is not None:
+            if self._killing.get(worker) is job:
+                del self._killing[worker]   # it ended before its kill: none (see _kill_running)
+            elif job.stop_reason is not None:
                 # Stopped (a timeout, a cancel) as it ended: its group is being killed, so the
                 # worker takes nothing more; the I/O thread reaps it like a retired one.
                 worker.retiring = True
@@ -841,6 +880,7 @@ class LocalBackend:
                 self._kill(worker)
             self._unsent.pop(worker, None)   # before its descriptor is closed (and maybe reused)
             self._stalled.pop(worker, None)
+            self._killing.pop(worker, None)
             self._selector.unregister(worker.sock)
             worker.sock.close()
             job, worker.job = worker.job, None
