@@ -47,7 +47,9 @@ for "started" and ``print()`` events ahead of the result. This pool is small:
   task (cancel, timeout) kills that group: the worker and every process its
   task started (a timeout runs from the worker's ``Started`` frame, sent at
   once for a call with a timeout; the I/O thread enforces it, see
-  :mod:`maze.backends._jobs`). A worker that dies
+  :mod:`maze.backends._jobs`). A call with calls sent behind it is killed
+  only after a look at what its worker has sent: if it has ended, the worker
+  may be running the next one, and nothing is killed. A worker that dies
   fails only its task, and the pool starts another when one is needed. (A
   Ctrl-C in a terminal therefore reaches the driver only; the driver cancels
   the run.)
