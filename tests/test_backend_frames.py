@@ -163,6 +163,7 @@ def test_a_frame_cut_short_by_the_other_end_closing_is_an_eof():
         reader.fill()
         assert reader.recv_bytes() == b"whole"
         assert not reader.has_frame() and reader.pending()
+        assert reader.readable()                             # the end of file: a read would not wait
         with pytest.raises(EOFError):
             reader.recv_bytes()
     finally:
@@ -216,3 +217,21 @@ def test_a_reader_polls_a_descriptor_numbered_past_fd_setsize():
         ours.close()
         theirs.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_part_of_a_frame_is_pending_but_not_readable_when_nothing_more_has_arrived():
+    import os
+    import struct
+
+    from maze.backends._wire import FrameReader
+
+    a, b = _pair()
+    try:
+        reader = FrameReader(b.fileno())
+        os.write(a.fileno(), struct.pack("!i", 10) + b"half")   # a writer stopped halfway through a frame
+        reader.fill()
+        assert reader.pending() and not reader.has_frame()
+        assert not reader.readable()                         # a look that must not wait reads no more
+    finally:
+        a.close()
+        b.close()

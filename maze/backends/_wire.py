@@ -53,7 +53,11 @@ class FrameReader:
 
     def pending(self) -> bool:
         """Whether anything has arrived that is not taken: a frame, part of one, or bytes not read yet."""
-        return len(self._buf) > self._pos or bool(self._poll.poll(0))
+        return len(self._buf) > self._pos or self.readable()
+
+    def readable(self) -> bool:
+        """Whether bytes not read yet have arrived: a read would not wait."""
+        return bool(self._poll.poll(0))
 
     def recv_bytes(self) -> bytes:
         """The next frame, reading (and waiting) until it is whole."""

@@ -581,15 +581,16 @@ class LocalBackend:
     def _kill_unless_ended(self) -> None:
         """Carry out the kills that wait for a look at what the worker sent (I/O thread, lock not held).
 
-        A look: what has arrived, a few reads at most (a task printing without
-        pause must not hold this thread). A result read meanwhile takes the
+        A look: what has arrived, a few reads at most, none that would wait (a
+        task printing without pause, or a worker stopped halfway through a
+        frame, must not hold this thread). A result read meanwhile takes the
         kill back (``_on_done``).
         """
         with self._lock:
             killing = list(self._killing.items())
         for worker, job in killing:
             for _ in range(4):
-                if worker.job is not job or not worker.reader.pending() or not self._on_readable(worker):
+                if worker.job is not job or not worker.reader.readable() or not self._on_readable(worker):
                     break
             with self._lock:
                 if self._killing.get(worker) is job:
