@@ -17,6 +17,7 @@ import time
 from concurrent.futures import Future
 
 import pytest
+from calls import call_taking_x
 
 from maze import MaClient, task
 from maze.backends.local import LocalBackend
@@ -419,17 +420,7 @@ def plus_one(params):
 
 
 def _link(name: str, x: object, seconds: float = 0.0, fail: bool = False) -> TaskCall:
-    constants = {"seconds": seconds, "fail": fail}
-    inputs = {}
-    if isinstance(x, int):
-        constants["x"] = x
-    else:
-        inputs["x"] = x
-    return TaskCall(
-        call_id=f"run:{name}:1", run_id="run", task_id=name, task_name=name, attempt=1, func=plus_one,
-        code=ship(plus_one), constants=constants, inputs=inputs,
-        outputs=("y", "pid", "start", "end"), resources=Resources(),
-    )
+    return call_taking_x(plus_one, name, x, ("y", "pid", "start", "end"), seconds=seconds, fail=fail)
 
 
 def test_a_call_lined_up_behind_another_takes_its_outputs_as_they_come(backend):

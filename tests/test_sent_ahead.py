@@ -17,6 +17,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
+from calls import call_taking_x
 
 from maze import MaClient, task
 from maze.backends import _packing
@@ -225,86 +226,78 @@ def _header(call_id: str, ahead: bool = True) -> bytes:
     return encode(CallHeader(call_id, call_id, "key", False, [], [], [], ("x",), False, ahead))
 
 
-def test_the_worker_drops_a_call_before_it_starts_and_after_a_failure_holds_until_go():
+@pytest.fixture
+def wire():
+    """The driver's end of a socket pair, and a worker's inbox on the other end."""
     ours, theirs = socket.socketpair()
     driver, worker = Connection(ours.detach()), Connection(theirs.detach())
-    inbox = _Inbox(FrameReader(worker.fileno()), worker.send_bytes)
-    try:
-        for frame in (_header("x"), _header("y"), encode(Drop("x"))):
+    yield driver, _Inbox(FrameReader(worker.fileno()), worker.send_bytes)
+    driver.close()
+    worker.close()
+
+
+def test_the_worker_drops_a_call_before_it_starts_and_after_a_failure_holds_until_go(wire):
+    driver, inbox = wire
+    for frame in (_header("x"), _header("y"), encode(Drop("x"))):
+        driver.send_bytes(frame)
+    call, _, packs = inbox.next_call()                  # x was dropped before its turn
+    assert call.call_id == "y" and packs == []
+    assert decode(driver.recv_bytes()) == Dropped("x", ran=False)
+    driver.send_bytes(_header("w", ahead=False))         # sent to an idle worker: no Drop can follow
+    driver.send_bytes(encode(Drop("v")))
+    assert inbox.next_call()[0].call_id == "w"          # taken without reading on
+    driver.send_bytes(encode(Drop("y")))                 # too late for y: moot
+    inbox.holding = True                                 # as after a failed call
+    driver.send_bytes(_header("z"))
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(inbox.next_call()[0].call_id))
+    reader.start()
+    reader.join(0.3)
+    assert reader.is_alive() and got == []              # z waits for the driver's go
+    driver.send_bytes(encode(Go()))
+    reader.join(5)
+    assert got == ["z"]
+    answers = [decode(driver.recv_bytes()) for _ in range(2)]
+    assert answers == [Dropped("v", ran=True), Dropped("y", ran=True)] or \
+        answers == [Dropped("y", ran=True), Dropped("v", ran=True)]   # too late: the driver must stop them
+    driver.send_bytes(b"")                               # goodbye
+    assert inbox.next_call() is None
+
+
+def test_a_call_taking_the_outputs_of_the_one_before_waits_until_the_driver_has_read_them(wire):
+    driver, inbox = wire
+    driver.send_bytes(_header("a", ahead=False))
+    driver.send_bytes(encode(CallHeader("b", "b", "key", False, [], ["x"], [None], ("x",), False, True,
+                                        ("a", [(0, "x")]))))
+    assert inbox.next_call()[0].call_id == "a"
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(inbox.next_call()[0].call_id))
+    reader.start()
+    reader.join(0.3)
+    assert reader.is_alive() and got == []              # a's result is not read yet: b waits
+    driver.send_bytes(encode(Fed("a")))
+    reader.join(5)
+    assert got == ["b"]
+    # Taken back instead (the driver could not read a's result): dropped, never run.
+    driver.send_bytes(encode(CallHeader("d", "d", "key", False, [], ["x"], [None], ("x",), False, True,
+                                        ("c", [(0, "x")]))))
+    driver.send_bytes(_header("e"))
+    driver.send_bytes(encode(Drop("d")))
+    assert inbox.next_call()[0].call_id == "e"
+    assert decode(driver.recv_bytes()) == Dropped("d", ran=False)
+
+
+def test_a_call_read_ahead_keeps_its_inputs_frames_in_order(wire):
+    driver, inbox = wire
+    small = _packing.pack(b"abc" * 10, "test-owner")
+    framed = _packing.pack(bytearray(b"z" * 1000), "test-owner")
+    for name, value in (("p", small), ("q", framed)):
+        driver.send_bytes(encode(CallHeader(name, name, "key", False, [], ["v"], [value.descriptor()], ("x",), False)))
+        for frame in value.frames:
             driver.send_bytes(frame)
-        call, _, packs = inbox.next_call()                  # x was dropped before its turn
-        assert call.call_id == "y" and packs == []
-        assert decode(driver.recv_bytes()) == Dropped("x", ran=False)
-        driver.send_bytes(_header("w", ahead=False))         # sent to an idle worker: no Drop can follow
-        driver.send_bytes(encode(Drop("v")))
-        assert inbox.next_call()[0].call_id == "w"          # taken without reading on
-        driver.send_bytes(encode(Drop("y")))                 # too late for y: moot
-        inbox.holding = True                                 # as after a failed call
-        driver.send_bytes(_header("z"))
-        got: list[str] = []
-        reader = threading.Thread(target=lambda: got.append(inbox.next_call()[0].call_id))
-        reader.start()
-        reader.join(0.3)
-        assert reader.is_alive() and got == []              # z waits for the driver's go
-        driver.send_bytes(encode(Go()))
-        reader.join(5)
-        assert got == ["z"]
-        answers = [decode(driver.recv_bytes()) for _ in range(2)]
-        assert answers == [Dropped("v", ran=True), Dropped("y", ran=True)] or \
-            answers == [Dropped("y", ran=True), Dropped("v", ran=True)]   # too late: the driver must stop them
-        driver.send_bytes(b"")                               # goodbye
-        assert inbox.next_call() is None
-    finally:
-        driver.close()
-        worker.close()
-
-
-def test_a_call_taking_the_outputs_of_the_one_before_waits_until_the_driver_has_read_them():
-    ours, theirs = socket.socketpair()
-    driver, worker = Connection(ours.detach()), Connection(theirs.detach())
-    inbox = _Inbox(FrameReader(worker.fileno()), worker.send_bytes)
-    try:
-        driver.send_bytes(_header("a", ahead=False))
-        driver.send_bytes(encode(CallHeader("b", "b", "key", False, [], ["x"], [None], ("x",), False, True,
-                                            ("a", [(0, "x")]))))
-        assert inbox.next_call()[0].call_id == "a"
-        got: list[str] = []
-        reader = threading.Thread(target=lambda: got.append(inbox.next_call()[0].call_id))
-        reader.start()
-        reader.join(0.3)
-        assert reader.is_alive() and got == []              # a's result is not read yet: b waits
-        driver.send_bytes(encode(Fed("a")))
-        reader.join(5)
-        assert got == ["b"]
-        # Taken back instead (the driver could not read a's result): dropped, never run.
-        driver.send_bytes(encode(CallHeader("d", "d", "key", False, [], ["x"], [None], ("x",), False, True,
-                                            ("c", [(0, "x")]))))
-        driver.send_bytes(_header("e"))
-        driver.send_bytes(encode(Drop("d")))
-        assert inbox.next_call()[0].call_id == "e"
-        assert decode(driver.recv_bytes()) == Dropped("d", ran=False)
-    finally:
-        driver.close()
-        worker.close()
-
-
-def test_a_call_read_ahead_keeps_its_inputs_frames_in_order():
-    ours, theirs = socket.socketpair()
-    driver, worker = Connection(ours.detach()), Connection(theirs.detach())
-    inbox = _Inbox(FrameReader(worker.fileno()), worker.send_bytes)
-    try:
-        small = _packing.pack(b"abc" * 10, "test-owner")
-        framed = _packing.pack(bytearray(b"z" * 1000), "test-owner")
-        for name, value in (("p", small), ("q", framed)):
-            driver.send_bytes(encode(CallHeader(name, name, "key", False, [], ["v"], [value.descriptor()], ("x",), False)))
-            for frame in value.frames:
-                driver.send_bytes(frame)
-        first, second = inbox.next_call(), inbox.next_call()
-        assert _packing.unpack(first[2][0]) == b"abc" * 10
-        assert _packing.unpack(second[2][0]) == bytearray(b"z" * 1000)
-    finally:
-        driver.close()
-        worker.close()
+    first, second = inbox.next_call(), inbox.next_call()
+    assert _packing.unpack(first[2][0]) == b"abc" * 10
+    assert _packing.unpack(second[2][0]) == bytearray(b"z" * 1000)
 
 
 # -- a call that takes the outputs of the call ahead of it (a chain's next link) -----------------
@@ -336,17 +329,8 @@ def step(params):
 
 def _step(name: str, x, seconds: float = 0.0, *, marker: str = "", size: int = 0, fail: bool = False,
           junk: bool = False, timeout: float | None = None) -> TaskCall:
-    constants = {"seconds": seconds, "marker": marker, "size": size, "fail": fail, "junk": junk}
-    inputs = {}
-    if isinstance(x, int):
-        constants["x"] = x
-    else:
-        inputs["x"] = x
-    return TaskCall(
-        call_id=f"run:{name}:1", run_id="run", task_id=name, task_name=name, attempt=1, func=step,
-        code=ship(step), constants=constants, inputs=inputs, outputs=("y", "pid"), resources=Resources(),
-        timeout=timeout,
-    )
+    return call_taking_x(step, name, x, ("y", "pid"), timeout=timeout, seconds=seconds, marker=marker, size=size,
+                         fail=fail, junk=junk)
 
 
 def _link_behind(backend: LocalBackend, name: str, ahead: str, **kw):

@@ -437,8 +437,9 @@ def _serve(fd: int, parent: int, owner: str) -> None:
         dropped = code.trim()
         if code_key not in code:  # it failed to load: the driver must send it again next time
             dropped.append(code_key)
-        done = encode(Done(call_id, keys, error, started, time.time(), [p.descriptor() for p in out], dropped))
-        announcer.end([done, *(frame for p in out for frame in p.frames)])
+        frames = [encode(Done(call_id, keys, error, started, time.time(), [p.descriptor() for p in out], dropped))]
+        _packing.send(frames.append, out)
+        announcer.end(frames)
         inbox.holding = error is not None
         # Drop references now, so an idle worker does not hold the last task's data (``made`` keeps
         # only its outputs' pickles and small buffers, for a call sent behind it that takes them).
