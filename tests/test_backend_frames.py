@@ -61,7 +61,7 @@ def test_error_frame_keeps_its_kind():
 
 
 def test_ray_frames_round_trip():
-    import maze.backends.ray as ray_backend  # Ray is a test dependency; importing starts nothing
+    import maze.backends._ray_task as ray_backend  # Ray is a test dependency; importing starts nothing
     note = ray_backend.StartNote("c1", "127.0.0.1", "node", "worker", (0,), 1.5, 4242)
     frames = [
         (ray_backend.RayCall("session", "key", "c1", "t1", {"a": 1}, ["b"], ("out",), False),

@@ -497,13 +497,13 @@ class LinedUp:
     """Counts the calls the scheduler lines up behind the one whose outputs they take."""
 
     def __init__(self, monkeypatch) -> None:
-        from maze.backends import local
+        from maze.backends._local_records import Upcoming
 
         self.count = 0
         submit_behind = LocalBackend.submit_behind
 
         def spy(backend, call, report, behind):
-            if any(isinstance(v, local._Upcoming) for v in call.inputs.values()):
+            if any(isinstance(v, Upcoming) for v in call.inputs.values()):
                 self.count += 1
             return submit_behind(backend, call, report, behind)
 

@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from maze import task
-from maze.backends import ray as ray_backend
+from maze.backends import _ray_task as ray_task
 
 
 def ray_env(**extra: str) -> dict[str, str]:
@@ -203,16 +203,16 @@ def test_a_stopped_task_takes_its_subprocesses_with_it(tmp_path):
 def test_a_group_is_killed_only_once_its_leader_is_gone(monkeypatch):
     # The kill runs on the stopped worker's node; a worker still alive had finished
     # its task before the cancel and may run another, whose processes it must spare.
-    monkeypatch.setattr(ray_backend, "_KILL_WAIT_S", 0.5)
+    monkeypatch.setattr(ray_task, "KILL_WAIT_S", 0.5)
     leader = subprocess.Popen(["sh", "-c", "sleep 300 & echo $!; wait"], stdout=subprocess.PIPE, text=True,
                               start_new_session=True)
     child = int(leader.stdout.readline())
     try:
-        ray_backend._kill_group(leader.pid)
+        ray_task.kill_group(leader.pid)
         assert not gone(leader.pid) and not gone(child)
         leader.kill()
         leader.wait()
-        ray_backend._kill_group(leader.pid)
+        ray_task.kill_group(leader.pid)
         deadline = time.monotonic() + 5
         while not gone(child) and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -65,25 +65,29 @@ longer exist.
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import selectors
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
 from maze.backends import _packing
-from maze.backends._jobs import Job, sweep
-from maze.backends._wire import FrameReader, FrameWriter
+from maze.backends._jobs import sweep
+from maze.backends._local_records import (
+    Constant,
+    DeviceKey,
+    LocalJob,
+    Outbox,
+    Unfed,
+    Upcoming,
+    Worker,
+    describe_exit,
+    end_unfed,
+)
 from maze.backends._worker import (
     CallHeader,
     Done,
@@ -102,106 +106,9 @@ from maze.core.errors import BackendError
 from maze.core.protocol import Reporter, TaskCall, TaskError, TaskLog, TaskOutcome, TaskStarted
 from maze.core.resources import Capacity, detect_capacity, usable_cpus
 
-DeviceKey = tuple[int, ...] | None
-
-_BOOT = (
-    "import sys, json; sys.path[:0] = [p for p in json.loads(sys.argv[4]) if p not in sys.path]; "
-    "from maze.backends._worker import main; main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])"
-)
-
-
 # A constant whose pickle is at least this large is packed once per run, not
 # once per call; below it, the bookkeeping would cost more than packing again.
 _CACHED_CONSTANT_BYTES = 64 << 10
-
-
-@dataclass(eq=False)
-class _Constant:
-    """A constant input, packed.
-
-    Holding ``value`` keeps its ``id`` (part of the cache key) from being reused
-    while a cache entry for it exists.
-    """
-
-    value: Any
-    packed: _packing.Packed
-
-
-@dataclass(eq=False, kw_only=True)
-class _Job(Job):
-    constants: list[_Constant]             # packed ``call.constants``, in order; alive as long as the job
-    inputs: dict[str, Any]                 # ``call.inputs``, with the upcoming outputs filled in once known
-    outbox: _Outbox                        # what it returned, for calls lined up behind it that take it
-    started: bool = False                  # its start was reported
-    sent_at: float | None = None           # when it was handed to a worker (time.time())
-    sent_to: _Worker | None = None         # the worker it was sent to, lined up behind that worker's call
-    next: _Job | None = None               # the call lined up behind this one (submit_behind)
-    behind: _Job | None = None             # the call this one is lined up behind, until that one ends
-    chained: bool = False                  # sent ahead taking outputs of the call before it there (waits for Fed)
-
-
-@dataclass(eq=False)
-class _Outbox:
-    """The outputs of one call, once it has ended well.
-
-    Apart from the call's job so that a lined-up call holds the outputs it
-    takes and nothing more: holding the job would hold its inputs, which may be
-    the outbox of the call before it, and so on down a chain.
-    """
-
-    call_id: str
-    outputs: Mapping[str, _packing.Packed] | None = None
-
-
-@dataclass(frozen=True, eq=False)
-class _Upcoming:
-    """An output of a call that has not ended yet, in the inputs of the call lined up behind it."""
-
-    outbox: _Outbox
-    key: str
-
-
-@dataclass(frozen=True, eq=False)
-class _Unfed:
-    """A job dropped because an output it takes will never be made, and why."""
-
-    job: _Job
-    error: TaskError
-
-
-def _end_unfed(unfed: _Unfed | None) -> None:
-    """Resolve a dropped job's future (with the backend's lock released: the scheduler's callbacks run)."""
-    if unfed is not None:
-        unfed.job.future.set_result(TaskOutcome(error=unfed.error))
-
-
-@dataclass(eq=False)
-class _Worker:
-    proc: subprocess.Popen[bytes]
-    sock: socket.socket                             # read and written through the two below
-    devices: DeviceKey
-    reader: FrameReader = field(init=False)         # I/O thread only
-    writer: FrameWriter = field(init=False)         # under the backend's lock; never waits (see _write_out)
-    host: str = ""
-    known: set[str] = field(default_factory=set)   # content keys of the code this worker holds
-    job: _Job | None = None                         # the call it runs (or is about to)
-    ahead: deque[_Job] = field(default_factory=deque)  # calls sent behind ``job``, in order, not started yet
-    dropping: set[str] = field(default_factory=set)  # calls told to drop, not yet answered (they may run)
-    retiring: bool = False                          # told to exit; not an error when it ends
-
-    def __post_init__(self) -> None:
-        sock = self.sock
-        self.reader = FrameReader(sock.fileno())
-        self.writer = FrameWriter(sock.fileno(), lambda view: sock.send(view, socket.MSG_DONTWAIT))
-
-    @property
-    def idle(self) -> bool:
-        return self.job is None and not self.ahead and not self.dropping and not self.retiring
-
-    @property
-    def last(self) -> _Job | None:
-        """The call this worker will run last of those it holds."""
-        return self.ahead[-1] if self.ahead else self.job
 
 
 class LocalBackend:
@@ -214,11 +121,11 @@ class LocalBackend:
         self._pid = os.getpid()
         self.max_workers = max_workers or max(4, 2 * cpus)
         self._lock = threading.Lock()
-        self._workers: list[_Worker] = []          # every worker process not yet reaped, retiring ones too
-        self._queue: deque[_Job] = deque()
-        self._jobs: dict[str, _Job] = {}           # call id -> job, queued or running
+        self._workers: list[Worker] = []          # every worker process not yet reaped, retiring ones too
+        self._queue: deque[LocalJob] = deque()
+        self._jobs: dict[str, LocalJob] = {}           # call id -> job, queued or running
         # (run id, id(value)) -> a large constant, packed; an entry lives while a job holds it.
-        self._constants: weakref.WeakValueDictionary[tuple[str, int], _Constant] = weakref.WeakValueDictionary()
+        self._constants: weakref.WeakValueDictionary[tuple[str, int], Constant] = weakref.WeakValueDictionary()
         self._owner = _packing.new_owner()   # names the shared-memory files of this backend's values
         self._closed = False
         _packing.remove_orphaned_files()
@@ -226,10 +133,10 @@ class LocalBackend:
         self._wake_r.setblocking(False)
         self._selector = selectors.DefaultSelector()   # used by the I/O thread only
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._joining: list[_Worker] = []              # spawned, not yet registered with the selector
-        self._unsent: dict[_Worker, None] = {}         # workers with frames put and not yet written
-        self._stalled: dict[_Worker, bool] = {}        # workers whose socket took only part: watched for writing?
-        self._killing: dict[_Worker, _Job] = {}        # running calls to stop once the worker's frames are read
+        self._joining: list[Worker] = []              # spawned, not yet registered with the selector
+        self._unsent: dict[Worker, None] = {}         # workers with frames put and not yet written
+        self._stalled: dict[Worker, bool] = {}        # workers whose socket took only part: watched for writing?
+        self._killing: dict[Worker, LocalJob] = {}        # running calls to stop once the worker's frames are read
         self._io = threading.Thread(target=self._io_loop, name="maze-local-io", daemon=True)
         self._io.start()
         _live.add(self)
@@ -256,7 +163,7 @@ class LocalBackend:
             if unfed is None:
                 self._place(job)
             self._write_out()
-        _end_unfed(unfed)
+        end_unfed(unfed)
         return job.future
 
     def submit_behind(self, call: TaskCall, report: Reporter, behind: str) -> Future[TaskOutcome]:
@@ -276,10 +183,10 @@ class LocalBackend:
                 if unfed is None:
                     self._place(job)
             self._write_out()
-        _end_unfed(unfed)
+        end_unfed(unfed)
         return job.future
 
-    def _send_ahead(self, head: _Job, job: _Job, *, chain: bool = False) -> bool:
+    def _send_ahead(self, head: LocalJob, job: LocalJob, *, chain: bool = False) -> bool:
         """Send ``job``, lined up behind ``head``, to the worker that runs ``head`` last, if it can go now
         (lock held); whether it went.
 
@@ -292,7 +199,7 @@ class LocalBackend:
         ``Fed`` as long as the wait for the call itself, and one more write.
         """
         for v in job.inputs.values():
-            if isinstance(v, _Upcoming) and (v.outbox is not head.outbox or not chain):
+            if isinstance(v, Upcoming) and (v.outbox is not head.outbox or not chain):
                 return False
         if head.stop_reason is not None or job.call.code.key != head.call.code.key:
             return False
@@ -308,20 +215,20 @@ class LocalBackend:
             return True
         return False
 
-    def upcoming_outputs(self, call_id: str) -> dict[str, _Upcoming] | None:
+    def upcoming_outputs(self, call_id: str) -> dict[str, Upcoming] | None:
         """Handles for the outputs of a call that has not ended, for the call lined up behind it."""
         with self._lock:
             job = self._jobs.get(call_id)
-            return None if job is None else {key: _Upcoming(job.outbox, key) for key in job.call.outputs}
+            return None if job is None else {key: Upcoming(job.outbox, key) for key in job.call.outputs}
 
-    def _fill_in(self, job: _Job) -> _Unfed | None:
+    def _fill_in(self, job: LocalJob) -> Unfed | None:
         """Fill in the upcoming outputs ``job`` takes, before it is sent (lock held).
 
         If one of them never will be (its call ended badly), ``job`` is dropped
-        and returned with why, for :func:`_end_unfed` once the lock is released.
+        and returned with why, for :func:`end_unfed` once the lock is released.
         """
         for key, value in job.inputs.items():
-            if not isinstance(value, _Upcoming):
+            if not isinstance(value, Upcoming):
                 continue
             outbox = value.outbox
             if outbox.outputs is not None:
@@ -331,11 +238,11 @@ class LocalBackend:
                                    f"{outbox.call_id!r}, still going, without being lined up behind it")
             else:
                 self._jobs.pop(job.call.call_id, None)
-                return _Unfed(job, TaskError.cancelled(
+                return Unfed(job, TaskError.cancelled(
                     job.call.task_id, f"the call whose {value.key!r} it takes ended without outputs"))
         return None
 
-    def _new_job(self, call: TaskCall, report: Reporter) -> _Job:
+    def _new_job(self, call: TaskCall, report: Reporter) -> LocalJob:
         """A job for ``call`` with its constants packed; its future is failed already if one cannot be."""
         future: Future[TaskOutcome] = Future()
         future.set_running_or_notify_cancel()
@@ -348,15 +255,15 @@ class LocalBackend:
                     type(exc).__name__, f"the input {key!r} of task {call.task_id!r} could not be pickled: {exc}"
                 )))
                 break
-        return _Job(call, report, future, constants=constants, inputs=dict(call.inputs), outbox=_Outbox(call.call_id))
+        return LocalJob(call, report, future, constants=constants, inputs=dict(call.inputs), outbox=Outbox(call.call_id))
 
-    def _admit(self, job: _Job) -> None:
+    def _admit(self, job: LocalJob) -> None:
         """Take a new job in (lock held)."""
         if self._closed:
             raise BackendError("the local backend is closed; create a new MaClient")
         self._jobs[job.call.call_id] = job
 
-    def _place(self, job: _Job) -> None:
+    def _place(self, job: LocalJob) -> None:
         """Send a job to an idle worker, or queue it (lock held)."""
         worker = self._idle_worker(job.call.gpu_ids or None)
         if worker is None:
@@ -364,7 +271,7 @@ class LocalBackend:
         else:
             self._send(worker, job)
 
-    def _follow_on(self, job: _Job, worker: _Worker | None) -> _Unfed | None:
+    def _follow_on(self, job: LocalJob, worker: Worker | None) -> Unfed | None:
         """``job`` ended: start the call lined up behind it, on ``worker`` when given, else anywhere (lock held).
 
         That call is not started if it takes outputs ``job`` did not make (see :meth:`_fill_in`).
@@ -423,21 +330,21 @@ class LocalBackend:
                 return
             self._write_out()
         job.future.set_result(TaskOutcome(error=reason))
-        _end_unfed(unfed)
+        end_unfed(unfed)
         for behind in unfed_behind:
-            _end_unfed(behind)
+            end_unfed(behind)
 
-    def _unfeed(self, job: _Job, why: str) -> list[_Unfed]:
+    def _unfeed(self, job: LocalJob, why: str) -> list[Unfed]:
         """``job`` will make no outputs: take the calls lined up behind it that take them out (lock held).
 
         Such a call would never be fed; and one on a worker must never start
         there, where it would find the outputs of the call before ``job``. So
         for a call behind it that takes the outputs of one taken out, and so on.
-        Returned for :func:`_end_unfed` once the lock is released.
+        Returned for :func:`end_unfed` once the lock is released.
         """
         gone, out = {job.outbox}, []
         while (nxt := job.next) is not None and any(
-                isinstance(v, _Upcoming) and v.outbox in gone for v in nxt.inputs.values()):
+                isinstance(v, Upcoming) and v.outbox in gone for v in nxt.inputs.values()):
             job.next = nxt.next
             if nxt.next is not None:
                 nxt.next.behind = job
@@ -445,11 +352,11 @@ class LocalBackend:
             self._jobs.pop(nxt.call.call_id, None)
             self._drop(nxt)
             gone.add(nxt.outbox)
-            out.append(_Unfed(nxt, TaskError.cancelled(
+            out.append(Unfed(nxt, TaskError.cancelled(
                 nxt.call.task_id, f"the call of task {job.call.task_id!r}, whose outputs it takes, {why}")))
         return out
 
-    def _drop(self, job: _Job) -> None:
+    def _drop(self, job: LocalJob) -> None:
         """Take back a call sent behind a worker's call, before it starts (lock held)."""
         holder, job.sent_to = job.sent_to, None
         if holder is not None:
@@ -468,7 +375,7 @@ class LocalBackend:
             for w in self._workers:
                 if w.job is not None:
                     w.job.stop_reason = TaskError.cancelled(w.job.call.task_id, _CLOSED)
-                    self._kill(w)
+                    w.kill_group()
                 elif not w.retiring:
                     self._retire(w)
             self._write_out()
@@ -478,7 +385,7 @@ class LocalBackend:
         if self._io.is_alive():  # an idle worker did not exit in time (e.g. a task left a thread running)
             with self._lock:
                 for w in self._workers:
-                    self._kill(w)
+                    w.kill_group()
             self._io.join(timeout=5.0)
         for job in pending:
             if not job.future.done():
@@ -496,40 +403,29 @@ class LocalBackend:
 
     # -- constants ----------------------------------------------------------------------
 
-    def _constant(self, run_id: str, value: Any) -> _Constant:
+    def _constant(self, run_id: str, value: Any) -> Constant:
         """``value`` packed; a large one once per run, so a fan-out that passes one big array packs it once."""
         key = (run_id, id(value))
         held = self._constants.get(key)
         if held is None:
             packed = _packing.pack(value, self._owner)
             packed.own_file()
-            held = _Constant(value, packed)
+            held = Constant(value, packed)
             if packed.nbytes >= _CACHED_CONSTANT_BYTES:
                 self._constants[key] = held
         return held
 
     # -- workers --------------------------------------------------------------------
 
-    def _spawn(self, devices: DeviceKey) -> _Worker:
-        ours, theirs = socket.socketpair()
-        env = None
-        if devices is not None:
-            env = dict(os.environ, CUDA_DEVICE_ORDER="PCI_BUS_ID", CUDA_VISIBLE_DEVICES=",".join(map(str, devices)))
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", _BOOT, str(theirs.fileno()), str(os.getpid()), self._owner, json.dumps(sys.path)],
-                pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
-                start_new_session=True,  # its own process group, so that killing the group stops its task's children
-            )
-        finally:
-            theirs.close()
-        worker = _Worker(proc, ours, devices)
+    def _spawn(self, devices: DeviceKey) -> Worker:
+        """Start a worker; the I/O thread takes it in on its next pass (lock held)."""
+        worker = Worker.start(devices, self._owner)
         self._workers.append(worker)
         self._joining.append(worker)
         self._wake()
         return worker
 
-    def _idle_worker(self, devices: DeviceKey) -> _Worker | None:
+    def _idle_worker(self, devices: DeviceKey) -> Worker | None:
         """An idle worker for this device set, started or recycled if need be (lock held)."""
         for w in self._workers:
             if w.idle and w.devices == devices:
@@ -542,23 +438,12 @@ class LocalBackend:
             self._retire(spare)
         return self._spawn(devices)
 
-    def _retire(self, worker: _Worker) -> None:
+    def _retire(self, worker: Worker) -> None:
         """Tell an idle worker to exit; the I/O thread reaps it when it has (lock held)."""
         worker.retiring = True
         self._put(worker, b"")  # the goodbye frame
 
-    def _kill(self, worker: _Worker) -> None:
-        """SIGKILL the worker's process group: the worker and every process its task started (lock held).
-
-        Safe from pid reuse: a worker leaves ``_workers`` (under the lock) before
-        it is reaped, so until then its pid, which names its group, is still ours.
-        """
-        try:
-            os.killpg(worker.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    def _kill_running(self, job: _Job) -> None:
+    def _kill_running(self, job: LocalJob) -> None:
         """Stop a running call: kill its worker's group (lock held).
 
         If calls were sent behind it, the I/O thread does it, after reading
@@ -575,7 +460,7 @@ class LocalBackend:
                     if threading.current_thread() is not self._io:
                         self._wake()
                 else:
-                    self._kill(w)
+                    w.kill_group()
                 return
 
     def _kill_unless_ended(self) -> None:
@@ -596,9 +481,9 @@ class LocalBackend:
                 if self._killing.get(worker) is job:
                     del self._killing[worker]
                     if worker.job is job:
-                        self._kill(worker)
+                        worker.kill_group()
 
-    def _send(self, worker: _Worker, job: _Job, *, ahead: bool = False) -> None:
+    def _send(self, worker: Worker, job: LocalJob, *, ahead: bool = False) -> None:
         """Hand a job to an idle worker, or (``ahead``) behind the call it runs (lock held)."""
         call = job.call
         code = call.code
@@ -606,13 +491,13 @@ class LocalBackend:
         packs: list[Any] = [c.packed for c in job.constants]
         packs += job.inputs.values()
         chain = None
-        job.chained = ahead and any(isinstance(p, _Upcoming) for p in packs)   # made by the call before it there
+        job.chained = ahead and any(isinstance(p, Upcoming) for p in packs)   # made by the call before it there
         if job.chained:
             assert worker.last is not None
-            chain = (worker.last.call.call_id, [(i, p.key) for i, p in enumerate(packs) if isinstance(p, _Upcoming)])
+            chain = (worker.last.call.call_id, [(i, p.key) for i, p in enumerate(packs) if isinstance(p, Upcoming)])
             descriptors: list[_packing.Descriptor | None] = [
-                None if isinstance(p, _Upcoming) else p.descriptor() for p in packs]
-            packs = [p for p in packs if not isinstance(p, _Upcoming)]
+                None if isinstance(p, Upcoming) else p.descriptor() for p in packs]
+            packs = [p for p in packs if not isinstance(p, Upcoming)]
         else:
             descriptors = [p.descriptor() for p in packs]
         header = encode(CallHeader(
@@ -631,12 +516,12 @@ class LocalBackend:
             worker.writer.put(code.data)
         _packing.send(worker.writer.put, packs)
 
-    def _put(self, worker: _Worker, frame: bytes) -> None:
+    def _put(self, worker: Worker, frame: bytes) -> None:
         """Queue a frame for ``worker``; it goes out with the others at :meth:`_write_out` (lock held)."""
         worker.writer.put(frame)
         self._unsent[worker] = None
 
-    def _write_out(self, *, io: bool = False, only: _Worker | None = None) -> None:
+    def _write_out(self, *, io: bool = False, only: Worker | None = None) -> None:
         """Write the frames queued for each worker, one write each (lock held).
 
         The I/O thread writes once per pass, after it has handled everything
@@ -663,7 +548,7 @@ class LocalBackend:
         if newly and not io:
             self._wake()
 
-    def _flush(self, worker: _Worker) -> bool:
+    def _flush(self, worker: Worker) -> bool:
         """Send what was put for ``worker``; whether its socket has just stopped taking it (lock held)."""
         try:
             if not worker.writer.flush() and worker not in self._stalled:
@@ -673,7 +558,7 @@ class LocalBackend:
             pass  # the worker died; the I/O thread reports it and fails its jobs
         return False
 
-    def _on_writable(self, worker: _Worker) -> None:
+    def _on_writable(self, worker: Worker) -> None:
         """A worker's socket takes more of what could not be sent at once (I/O thread)."""
         with self._lock:
             try:
@@ -723,7 +608,7 @@ class LocalBackend:
                 self._write_out(io=True)
         self._selector.close()
 
-    def _on_readable(self, worker: _Worker) -> bool:
+    def _on_readable(self, worker: Worker) -> bool:
         """Handle every frame the worker has sent, in one read when the frames are small; whether it is still there."""
         reader = worker.reader
         try:
@@ -736,7 +621,7 @@ class LocalBackend:
                 return False   # it has gone (it died while sending)
         return True
 
-    def _on_frame(self, worker: _Worker, frame: Frame) -> bool:
+    def _on_frame(self, worker: Worker, frame: Frame) -> bool:
         """Handle one frame of ``worker``; whether it is still there."""
         job = worker.job
         if isinstance(frame, Ready):
@@ -755,7 +640,7 @@ class LocalBackend:
             if frame.call_id in worker.dropping:   # still running: stop it as any stopped call
                 with self._lock:
                     worker.retiring = True
-                    self._kill(worker)
+                    worker.kill_group()
         elif isinstance(frame, Started):
             job.start_clock(time.monotonic())
             self._report_start(worker, job, frame.at)
@@ -765,7 +650,7 @@ class LocalBackend:
             return self._on_done(worker, job, frame)
         return True
 
-    def _discard(self, worker: _Worker, done: Done) -> bool:
+    def _discard(self, worker: Worker, done: Done) -> bool:
         """Read past the outputs of a call no longer wanted (their shared memory goes with them)."""
         try:
             for p in _packing.receive(worker.reader.recv_bytes, done.descriptors):
@@ -779,12 +664,12 @@ class LocalBackend:
         return True
 
     @staticmethod
-    def _report_start(worker: _Worker, job: _Job, at: float) -> None:
+    def _report_start(worker: Worker, job: LocalJob, at: float) -> None:
         job.started = True
         job.report(TaskStarted(job.call.call_id, worker.host or socket.gethostname(), worker.proc.pid,
                                job.call.gpu_ids, at))
 
-    def _on_done(self, worker: _Worker, job: _Job, done: Done) -> bool:
+    def _on_done(self, worker: Worker, job: LocalJob, done: Done) -> bool:
         keys, error, started, finished = done.keys, done.error, done.started, done.finished
         if not job.started:   # a quick call: its start comes with its end (see maze.backends._worker)
             self._report_start(worker, job, started)
@@ -832,9 +717,9 @@ class LocalBackend:
             if worker.idle:
                 self._feed(worker)
             self._write_out(only=worker)   # it may be waiting for this: before the scheduler's turn
-        _end_unfed(unfed)
+        end_unfed(unfed)
         for behind in unread:
-            _end_unfed(behind)
+            end_unfed(behind)
         job.future.set_result(outcome)
         if not outcome.ok:   # now that the scheduler knows (it may have stopped the next one)
             with self._lock:
@@ -845,12 +730,12 @@ class LocalBackend:
                     self._feed(worker)
                 if error is not None and not worker.retiring:
                     self._put(worker, encode(Go()))   # the worker holds its next call until now
-            _end_unfed(unfed)
+            end_unfed(unfed)
             for behind in unfed_behind:
-                _end_unfed(behind)
+                end_unfed(behind)
         return True
 
-    def _feed(self, worker: _Worker) -> None:
+    def _feed(self, worker: Worker) -> None:
         """Give queued work to a worker that just became idle (lock held)."""
         for job in self._queue:
             if (job.call.gpu_ids or None) == worker.devices:
@@ -862,7 +747,7 @@ class LocalBackend:
             self._retire(worker)
             self._send(self._spawn(job.call.gpu_ids or None), job)
 
-    def _on_worker_exit(self, worker: _Worker) -> None:
+    def _on_worker_exit(self, worker: Worker) -> None:
         """The worker's socket hit EOF: it exited, was retired, or was killed (I/O thread).
 
         This thread alone reaps workers, and first kills the worker's group,
@@ -880,7 +765,7 @@ class LocalBackend:
             self._workers.remove(worker)
             worker.retiring = True   # gone: nothing more is sent to it
             if ours:
-                self._kill(worker)
+                worker.kill_group()
             self._unsent.pop(worker, None)   # before its descriptor is closed (and maybe reused)
             self._stalled.pop(worker, None)
             self._killing.pop(worker, None)
@@ -903,7 +788,7 @@ class LocalBackend:
                 replacement = self._idle_worker(nxt.call.gpu_ids or None)
                 if replacement is not None:
                     self._send(replacement, self._queue.popleft())
-        _end_unfed(unfed)
+        end_unfed(unfed)
         code = worker.proc.wait()
         if job is None:
             return
@@ -912,11 +797,11 @@ class LocalBackend:
                 # It died (or was stopped) before announcing the call: the worker had it, so it
                 # is reported started, when it was handed over (see maze.backends._worker).
                 self._report_start(worker, job, job.sent_at)
-            error = job.stop_reason or TaskError.worker_died(job.call.task_id, f"pid {pid}, {_describe_exit(code)}")
+            error = job.stop_reason or TaskError.worker_died(job.call.task_id, f"pid {pid}, {describe_exit(code)}")
             job.future.set_result(TaskOutcome(error=error))
         with self._lock:
             unfed = self._follow_on(job, None)
-        _end_unfed(unfed)
+        end_unfed(unfed)
 
     def _enforce_timeouts(self) -> float | None:
         """Stop the running jobs past their deadline; the earliest deadline left (lock held, I/O thread)."""
@@ -929,16 +814,6 @@ class LocalBackend:
 
 
 _CLOSED = "its backend was closed"
-
-
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by signal {signal.Signals(-code).name}, exit code {code}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
-
 
 _live: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
 

@@ -20,12 +20,12 @@ How a call runs:
   ``eager=False``): a call may take the object references of calls still
   queued or running, in its inputs or, for upstream calls it only waits for,
   as their reports (``TaskCall.after``). Ray starts it once they exist; if one
-  failed (a :class:`Failed` marker in place of an output, a report that is not
+  failed (a :class:`~maze.backends._ray_task.Failed` marker in place of an output, a report that is not
   ok, or Ray's own error for a stopped or lost call) the body does not run;
-* each call is one Ray task, given its code, a :class:`RayCall` (the rest of
+* each call is one Ray task, given its code, a :class:`~maze.backends._ray_task.RayCall` (the rest of
   what the worker needs) and the inputs, with ``num_returns = 1 +
-  len(outputs)``: a small :class:`Report` (status, error, timing, the
-  :class:`StartNote`, captured output, and the small output values), then one
+  len(outputs)``: a small :class:`~maze.backends._ray_task.Report` (status, error, timing, the
+  :class:`~maze.backends._ray_task.StartNote`, captured output, and the small output values), then one
   object per declared output. Those object references are the outcome's
   ``handles``: dependent calls receive them, so outputs move between workers
   through Ray's object store, never through the driver;
@@ -47,8 +47,8 @@ How a call runs:
   ``ray start --resources='{"maze_gpu_mem_mb": <MB per GPU>}'``. Nothing holds
   a task to its ``gpu_mem`` once it runs, so a run whose tasks declare it gets
   one :class:`UserWarning` saying so (:func:`gpu_mem_warning`);
-* the hub receives a :class:`StartNote` for each call still running 20 ms
-  after it started, batched per worker (:class:`_Notes`), so ``start_task``
+* the hub receives a :class:`~maze.backends._ray_task.StartNote` for each call still running 20 ms
+  after it started, batched per worker (see :mod:`maze.backends._ray_task`), so ``start_task``
   arrives while a longer task runs and a short one costs no actor call; the
   report repeats the start, and the backend always reports start before
   resolving the future;
@@ -85,7 +85,6 @@ import os
 import queue
 import re
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -95,17 +94,14 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
-import cloudpickle
-
-from maze.backends._jobs import Job, pid_exists, sweep, wrapped_error
+from maze.backends._jobs import Job, sweep
 from maze.core.errors import BackendError
 from maze.core.execute import error_of
-from maze.core.protocol import Failure, Reporter, Submitted, TaskCall, TaskError, TaskLog, TaskOutcome, TaskStarted
+from maze.core.protocol import Reporter, Submitted, TaskCall, TaskError, TaskOutcome, TaskStarted
 from maze.core.resources import Capacity, Resources
 from maze.core.shipping import ShippedCode
-from maze.core.task import TaskBody
 
 try:
     import ray
@@ -115,330 +111,23 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "backend='ray' needs Ray, which is not installed; install it with: pip install 'maze-dag[ray]'"
     ) from exc
 
+
+from maze.backends._ray_task import (  # noqa: E402 - needs Ray, checked just above
+    CODE_CACHE,
+    KILL_WAIT_S,
+    Hub,
+    Report,
+    StartNote,
+    hub_name,
+    kill_group,
+    run_call,
+)
+
 GPU_MEM_RESOURCE = "maze_gpu_mem_mb"
-INLINE_LIMIT = 64 * 1024  # outputs smaller than this ride along in the report
-CODE_CACHE = 64           # task functions kept, by code key, in each worker (and as "sent" on the driver)
-HUB_CODE = 1024           # code keys the hub keeps (more than the driver remembers sending: see _ship)
 _POLL_S = 0.05
 _NOTES_S = 0.1
-_KILL_WAIT_S = 10.0       # how long a group kill waits for the stopped worker to be gone
 _CANCEL_GRACE_S = 0.25    # how long after its submission (and its inputs resolved) Ray has surely taken a call in
 _WARNED_RUNS = 1024       # runs remembered as warned about gpu_mem (the oldest are forgotten)
-
-
-# -- what travels between the driver and the workers ---------------------------------------
-
-
-class RayCall(NamedTuple):
-    """What a worker needs of a call besides its inputs (one argument: Ray serializes each separately).
-
-    Sent as a plain list, which Ray packs with msgpack (this class would be
-    pickled, by reference, per call); an object reference in it would cost an
-    ownership record per call,
-    and a top-level one a fetch from the object store per call. The
-    client's session and the call's code travel as keys: a worker asks the
-    client's hub (a named actor) for them the first time it meets a key.
-    """
-
-    session: str                      # the client's session key (its hub is named after it)
-    code_key: str
-    call_id: str
-    task_id: str
-    constants: dict[str, Any]         # inputs given as plain values
-    input_keys: list[str]             # the names of the inputs that follow this argument, in order
-    outputs: tuple[str, ...]          # declared outputs, checked by the worker
-    gpus: bool                        # whether Ray reserves GPUs for it (else its start note names none, unasked)
-    # after the inputs come this many reports of upstream calls it only waits for (TaskCall.after)
-
-
-class Failed(NamedTuple):
-    """What each output of a call that did not succeed holds: a dependent submitted ahead skips its body on it."""
-
-    task_id: str
-
-
-class StartNote(NamedTuple):
-    """A worker to the driver, through the hub, as a call starts (its report repeats it)."""
-
-    call_id: str
-    host: str                         # the node's IP address
-    node: str                         # Ray's node id
-    worker: str                       # Ray's worker id
-    gpu_ids: tuple[int, ...]
-    at: float                         # time.time() at the start
-    group: int | None                 # the process group the worker leads, killed on stop; None: none to kill safely
-
-
-class Report(NamedTuple):
-    """A call's first return value; one object per declared output follows it."""
-
-    start: StartNote | None           # None: skipped, an upstream call failed (the driver skips the task itself)
-    ok: bool
-    keys: list[str]                   # what the task returned, in order (empty when not ok)
-    inline: dict[str, Any]            # the values small enough to ride here (see INLINE_LIMIT)
-    error: TaskError | None
-    logs: list[TaskLog]               # what the task printed, in order
-    finished: float                   # time.time() at the end
-
-    # On the wire a report is nested lists of plain values, which Ray packs with
-    # msgpack; these classes would be pickled (by reference) per call.
-
-    def wire(self) -> list[Any]:
-        s, e = self.start, self.error
-        return [None if s is None else [s.call_id, s.host, s.node, s.worker, list(s.gpu_ids), s.at, s.group],
-                self.ok, self.keys, self.inline,
-                None if e is None else [e.error_type, e.error, e.traceback, e.kind.value],
-                [[log.call_id, log.stream, log.text, log.at] for log in self.logs], self.finished]
-
-    @classmethod
-    def of_wire(cls, wire: list[Any]) -> Report:
-        start, ok, keys, inline, error, logs, finished = wire
-        return cls(
-            None if start is None else StartNote(start[0], start[1], start[2], start[3], tuple(start[4]), start[5],
-                                                 start[6]),
-            ok, keys, inline,
-            None if error is None else TaskError(error[0], error[1], error[2], Failure(error[3])),
-            [TaskLog(*log) for log in logs], finished,
-        )
-
-
-@ray.remote(num_cpus=0)
-class _Hub:
-    """One per client: collects start notes from workers (the driver drains it), and hands workers the session and code."""
-
-    def __init__(self, sys_path: list[str]) -> None:
-        self._notes: list[StartNote] = []
-        self._sys_path = sys_path
-        self._code: OrderedDict[str, bytes] = OrderedDict()
-
-    def started(self, notes: list[StartNote]) -> None:
-        self._notes.extend(notes)
-
-    def drain(self) -> list[StartNote]:
-        notes, self._notes = self._notes, []
-        return notes
-
-    def sys_path(self) -> list[str]:
-        return self._sys_path
-
-    def add_code(self, key: str, data: bytes) -> None:
-        self._code[key] = data
-        self._code.move_to_end(key)
-        if len(self._code) > HUB_CODE:
-            self._code.popitem(last=False)
-
-    def code(self, key: str) -> bytes | None:
-        return self._code.get(key)
-
-
-def _hub_name(session: str) -> str:
-    return f"maze-hub-{session}"
-
-
-# -- in each Ray worker process ----------------------------------------------------------------
-
-_functions: OrderedDict[str, TaskBody] = OrderedDict()  # unpickled task functions by code key
-_sessions: dict[str, tuple[Any, list[str]]] = {}        # session key -> (hub, the driver's sys.path)
-_where: tuple[str, str, str] | None = None               # (node IP, node id, worker id): fixed for the process
-_NOTE_DELAY_S = 0.02  # a call still running after this long has its start note sent (see _Notes)
-
-
-class _Notes:
-    """Sends the start notes of the calls still running, a batch per hub call.
-
-    A note waits ``_NOTE_DELAY_S`` in this worker: a call over by then sends
-    none (its report carries the start), so a short task costs no actor call,
-    and the notes of a longer one go in one call with whatever else started.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pending: dict[str, tuple[str, StartNote]] = {}   # call id -> (session key, note)
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def started(self, session: str, note: StartNote) -> None:
-        with self._lock:
-            self._pending[note.call_id] = (session, note)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._send, name="maze-notes", daemon=True)
-                self._thread.start()
-        # Set already: the sender has not taken the notes yet (it clears the flag, then takes
-        # them, under the lock), so it takes this one too. Setting an Event costs a lock and a notify.
-        if not self._wake.is_set():
-            self._wake.set()
-
-    def ended(self, call_id: str) -> None:
-        with self._lock:
-            self._pending.pop(call_id, None)
-
-    def _send(self) -> None:
-        while True:
-            self._wake.wait()
-            time.sleep(_NOTE_DELAY_S)
-            with self._lock:
-                self._wake.clear()
-                pending, self._pending = self._pending, {}
-            by_session: dict[str, list[StartNote]] = {}
-            for session, note in pending.values():
-                by_session.setdefault(session, []).append(note)
-            for session, notes in by_session.items():
-                try:
-                    _sessions[session][0].started.remote(notes)
-                except Exception:  # noqa: BLE001 - the driver left; its reports carry the starts anyway
-                    pass
-
-
-_notes = _Notes()
-
-
-def _run(packed: list[Any], *args: Any) -> Any:
-    """The body of every maze task on Ray (runs in a Ray worker): a :class:`Report`, then the outputs.
-
-    Few arguments on purpose: Ray serializes each one separately on submit.
-    ``args`` are the inputs, then the reports of the upstream calls it only
-    waits for. An upstream call that failed shows as a :class:`Failed` input
-    or a report that is not ok: then the body does not run.
-    """
-    call = RayCall._make(packed)
-    outputs = tuple(call.outputs)
-    n = len(call.input_keys)
-    inputs = args[:n]
-    failed = next((v.task_id for v in inputs if isinstance(v, Failed)), None)
-    if failed is None and any(not r[1] for r in args[n:]):  # reports, on the wire: [start, ok, ...]
-        failed = "an upstream task"
-    if failed is not None:
-        skipped = Report(None, False, [], {}, TaskError.simple("UpstreamFailed", f"upstream task {failed!r} failed"),
-                         [], time.time()).wire()
-        return (skipped, *[Failed(call.task_id)] * len(outputs)) if outputs else skipped
-    from maze.core.execute import captured_output, gather_params, run_body
-
-    global _where
-    if _where is None:
-        ctx = ray.get_runtime_context()
-        _where = (ray.util.get_node_ip_address(), ctx.get_node_id(), ctx.get_worker_id())
-    group = _lead_process_group()
-    # Asking Ray for the GPU ids costs more than a no-op task's body: only a call that reserved GPUs has any.
-    gpu_ids = tuple(int(g) for g in ray.get_gpu_ids()) if call.gpus else ()
-    start = StartNote(call.call_id, *_where, gpu_ids, time.time(), group)
-    logs: list[TaskLog] = []
-    result: dict[str, Any] | None = None
-    error = None
-    try:
-        session = _sessions.get(call.session)
-        if session is None:
-            hub = ray.get_actor(_hub_name(call.session))
-            session = _sessions[call.session] = (hub, ray.get(hub.sys_path.remote()))
-        _notes.started(call.session, start)
-        func = _load(call.code_key, *session)
-        params = gather_params(call.constants, dict(zip(call.input_keys, inputs)))
-    except BaseException as exc:  # noqa: BLE001
-        error = error_of(exc)
-    else:
-        with captured_output(lambda stream, text: logs.append(TaskLog(call.call_id, stream, text, time.time()))):
-            result, error = run_body(func, params, outputs, call.task_id)
-    _notes.ended(call.call_id)
-    values: list[Any] = [Failed(call.task_id)] * len(outputs)
-    inline: dict[str, Any] = {}
-    if result is not None:
-        try:
-            # Ray would fail to store an unpicklable output only after this report
-            # said "ok"; find out here, and measure each value on the way.
-            small = {k: _small(v) for k, v in result.items()}
-        except Exception as exc:  # noqa: BLE001
-            result, error = None, wrapped_error(exc, f"the result of task {call.task_id!r} could not be pickled")
-    if result is not None:
-        values = [result[k] for k in outputs]
-        inline = {k: v for k, v in result.items() if k not in outputs or small[k]}
-    report = Report(start, result is not None, list(result or ()), inline, error, logs, time.time()).wire()
-    return (report, *values) if outputs else report
-
-
-def _load(key: str, hub: Any, sys_path: list[str]) -> TaskBody:
-    """The task function for a code key: fetched from the hub and unpickled once per worker, the last few kept."""
-    func = _functions.get(key)
-    if func is None:
-        sys.path.extend(p for p in sys_path if p not in sys.path)  # where the driver found its modules
-        data = ray.get(hub.code.remote(key))
-        if data is None:
-            raise BackendError(f"the code of this task (key {key}) is no longer held by the client's hub; "
-                               f"more than {HUB_CODE} task functions were sent since it was submitted")
-        func = _functions[key] = cloudpickle.loads(data)
-        if len(_functions) > CODE_CACHE:
-            _functions.popitem(last=False)
-    else:
-        _functions.move_to_end(key)
-    return func
-
-
-def _lead_process_group() -> int | None:
-    """Make this worker the leader of a process group of its own, so that a stop can kill what the task starts.
-
-    Returns the group's id, or None where there is none to kill safely: no
-    process groups (Windows), or a group this worker does not lead (without
-    Ray's own per-worker groups a worker starts in the raylet's group, or the
-    driver's, which a kill must never reach).
-    """
-    if not hasattr(os, "setpgid"):
-        return None
-    pid = os.getpid()
-    if os.getpgid(0) == pid:
-        return pid  # leads its group already (an earlier call on this reused worker, or Ray, made it)
-    try:
-        os.setpgid(0, 0)
-    except OSError:
-        pass  # a session leader leads its group already
-    return pid if os.getpgid(0) == pid else None
-
-
-def _kill_group(pgid: int) -> None:
-    """Kill a stopped task's process group once its leader, the Ray worker, is gone (runs on the worker's node).
-
-    Waiting for the leader first keeps the kill to that task's processes: a
-    leader still alive when the wait ends had finished the task before the
-    cancel reached it, and may be running another one. While any member of the
-    group lives, no new process can take the group's id.
-    """
-    give_up = time.monotonic() + _KILL_WAIT_S
-    while _running(pgid):
-        if time.monotonic() > give_up:
-            return
-        time.sleep(0.02)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass  # the task started nothing that outlived it
-
-
-def _running(pid: int) -> bool:
-    """Whether a process runs; a zombie (dead, not yet reaped) does not."""
-    if not pid_exists(pid):
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rpartition(b")")[2].split()[0]
-    except OSError:  # no /proc (macOS), or gone meanwhile: ask again on the next turn
-        return True
-    return state != b"Z"
-
-
-_PLAIN = (int, float, bool, type(None))  # always picklable, always small
-
-
-def _small(value: Any) -> bool:
-    """Whether an output is small enough to ride in the report; raises if it cannot be pickled."""
-    if isinstance(value, _PLAIN):
-        return True
-    if isinstance(value, (bytes, str)) and len(value) < INLINE_LIMIT // 4:
-        return True
-    size = 0
-
-    def out_of_band(buffer: Any) -> None:  # large buffers are not copied, only counted
-        nonlocal size
-        size += memoryview(buffer.raw()).nbytes
-
-    size += len(cloudpickle.dumps(value, protocol=5, buffer_callback=out_of_band))
-    return size < INLINE_LIMIT
 
 
 @dataclass(eq=False, kw_only=True)
@@ -483,13 +172,13 @@ class RayBackend:
             self._start_local(dict(resources or {}), init_options)
         else:
             ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, **init_options)
-        self._remote = ray.remote(max_retries=0)(_run)
-        self._killer = ray.remote(num_cpus=0, max_retries=0)(_kill_group)
+        self._remote = ray.remote(max_retries=0)(run_call)
+        self._killer = ray.remote(num_cpus=0, max_retries=0)(kill_group)
         self._session_key = os.urandom(8).hex()
         # On the driver's node: workers fetch code from it, so it must not live on a node that may leave.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        self._hub = _Hub.options(  # type: ignore[attr-defined]
-            name=_hub_name(self._session_key), scheduling_strategy=here).remote(list(sys.path))
+        self._hub = Hub.options(  # type: ignore[attr-defined]
+            name=hub_name(self._session_key), scheduling_strategy=here).remote(list(sys.path))
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._by_ref: dict[Any, _Job] = {}
@@ -607,7 +296,7 @@ class RayBackend:
         with self._lock:
             kills = list(self._kills)
         if kills:  # let them finish: the tasks of a driver that leaves are ended by Ray, groups are not
-            ray.wait(kills, num_returns=len(kills), timeout=_KILL_WAIT_S + 5)
+            ray.wait(kills, num_returns=len(kills), timeout=KILL_WAIT_S + 5)
         if self._owns_ray:
             ray.shutdown()
         if self._temp_dir is not None:
