@@ -235,3 +235,30 @@ def test_part_of_a_frame_is_pending_but_not_readable_when_nothing_more_has_arriv
     finally:
         a.close()
         b.close()
+
+
+def test_a_reader_tells_whether_the_next_frames_have_all_arrived():
+    import os
+    import struct
+
+    from maze.backends._wire import FrameReader
+
+    a, b = _pair()
+    try:
+        reader = FrameReader(b.fileno())
+        long_header = struct.pack("!i", -1) + struct.pack("!Q", 3)   # the form of a frame over 2 GiB, here of 3 bytes
+        parts = [struct.pack("!i", 4) + b"done", struct.pack("!i", 2) + b"o1", long_header + b"o2!"]
+        os.write(a.fileno(), b"".join(parts)[:-2])                  # the last frame cut short
+        reader.fill()
+        assert reader.has_frames(0) and reader.has_frames(1) and reader.has_frames(2)
+        assert not reader.has_frames(3)
+        os.write(a.fileno(), b"".join(parts)[-2:])
+        reader.fill()
+        assert reader.has_frames(3) and not reader.has_frames(4)
+        assert [reader.recv_bytes() for _ in parts] == [b"done", b"o1", b"o2!"]
+        os.write(a.fileno(), long_header[:6])                        # a long header cut short
+        reader.fill()
+        assert not reader.has_frames(1) and not reader.has_frame()
+    finally:
+        a.close()
+        b.close()

@@ -25,6 +25,7 @@ from typing import Any
 from maze.backends import _packing
 from maze.backends._jobs import Job
 from maze.backends._wire import FrameReader, FrameWriter
+from maze.backends._worker import Done
 from maze.core.protocol import TaskError, TaskOutcome
 
 DeviceKey = tuple[int, ...] | None   # the GPUs a worker's CUDA_VISIBLE_DEVICES names; None: the variable is left alone
@@ -110,6 +111,7 @@ class Worker:
     ahead: deque[LocalJob] = field(default_factory=deque)  # calls sent behind ``job``, in order, not started yet
     dropping: set[str] = field(default_factory=set)  # calls told to drop, not yet answered (they may run)
     retiring: bool = False                          # told to exit; not an error when it ends
+    unread_done: Done | None = None                 # a result whose output frames have not all arrived (I/O thread)
 
     @classmethod
     def start(cls, devices: DeviceKey, owner: str) -> Worker:

@@ -51,6 +51,18 @@ class FrameReader:
         """Whether a whole frame has been read and not taken."""
         return self._missing() == 0
 
+    def has_frames(self, n: int) -> bool:
+        """Whether the next ``n`` frames not taken have all been read whole (reading them would not wait)."""
+        buf, pos, end = self._buf, self._pos, len(self._buf)
+        for _ in range(n):
+            header = _header(buf, pos)
+            if header is None:
+                return False
+            pos += header[0] + header[1]
+            if pos > end:
+                return False
+        return True
+
     def pending(self) -> bool:
         """Whether anything has arrived that is not taken: a frame, part of one, or bytes not read yet."""
         return len(self._buf) > self._pos or self.readable()
@@ -64,30 +76,33 @@ class FrameReader:
         while (missing := self._missing()) != 0:
             self.fill(max(missing, _CHUNK))
         buf, pos = self._buf, self._pos
-        (size,) = _SHORT.unpack_from(buf, pos)
-        head = 4
-        if size == -1:
-            (size,) = _LONG.unpack_from(buf, pos + 4)
-            head = 12
+        head, size = _header(buf, pos) or (0, 0)   # whole by now
         end = pos + head + size
         frame = bytes(buf[pos + head:end])
         self._pos = end
         return frame
 
     def _missing(self) -> int:
-        """How many more bytes the next frame needs (a guess of 1 while its length is incomplete)."""
+        """How many more bytes the next frame needs (at least what its length needs while that is incomplete)."""
         buf, pos = self._buf, self._pos
         have = len(buf) - pos
-        if have < 4:
-            return 4 - have
-        (size,) = _SHORT.unpack_from(buf, pos)
-        head = 4
-        if size == -1:
-            if have < 12:
-                return 12 - have
-            (size,) = _LONG.unpack_from(buf, pos + 4)
-            head = 12
-        return max(0, head + size - have)
+        header = _header(buf, pos)
+        if header is None:
+            return (4 if have < 4 else 12) - have
+        return max(0, header[0] + header[1] - have)
+
+
+def _header(buf: bytearray, pos: int) -> tuple[int, int] | None:
+    """The length of the frame header at ``pos`` and of the frame's bytes; None while the header is incomplete."""
+    have = len(buf) - pos
+    if have < 4:
+        return None
+    (size,) = _SHORT.unpack_from(buf, pos)
+    if size != -1:
+        return 4, size
+    if have < 12:
+        return None
+    return 12, _LONG.unpack_from(buf, pos + 4)[0]
 
 
 class FrameWriter:

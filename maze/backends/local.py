@@ -23,7 +23,9 @@ for "started" and ``print()`` events ahead of the result. This pool is small:
   callbacks (the scheduler) submit the next tasks straight from that thread.
   It reads everything a worker has sent in one read, and writes the frames
   its pass queued for a worker in one write (:mod:`maze.backends._wire`);
-  other threads write before they release the lock.
+  other threads write before they release the lock. It never waits for one
+  worker: writes go as far as the socket takes them, and a result is handled
+  once all its frames have arrived.
   A call lined up behind another (``submit_behind``, which the scheduler uses
   for quick tasks, several deep) is sent at once to the worker that will run
   that one, which finds it waiting when it is done: no round trip through the
@@ -109,6 +111,9 @@ from maze.core.resources import Capacity, detect_capacity, usable_cpus
 # A constant whose pickle is at least this large is packed once per run, not
 # once per call; below it, the bookkeeping would cost more than packing again.
 _CACHED_CONSTANT_BYTES = 64 << 10
+# How much one read takes, at most, of the output frames that follow a result (up
+# to SHARED_THRESHOLD each: larger buffers go through shared memory).
+_FOLLOWING_CHUNK = 1 << 20
 
 
 class LocalBackend:
@@ -590,7 +595,11 @@ class LocalBackend:
                         self._stalled[w] = True
                 deadline = self._enforce_timeouts()
             if self._killing:
+                # The look handles frames outside the select below: what it made the
+                # scheduler put (the next calls, a Go) and the deadlines it set are this
+                # pass's, so the select only polls, and the pass ends by writing them.
                 self._kill_unless_ended()
+                deadline = time.monotonic()
             timeout = max(0.0, deadline - time.monotonic()) if deadline is not None else None
             for key, events in self._selector.select(timeout):
                 if key.data is None:
@@ -609,17 +618,35 @@ class LocalBackend:
         self._selector.close()
 
     def _on_readable(self, worker: Worker) -> bool:
-        """Handle every frame the worker has sent, in one read when the frames are small; whether it is still there."""
+        """Handle every frame the worker has sent, in one read when the frames are small; whether it is still there.
+
+        Nothing here waits for the worker. A result (``Done``) is handled once
+        the frames of its outputs that follow it have all arrived: a worker
+        stopped halfway through sending them (SIGSTOP, a debugger) must not hold
+        the thread that serves every worker and enforces every timeout.
+        """
         reader = worker.reader
         try:
             reader.fill()
+            while True:
+                frame: Frame | None = worker.unread_done
+                if frame is None:
+                    if not reader.has_frame():
+                        return True
+                    frame = decode(reader.recv_bytes())
+                if isinstance(frame, Done):
+                    following = sum(d[3] for d in frame.descriptors)
+                    while not reader.has_frames(following):
+                        if not reader.readable():
+                            worker.unread_done = frame
+                            return True
+                        reader.fill(_FOLLOWING_CHUNK)
+                    worker.unread_done = None
+                if not self._on_frame(worker, frame):
+                    return False   # it has gone (it died while sending)
         except (EOFError, OSError):
             self._on_worker_exit(worker)
             return False
-        while reader.has_frame():
-            if not self._on_frame(worker, decode(reader.recv_bytes())):
-                return False   # it has gone (it died while sending)
-        return True
 
     def _on_frame(self, worker: Worker, frame: Frame) -> bool:
         """Handle one frame of ``worker``; whether it is still there."""
