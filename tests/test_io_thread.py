@@ -149,3 +149,24 @@ def test_a_result_whose_output_frames_come_in_many_reads_is_read_whole(backend):
     for f in outcomes:
         result = f.result(30).result
         assert result is not None and all((result[f"y{k}"] == k).all() for k in range(10))
+
+
+def closes_its_socket(params):
+    import os as _os
+    import sys as _sys
+    import time as _time
+
+    _os.close(int(_sys.argv[1]))   # the worker's end of its socket to the driver (see maze.backends._local_records)
+    _time.sleep(params["seconds"])
+    return {"y": 0}
+
+
+def test_a_task_that_closes_its_worker_s_socket_fails_at_once_and_holds_up_no_other_call(backend):
+    # The driver sees the end of the worker's socket while the worker still runs: it must
+    # not wait for that task to end before it serves the other workers.
+    closer = backend.submit(call_taking_x(closes_its_socket, "closer", 0, ("y",), seconds=60), _quiet)
+    sleeper = backend.submit(call_taking_x(step, "late", 0, ("y",), timeout=0.3, seconds=60, marker=""), _quiet)
+    outcome = closer.result(10)
+    assert outcome.error is not None and outcome.error.kind is Failure.WORKER_DIED
+    timed = sleeper.result(10)
+    assert timed.error is not None and timed.error.kind is Failure.TIMED_OUT

@@ -780,10 +780,13 @@ class LocalBackend:
         This thread alone reaps workers, and first kills the worker's group,
         which holds whatever its tasks started and left running. It waits for
         the exit without reaping (``WNOWAIT``), so the pid that names the group
-        cannot be reused meanwhile.
+        cannot be reused meanwhile. A worker still alive (its task closed the
+        socket) is killed first: the wait must not last as long as its task.
         """
         pid = worker.proc.pid
         try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is None:
+                worker.kill_group()   # alive, hence not reaped: the pid is still ours
             os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
             ours = True
         except ChildProcessError:  # reaped behind our back (a SIGCHLD handler): the pid is no longer ours
