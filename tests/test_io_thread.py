@@ -109,11 +109,13 @@ def _queued(backend: LocalBackend, pid: int) -> int:
 def test_a_worker_stopped_halfway_through_sending_a_result_holds_up_no_other_call(backend):
     # Its result's frames stop coming midway (SIGSTOP, a debugger). Meanwhile the
     # other worker's call must still be timed out, and once the worker goes on, its
-    # result arrives whole.
+    # result arrives whole: the call ended within its timeout, though the rest of
+    # its result came after the deadline.
     pids: dict[str, int] = {}
-    big = backend.submit(call_taking_x(arrays, "big", 0, tuple(f"y{k}" for k in range(10)), timeout=60),
+    big = backend.submit(call_taking_x(arrays, "big", 0, tuple(f"y{k}" for k in range(10)), timeout=1.0),
                          _started(pids))
     _wait_for(lambda: "run:big:1" in pids, "big to start")
+    deadline = time.monotonic() + 1.0
     pid = pids["run:big:1"]
     lock = _hold_io_thread(backend)
     stopped = False
@@ -133,6 +135,8 @@ def test_a_worker_stopped_halfway_through_sending_a_result_holds_up_no_other_cal
         sleeper = backend.submit(call_taking_x(step, "late", 0, ("y",), timeout=0.3, seconds=30, marker=""), _quiet)
         outcome = sleeper.result(10)   # enforced while the stopped worker's result is half read
         assert outcome.error is not None and outcome.error.kind is Failure.TIMED_OUT
+        assert not big.done()
+        time.sleep(max(0.0, deadline + 0.3 - time.monotonic()))   # past big's deadline
         assert not big.done()
     finally:
         if stopped:

@@ -834,8 +834,14 @@ class LocalBackend:
         end_unfed(unfed)
 
     def _enforce_timeouts(self) -> float | None:
-        """Stop the running jobs past their deadline; the earliest deadline left (lock held, I/O thread)."""
-        late, earliest = sweep([w.job for w in self._workers if w.job is not None], time.monotonic())
+        """Stop the running jobs past their deadline; the earliest deadline left (lock held, I/O thread).
+
+        A job whose result is in hand, its output frames still coming, has
+        ended: it is not timed out, whatever keeps the rest of its result.
+        """
+        running = [w.job for w in self._workers if w.job is not None
+                   and (w.unread_done is None or w.unread_done.call_id != w.job.call.call_id)]
+        late, earliest = sweep(running, time.monotonic())
         for job in late:
             if job.stop_reason is None:  # not stopped already (cancelled)
                 job.stop_reason = job.timed_out()
