@@ -61,22 +61,22 @@ def test_error_frame_keeps_its_kind():
 
 
 def test_ray_frames_round_trip():
-    import maze.backends._ray_task as ray_backend  # Ray is a test dependency; importing starts nothing
-    note = ray_backend.StartNote("c1", "127.0.0.1", "node", "worker", (0,), 1.5, 4242)
+    import maze.backends._ray_task as ray_task  # Ray is a test dependency; importing starts nothing
+    note = ray_task.StartNote("c1", "127.0.0.1", "node", "worker", (0,), 1.5, 4242)
     frames = [
-        (ray_backend.RayCall("session", "key", "c1", "t1", {"a": 1}, ["b"], ("out",), False),
+        (ray_task.RayCall("session", "key", "c1", "t1", {"a": 1}, ["b"], ("out",), False),
          ("session", "code_key", "call_id", "task_id", "constants", "input_keys", "outputs", "gpus")),
         (note, ("call_id", "host", "node", "worker", "gpu_ids", "at", "group")),
-        (ray_backend.Report(note, True, ["out"], {"out": 1}, None, [TaskLog("c1", "stdout", "hi", 2.0)], 2.5),
+        (ray_task.Report(note, True, ["out"], {"out": 1}, None, [TaskLog("c1", "stdout", "hi", 2.0)], 2.5),
          ("start", "ok", "keys", "inline", "error", "logs", "finished")),
     ]
     for frame, fields in frames:
         assert type(frame)._fields == fields
         assert pickle.loads(pickle.dumps(frame)) == frame
     report = frames[2][0]
-    assert ray_backend.Report.of_wire(report.wire()) == report     # a report travels as plain lists
+    assert ray_task.Report.of_wire(report.wire()) == report     # a report travels as plain lists
     failed = report._replace(ok=False, keys=[], inline={}, error=TaskError.simple("ValueError", "no"))
-    assert ray_backend.Report.of_wire(failed.wire()) == failed
+    assert ray_task.Report.of_wire(failed.wire()) == failed
 
 
 def test_sweep_takes_late_jobs_once():

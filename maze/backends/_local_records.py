@@ -151,9 +151,9 @@ class Worker:
     def kill_group(self) -> None:
         """SIGKILL the worker's process group: the worker and every process its task started.
 
-        Safe from pid reuse only while the worker is not reaped: the backend
-        reaps a worker after it has left the backend's list of workers, and
-        kills only workers on that list, under its lock.
+        Safe from pid reuse while the worker is not reaped: its pid, which
+        names the group, stays ours until then. Only the backend's I/O thread
+        reaps a worker, after its last kill of it.
         """
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)

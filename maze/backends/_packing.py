@@ -161,6 +161,11 @@ def send(send_bytes: Callable[[Any], None], packs: list[Packed]) -> None:
             send_bytes(frame)
 
 
+def frame_count(descriptors: list[Descriptor]) -> int:
+    """How many small frames follow a header that carries these descriptors."""
+    return sum(n for _data, _path, _sizes, n in descriptors)
+
+
 def receive(recv_bytes: Callable[[], bytes], descriptors: list[Descriptor]) -> list[Packed]:
     """The values a header describes, their small frames read from the socket."""
     return [Packed(data, [recv_bytes() for _ in range(n)], path, sizes) for data, path, sizes, n in descriptors]

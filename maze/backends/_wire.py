@@ -76,7 +76,9 @@ class FrameReader:
         while (missing := self._missing()) != 0:
             self.fill(max(missing, _CHUNK))
         buf, pos = self._buf, self._pos
-        head, size = _header(buf, pos) or (0, 0)   # whole by now
+        header = _header(buf, pos)
+        assert header is not None   # the frame is whole
+        head, size = header
         end = pos + head + size
         frame = bytes(buf[pos + head:end])
         self._pos = end

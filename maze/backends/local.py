@@ -126,9 +126,9 @@ class LocalBackend:
         self._pid = os.getpid()
         self.max_workers = max_workers or max(4, 2 * cpus)
         self._lock = threading.Lock()
-        self._workers: list[Worker] = []          # every worker process not yet reaped, retiring ones too
+        self._workers: list[Worker] = []      # every worker process not yet reaped, retiring ones too
         self._queue: deque[LocalJob] = deque()
-        self._jobs: dict[str, LocalJob] = {}           # call id -> job, queued or running
+        self._jobs: dict[str, LocalJob] = {}  # call id -> job, queued or running
         # (run id, id(value)) -> a large constant, packed; an entry lives while a job holds it.
         self._constants: weakref.WeakValueDictionary[tuple[str, int], Constant] = weakref.WeakValueDictionary()
         self._owner = _packing.new_owner()   # names the shared-memory files of this backend's values
@@ -138,10 +138,10 @@ class LocalBackend:
         self._wake_r.setblocking(False)
         self._selector = selectors.DefaultSelector()   # used by the I/O thread only
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._joining: list[Worker] = []              # spawned, not yet registered with the selector
-        self._unsent: dict[Worker, None] = {}         # workers with frames put and not yet written
-        self._stalled: dict[Worker, bool] = {}        # workers whose socket took only part: watched for writing?
-        self._killing: dict[Worker, LocalJob] = {}        # running calls to stop once the worker's frames are read
+        self._joining: list[Worker] = []            # spawned, not yet registered with the selector
+        self._unsent: dict[Worker, None] = {}       # workers with frames put and not yet written
+        self._stalled: dict[Worker, bool] = {}      # workers whose socket took only part: watched for writing?
+        self._killing: dict[Worker, LocalJob] = {}  # running calls to stop once the worker's frames are read
         self._io = threading.Thread(target=self._io_loop, name="maze-local-io", daemon=True)
         self._io.start()
         _live.add(self)
@@ -468,25 +468,37 @@ class LocalBackend:
                     w.kill_group()
                 return
 
-    def _kill_unless_ended(self) -> None:
+    def _kill_unless_ended(self) -> bool:
         """Carry out the kills that wait for a look at what the worker sent (I/O thread, lock not held).
 
-        A look: what has arrived, a few reads at most, none that would wait (a
-        task printing without pause, or a worker stopped halfway through a
-        frame, must not hold this thread). A result read meanwhile takes the
-        kill back (``_on_done``).
+        A look reads what has arrived, and never waits (a task printing without
+        pause, or a worker stopped halfway through a frame, must not hold this
+        thread). A result read meanwhile takes the kill back (``_on_done``); so
+        does one in hand whose output frames are still coming (the call has
+        ended: the kill waits for them, and ``_on_done`` takes it back). Returns
+        whether the look handled anything: what that made the scheduler put
+        still has to be written.
         """
         with self._lock:
             killing = list(self._killing.items())
+        looked = False
         for worker, job in killing:
             for _ in range(4):
-                if worker.job is not job or not worker.reader.readable() or not self._on_readable(worker):
+                if worker.job is not job or not worker.reader.readable():
+                    break
+                looked = True
+                if not self._on_readable(worker):
                     break
             with self._lock:
-                if self._killing.get(worker) is job:
-                    del self._killing[worker]
-                    if worker.job is job:
-                        worker.kill_group()
+                if self._killing.get(worker) is not job:
+                    continue
+                held = worker.unread_done
+                if worker.job is job and held is not None and held.call_id == job.call.call_id:
+                    continue
+                del self._killing[worker]
+                if worker.job is job:
+                    worker.kill_group()
+        return looked
 
     def _send(self, worker: Worker, job: LocalJob, *, ahead: bool = False) -> None:
         """Hand a job to an idle worker, or (``ahead``) behind the call it runs (lock held)."""
@@ -594,13 +606,12 @@ class LocalBackend:
                         self._selector.modify(w.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, w)
                         self._stalled[w] = True
                 deadline = self._enforce_timeouts()
-            if self._killing:
-                # The look handles frames outside the select below: what it made the
-                # scheduler put (the next calls, a Go) and the deadlines it set are this
-                # pass's, so the select only polls, and the pass ends by writing them.
-                self._kill_unless_ended()
-                deadline = time.monotonic()
             timeout = max(0.0, deadline - time.monotonic()) if deadline is not None else None
+            if self._killing and self._kill_unless_ended():
+                # The look handled frames outside the select: what they made the scheduler
+                # put waits for the write at the end of this pass, and the clocks they
+                # started are not in ``deadline``. So the select only polls.
+                timeout = 0.0
             for key, events in self._selector.select(timeout):
                 if key.data is None:
                     try:
@@ -635,7 +646,7 @@ class LocalBackend:
                         return True
                     frame = decode(reader.recv_bytes())
                 if isinstance(frame, Done):
-                    following = sum(d[3] for d in frame.descriptors)
+                    following = _packing.frame_count(frame.descriptors)
                     while not reader.has_frames(following):
                         if not reader.readable():
                             worker.unread_done = frame

@@ -20,13 +20,14 @@ How a call runs:
   ``eager=False``): a call may take the object references of calls still
   queued or running, in its inputs or, for upstream calls it only waits for,
   as their reports (``TaskCall.after``). Ray starts it once they exist; if one
-  failed (a :class:`~maze.backends._ray_task.Failed` marker in place of an output, a report that is not
-  ok, or Ray's own error for a stopped or lost call) the body does not run;
-* each call is one Ray task, given its code, a :class:`~maze.backends._ray_task.RayCall` (the rest of
-  what the worker needs) and the inputs, with ``num_returns = 1 +
-  len(outputs)``: a small :class:`~maze.backends._ray_task.Report` (status, error, timing, the
-  :class:`~maze.backends._ray_task.StartNote`, captured output, and the small output values), then one
-  object per declared output. Those object references are the outcome's
+  failed (a ``Failed`` marker in place of an output, a report that is not ok,
+  or Ray's own error for a stopped or lost call) the body does not run;
+* each call is one Ray task, given its code, a ``RayCall`` (the rest of what
+  the worker needs) and the inputs, with ``num_returns = 1 + len(outputs)``:
+  a small ``Report`` (status, error, timing, the ``StartNote``, captured
+  output, and the small output values), then one object per declared output
+  (these classes, and what runs in the worker, are in
+  :mod:`maze.backends._ray_task`). Those object references are the outcome's
   ``handles``: dependent calls receive them, so outputs move between workers
   through Ray's object store, never through the driver;
 * the outcome's ``result`` is a plain ``dict`` of the task's values: small
@@ -47,9 +48,9 @@ How a call runs:
   ``ray start --resources='{"maze_gpu_mem_mb": <MB per GPU>}'``. Nothing holds
   a task to its ``gpu_mem`` once it runs, so a run whose tasks declare it gets
   one :class:`UserWarning` saying so (:func:`gpu_mem_warning`);
-* the hub receives a :class:`~maze.backends._ray_task.StartNote` for each call still running 20 ms
-  after it started, batched per worker (see :mod:`maze.backends._ray_task`), so ``start_task``
-  arrives while a longer task runs and a short one costs no actor call; the
+* the hub receives a ``StartNote`` for each call still running 20 ms after
+  it started, batched per worker, so ``start_task`` arrives while a longer
+  task runs and a short one costs no actor call; the
   report repeats the start, and the backend always reports start before
   resolving the future;
 * ``stop`` (cancel, fail-fast, timeout) ends the task and what it started.
