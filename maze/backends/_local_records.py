@@ -112,6 +112,7 @@ class Worker:
     dropping: set[str] = field(default_factory=set)  # calls told to drop, not yet answered (they may run)
     retiring: bool = False                          # told to exit; not an error when it ends
     unread_done: Done | None = None                 # a result whose output frames have not all arrived (I/O thread)
+    read_at: float = 0.0                            # when the last of them arrived (time.monotonic(); I/O thread)
 
     @classmethod
     def start(cls, devices: DeviceKey, owner: str) -> Worker:

@@ -114,6 +114,11 @@ _CACHED_CONSTANT_BYTES = 64 << 10
 # How much one read takes, at most, of the output frames that follow a result (up
 # to SHARED_THRESHOLD each: larger buffers go through shared memory).
 _FOLLOWING_CHUNK = 1 << 20
+# A call whose result has begun to arrive has ended, and is not stopped (its
+# timeout, a kill that waits for a look) while the rest keeps coming. If the
+# worker sends nothing more for this long (it was stopped from outside), the
+# stop goes ahead: a run must not wait on a frozen process past a timeout.
+_STALLED_S = 1.0
 
 
 class LocalBackend:
@@ -473,11 +478,12 @@ class LocalBackend:
 
         A look reads what has arrived, and never waits (a task printing without
         pause, or a worker stopped halfway through a frame, must not hold this
-        thread). A result read meanwhile takes the kill back (``_on_done``); so
-        does one in hand whose output frames are still coming (the call has
-        ended: the kill waits for them, and ``_on_done`` takes it back). Returns
-        whether the look handled anything: what that made the scheduler put
-        still has to be written.
+        thread). A result read meanwhile takes the kill back (``_on_done``). One
+        whose output frames are still coming puts the kill off (the call has
+        ended): ``_on_done`` takes it back when they have come, and it goes
+        ahead if they stop coming (``_STALLED_S``). Returns whether the look
+        handled anything: what that made the scheduler put still has to be
+        written.
         """
         with self._lock:
             killing = list(self._killing.items())
@@ -492,9 +498,8 @@ class LocalBackend:
             with self._lock:
                 if self._killing.get(worker) is not job:
                     continue
-                held = worker.unread_done
-                if worker.job is job and held is not None and held.call_id == job.call.call_id:
-                    continue
+                if worker.job is job and self._result_coming(worker, job, time.monotonic()):
+                    continue   # looked at again when it has come (_on_done takes the kill back), or stalls
                 del self._killing[worker]
                 if worker.job is job:
                     worker.kill_group()
@@ -649,7 +654,7 @@ class LocalBackend:
                     following = _packing.frame_count(frame.descriptors)
                     while not reader.has_frames(following):
                         if not reader.readable():
-                            worker.unread_done = frame
+                            worker.unread_done, worker.read_at = frame, time.monotonic()
                             return True
                         reader.fill(_FOLLOWING_CHUNK)
                     worker.unread_done = None
@@ -845,19 +850,43 @@ class LocalBackend:
         end_unfed(unfed)
 
     def _enforce_timeouts(self) -> float | None:
-        """Stop the running jobs past their deadline; the earliest deadline left (lock held, I/O thread).
+        """Stop the running jobs past their deadline; when to look again, at the earliest (lock held, I/O thread).
 
-        A job whose result is in hand, its output frames still coming, has
-        ended: it is not timed out, whatever keeps the rest of its result.
+        A job whose result is coming (see :meth:`_result_coming`) has ended and
+        is not timed out; whether it still is coming is looked at again once it
+        may have stalled, as is a kill that waits for it.
         """
-        running = [w.job for w in self._workers if w.job is not None
-                   and (w.unread_done is None or w.unread_done.call_id != w.job.call.call_id)]
-        late, earliest = sweep(running, time.monotonic())
+        now = time.monotonic()
+        running, again = [], None
+        for w in self._workers:
+            job = w.job
+            if job is None:
+                continue
+            if self._result_coming(w, job, now):
+                if job.deadline is not None or self._killing.get(w) is job:
+                    stalls = w.read_at + _STALLED_S
+                    again = stalls if again is None else min(again, stalls)
+                continue
+            running.append(job)
+        late, earliest = sweep(running, now)
         for job in late:
             if job.stop_reason is None:  # not stopped already (cancelled)
                 job.stop_reason = job.timed_out()
                 self._kill_running(job)
-        return earliest
+        if again is None:
+            return earliest
+        return again if earliest is None else min(again, earliest)
+
+    @staticmethod
+    def _result_coming(worker: Worker, job: LocalJob, now: float) -> bool:
+        """Whether ``job`` has ended and the rest of its result is on its way (I/O thread).
+
+        Its result's first frame is in hand, and the worker has sent more
+        within ``_STALLED_S``, or has sent what this thread has not read yet.
+        """
+        held = worker.unread_done
+        return (held is not None and held.call_id == job.call.call_id
+                and (now - worker.read_at < _STALLED_S or worker.reader.readable()))
 
 
 _CLOSED = "its backend was closed"
