@@ -644,25 +644,29 @@ class LocalBackend:
         reader = worker.reader
         try:
             reader.fill()
-            while True:
-                frame: Frame | None = worker.unread_done
-                if frame is None:
-                    if not reader.has_frame():
-                        return True
-                    frame = decode(reader.recv_bytes())
-                if isinstance(frame, Done):
-                    following = _packing.frame_count(frame.descriptors)
+        except (EOFError, OSError):
+            self._on_worker_exit(worker)
+            return False
+        while True:
+            frame: Frame | None = worker.unread_done
+            if frame is None:
+                if not reader.has_frame():
+                    return True
+                frame = decode(reader.recv_bytes())   # whole already: no read
+            if isinstance(frame, Done):
+                following = _packing.frame_count(frame.descriptors)
+                try:
                     while not reader.has_frames(following):
                         if not reader.readable():
                             worker.unread_done, worker.read_at = frame, time.monotonic()
                             return True
                         reader.fill(_FOLLOWING_CHUNK)
-                    worker.unread_done = None
-                if not self._on_frame(worker, frame):
-                    return False   # it has gone (it died while sending)
-        except (EOFError, OSError):
-            self._on_worker_exit(worker)
-            return False
+                except (EOFError, OSError):
+                    self._on_worker_exit(worker)
+                    return False
+                worker.unread_done = None
+            if not self._on_frame(worker, frame):
+                return False   # it has gone (it died while sending)
 
     def _on_frame(self, worker: Worker, frame: Frame) -> bool:
         """Handle one frame of ``worker``; whether it is still there."""
