@@ -136,8 +136,9 @@ def run_all_cells(page) -> None:
 PROMPTS_JS = "() => Array.from(document.querySelectorAll('.jp-InputArea-prompt')).map(p => p.textContent)"
 
 
-def wait_for_dag(page, timeout_s: float = 90) -> None:
-    """Wait for the first DAG widget's nodes; if Run All stalled (the kernel idle, cells never run), ask again.
+def wait_for_dag(page, timeout_s: float = 90, selector: str = ".maze-dag g.node") -> None:
+    """Wait for the first DAG widget's nodes (or ``selector``); if Run All stalled (the kernel idle, cells
+    never run), ask again.
 
     On a busy machine JupyterLab can drop a Run All between two cells,
     leaving later cells unqueued with the kernel idle; nothing of maze runs then.
@@ -145,7 +146,7 @@ def wait_for_dag(page, timeout_s: float = 90) -> None:
     deadline = time.time() + timeout_s
     while True:
         try:
-            page.wait_for_selector(".maze-dag g.node", state="attached", timeout=15_000)
+            page.wait_for_selector(selector, state="attached", timeout=15_000)
             return
         except Exception:  # noqa: BLE001 - playwright's TimeoutError
             if time.time() > deadline:
@@ -337,7 +338,7 @@ def watch_fan_out(lab: str, name: str, *, tasks: int, timeout: float, shot: str)
             try:
                 open_notebook(page, lab, name)
                 run_all_cells(page)
-                page.wait_for_selector(".maze-dag .maze-graph svg", state="attached", timeout=timeout * 1000)
+                wait_for_dag(page, timeout_s=120, selector=".maze-dag .maze-graph svg")
                 page.wait_for_function(KERNEL_TIMES_JS, timeout=timeout * 1000)
                 # The kernel has printed its end of run: give the widget a generous while to say so.
                 page.wait_for_function(
