@@ -98,76 +98,70 @@ def test_sweep_takes_late_jobs_once():
 # -- frames read and written in bulk (maze.backends._wire) ---------------------------------
 
 
-def _pair():
+@pytest.fixture
+def pair():
+    """Two connected ends, closed after the test (closing one twice is harmless)."""
     import socket
     from multiprocessing.connection import Connection
 
     ours, theirs = socket.socketpair()
-    return Connection(ours.detach()), Connection(theirs.detach())
+    a, b = Connection(ours.detach()), Connection(theirs.detach())
+    yield a, b
+    a.close()
+    b.close()
 
 
-def test_frames_written_together_arrive_in_one_read_and_in_order():
+def test_frames_written_together_arrive_in_one_read_and_in_order(pair):
     from maze.backends._wire import FrameReader, FrameWriter
 
-    a, b = _pair()
-    try:
-        writer, reader = FrameWriter(a.fileno()), FrameReader(b.fileno())
-        sent = [b"one", b"", memoryview(b"three"), b"x" * 200_000]   # an empty frame, a view, one over a read
-        for frame in sent:
-            writer.put(frame)
-        assert writer.queued and not reader.pending()     # nothing goes before flush()
-        writer.flush()
-        assert not writer.queued and reader.pending()
-        reader.fill()
-        assert reader.has_frame()
-        got = [reader.recv_bytes() for _ in sent]            # the long one is read on until whole
-        assert got == [bytes(f) for f in sent]
-        assert not reader.has_frame() and not reader.pending()
-    finally:
-        a.close()
-        b.close()
+    a, b = pair
+    writer, reader = FrameWriter(a.fileno()), FrameReader(b.fileno())
+    sent = [b"one", b"", memoryview(b"three"), b"x" * 200_000]   # an empty frame, a view, one over a read
+    for frame in sent:
+        writer.put(frame)
+    assert writer.queued and not reader.pending()     # nothing goes before flush()
+    writer.flush()
+    assert not writer.queued and reader.pending()
+    reader.fill()
+    assert reader.has_frame()
+    got = [reader.recv_bytes() for _ in sent]            # the long one is read on until whole
+    assert got == [bytes(f) for f in sent]
+    assert not reader.has_frame() and not reader.pending()
 
 
-def test_bulk_frames_speak_the_connection_framing_both_ways():
+def test_bulk_frames_speak_the_connection_framing_both_ways(pair):
     from maze.backends._wire import FrameReader, FrameWriter
 
-    a, b = _pair()
-    try:
-        a.send_bytes(b"from a connection")
-        a.send_bytes(b"y" * 70_000)
-        reader = FrameReader(b.fileno())
-        assert reader.recv_bytes() == b"from a connection"
-        assert reader.recv_bytes() == b"y" * 70_000
-        writer = FrameWriter(b.fileno())
-        writer.put(b"to a connection")
-        writer.put(b"")
-        writer.flush()
-        assert a.recv_bytes() == b"to a connection" and a.recv_bytes() == b""
-    finally:
-        a.close()
-        b.close()
+    a, b = pair
+    a.send_bytes(b"from a connection")
+    a.send_bytes(b"y" * 70_000)
+    reader = FrameReader(b.fileno())
+    assert reader.recv_bytes() == b"from a connection"
+    assert reader.recv_bytes() == b"y" * 70_000
+    writer = FrameWriter(b.fileno())
+    writer.put(b"to a connection")
+    writer.put(b"")
+    writer.flush()
+    assert a.recv_bytes() == b"to a connection" and a.recv_bytes() == b""
 
 
-def test_a_frame_cut_short_by_the_other_end_closing_is_an_eof():
+def test_a_frame_cut_short_by_the_other_end_closing_is_an_eof(pair):
+    import os
     import struct
 
     from maze.backends._wire import FrameReader
 
-    a, b = _pair()
-    try:
-        reader = FrameReader(b.fileno())
-        a.send_bytes(b"whole")
-        import os
-        os.write(a.fileno(), struct.pack("!i", 10) + b"half")   # a frame of 10 bytes, 4 sent
-        a.close()
-        reader.fill()
-        assert reader.recv_bytes() == b"whole"
-        assert not reader.has_frame() and reader.pending()
-        assert reader.readable()                             # the end of file: a read would not wait
-        with pytest.raises(EOFError):
-            reader.recv_bytes()
-    finally:
-        b.close()
+    a, b = pair
+    reader = FrameReader(b.fileno())
+    a.send_bytes(b"whole")
+    os.write(a.fileno(), struct.pack("!i", 10) + b"half")   # a frame of 10 bytes, 4 sent
+    a.close()
+    reader.fill()
+    assert reader.recv_bytes() == b"whole"
+    assert not reader.has_frame() and reader.pending()
+    assert reader.readable()                             # the end of file: a read would not wait
+    with pytest.raises(EOFError):
+        reader.recv_bytes()
 
 
 def test_a_writer_that_never_waits_keeps_what_the_socket_did_not_take_and_sends_it_first():
@@ -219,46 +213,38 @@ def test_a_reader_polls_a_descriptor_numbered_past_fd_setsize():
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_part_of_a_frame_is_pending_but_not_readable_when_nothing_more_has_arrived():
+def test_part_of_a_frame_is_pending_but_not_readable_when_nothing_more_has_arrived(pair):
     import os
     import struct
 
     from maze.backends._wire import FrameReader
 
-    a, b = _pair()
-    try:
-        reader = FrameReader(b.fileno())
-        os.write(a.fileno(), struct.pack("!i", 10) + b"half")   # a writer stopped halfway through a frame
-        reader.fill()
-        assert reader.pending() and not reader.has_frame()
-        assert not reader.readable()                         # a look that must not wait reads no more
-    finally:
-        a.close()
-        b.close()
+    a, b = pair
+    reader = FrameReader(b.fileno())
+    os.write(a.fileno(), struct.pack("!i", 10) + b"half")   # a writer stopped halfway through a frame
+    reader.fill()
+    assert reader.pending() and not reader.has_frame()
+    assert not reader.readable()                         # a look that must not wait reads no more
 
 
-def test_a_reader_tells_whether_the_next_frames_have_all_arrived():
+def test_a_reader_tells_whether_the_next_frames_have_all_arrived(pair):
     import os
     import struct
 
     from maze.backends._wire import FrameReader
 
-    a, b = _pair()
-    try:
-        reader = FrameReader(b.fileno())
-        long_header = struct.pack("!i", -1) + struct.pack("!Q", 3)   # the form of a frame over 2 GiB, here of 3 bytes
-        parts = [struct.pack("!i", 4) + b"done", struct.pack("!i", 2) + b"o1", long_header + b"o2!"]
-        os.write(a.fileno(), b"".join(parts)[:-2])                  # the last frame cut short
-        reader.fill()
-        assert reader.has_frames(0) and reader.has_frames(1) and reader.has_frames(2)
-        assert not reader.has_frames(3)
-        os.write(a.fileno(), b"".join(parts)[-2:])
-        reader.fill()
-        assert reader.has_frames(3) and not reader.has_frames(4)
-        assert [reader.recv_bytes() for _ in parts] == [b"done", b"o1", b"o2!"]
-        os.write(a.fileno(), long_header[:6])                        # a long header cut short
-        reader.fill()
-        assert not reader.has_frames(1) and not reader.has_frame()
-    finally:
-        a.close()
-        b.close()
+    a, b = pair
+    reader = FrameReader(b.fileno())
+    long_header = struct.pack("!i", -1) + struct.pack("!Q", 3)   # the form of a frame over 2 GiB, here of 3 bytes
+    parts = [struct.pack("!i", 4) + b"done", struct.pack("!i", 2) + b"o1", long_header + b"o2!"]
+    os.write(a.fileno(), b"".join(parts)[:-2])                  # the last frame cut short
+    reader.fill()
+    assert reader.has_frames(0) and reader.has_frames(1) and reader.has_frames(2)
+    assert not reader.has_frames(3)
+    os.write(a.fileno(), b"".join(parts)[-2:])
+    reader.fill()
+    assert reader.has_frames(3) and not reader.has_frames(4)
+    assert [reader.recv_bytes() for _ in parts] == [b"done", b"o1", b"o2!"]
+    os.write(a.fileno(), long_header[:6])                        # a long header cut short
+    reader.fill()
+    assert not reader.has_frames(1) and not reader.has_frame()

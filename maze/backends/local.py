@@ -861,15 +861,14 @@ class LocalBackend:
         may have stalled, as is a kill that waits for it.
         """
         now = time.monotonic()
-        running, again = [], None
+        running, looks = [], []
         for w in self._workers:
             job = w.job
             if job is None:
                 continue
             if self._result_coming(w, job, now):
                 if job.deadline is not None or self._killing.get(w) is job:
-                    stalls = w.read_at + _STALLED_S
-                    again = stalls if again is None else min(again, stalls)
+                    looks.append(w.read_at + _STALLED_S)   # when it may have stalled
                 continue
             running.append(job)
         late, earliest = sweep(running, now)
@@ -877,9 +876,9 @@ class LocalBackend:
             if job.stop_reason is None:  # not stopped already (cancelled)
                 job.stop_reason = job.timed_out()
                 self._kill_running(job)
-        if again is None:
-            return earliest
-        return again if earliest is None else min(again, earliest)
+        if earliest is not None:
+            looks.append(earliest)
+        return min(looks, default=None)
 
     @staticmethod
     def _result_coming(worker: Worker, job: LocalJob, now: float) -> bool:
