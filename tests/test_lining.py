@@ -21,6 +21,7 @@ from calls import call_taking_x
 
 from maze import MaClient, task
 from maze.backends.local import LocalBackend
+from maze.core.lining import Lining
 from maze.core.protocol import Failure, TaskCall, TaskOutcome, TaskStarted, WorkerEvent
 from maze.core.resources import Resources
 from maze.core.shipping import ship
@@ -672,3 +673,27 @@ def test_a_worker_stopped_as_its_call_ended_is_not_handed_the_next_one(backend):
     assert outcome.ok, outcome.error
     pids = {e.worker for n, e in events.seen if isinstance(e, TaskStarted)}
     assert len(pids) == 2                    # s2 ran on another worker
+
+
+def _took(seconds: float | None) -> TaskOutcome:
+    if seconds is None:   # stopped before it started: no times
+        return TaskOutcome(error=None)
+    return TaskOutcome(result={}, started_at=1000.0, finished_at=1000.0 + seconds)
+
+
+def test_a_function_is_lined_up_only_once_its_calls_have_been_quick_and_stops_at_its_first_slow_one(backend):
+    lining = Lining(backend)
+    call = _call("a")
+    assert not lining.quick(call.code.key), "a function never seen is not lined up"
+    lining.learn(call, _took(None))
+    assert not lining.quick(call.code.key), "a call that never ran says nothing"
+    lining.learn(call, _took(0.001))
+    assert lining.quick(call.code.key)
+    lining.learn(call, _took(0.5))
+    assert not lining.quick(call.code.key), "one slow call is enough to stop lining it up"
+    for _ in range(3):
+        lining.learn(call, _took(0.001))
+    assert not lining.quick(call.code.key), "a few quick calls do not outweigh a slow one at once"
+    for _ in range(10):
+        lining.learn(call, _took(0.001))
+    assert lining.quick(call.code.key)

@@ -17,7 +17,7 @@ callback, under the engine lock:
 The run's state is its :class:`RunState`, which readers see; what only the
 scheduler needs to drive a run (the sorter, output handles waiting for their
 dependents, resource grants, the current attempt of each task, retry timers)
-is a :class:`_Work` beside it, never seen outside this module.
+is a :class:`~maze.core.work.Work` beside it, never seen outside the scheduler.
 
 Admission is first come, first served within one resource shape; a small
 task may start before a larger one that does not fit yet (backfilling).
@@ -30,10 +30,10 @@ itself, a task is submitted as soon as each of its upstream tasks is finished
 or *submitted*, with the upstream calls' handles as its inputs, so that the
 backend resolves the dependency worker to worker and the driver is off the
 critical path. Such a task stays ``PENDING`` in its run (it is "ahead"): what
-it reports (its start, its output, its outcome) is held in :class:`_Work` and
-replayed when the sorter says it is ready, i.e. after the ``finish_task`` of
-every upstream task, so the message stream reads exactly as when it was
-submitted then. When an upstream task fails, the ahead task is skipped like
+it reports (its start, its output, its outcome) is held in its run's
+:class:`~maze.core.work.Work` and replayed when the sorter says it is ready,
+i.e. after the ``finish_task`` of every upstream task, so the message stream
+reads exactly as when it was submitted then. When an upstream task fails, the ahead task is skipped like
 any pending one (the backend keeps its body from running); on cancel it is
 stopped in the backend and skipped. Not submitted ahead, to keep their
 semantics: the dependents of a task that may retry (they would be bound to the
@@ -43,15 +43,12 @@ reuse is decided when the task is ready).
 
 Lining up
 ---------
-On a backend that can line a call up behind another
-(:class:`~maze.core.protocol.LiningBackend`, the local one), where admission is
-the scheduler's, quick calls (under ``QUICK_S`` lately) share one grant, one
-after the other: when no resources are free, the next waiting tasks of the same
-shape go behind a running one, up to ``LINE_DEPTH`` calls in all (``_line_up``);
-and a quick task's one dependent that waits for it alone goes behind it at
-once, taking its outputs as they come (``_line_dependent``). Such a dependent is ahead until its upstream
-task finishes here, exactly as above. The backend starts a lined-up call the
-moment the one before ends, while this thread is still concluding that one.
+Where the backend can line a call up behind another and admission is the
+scheduler's (the local backend), quick calls share one grant, one after the
+other, and a quick task's one dependent waiting for it alone goes behind it at
+once: :mod:`maze.core.lining` decides which, :meth:`Engine._line_up` and
+:meth:`Engine._line_dependent` submit them. Such a dependent is ahead until its
+upstream task finishes here, exactly as above.
 
 ``finish_workflow`` is always sent: when the last task settles, when a run is
 cancelled, and, through :meth:`Engine._guard`, when the scheduler itself hits
@@ -66,17 +63,14 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from functools import partial
-from graphlib import TopologicalSorter
-from typing import Any
 
-from .admission import Grant, ResourcePool
+from .admission import ResourcePool
 from .errors import BackendError, UnsatisfiableError
-from .history import Dropped, HistoryReader, HistoryWriter, Stored
-from .plan import PerPlan, Plan
+from .history import HistoryReader, HistoryWriter
+from .lining import Lining
+from .plan import Plan
 from .protocol import (
     Backend,
     EagerBackend,
@@ -92,74 +86,10 @@ from .protocol import (
 )
 from .resources import Capacity, Resources
 from .run import RunState, TaskState
-from .shipping import ShippedCode
 from .snapshot import Snapshot
+from .work import Slot, Work
 
 _log = logging.getLogger("maze")
-
-_NO_CODE = ShippedCode("", b"")  # in calls whose function could not be pickled (never submitted)
-# A task is lined up behind another only when both have lately run this briefly: a
-# lined-up task reads as submitted while it waits, so it must not wait long.
-QUICK_S = 0.005
-# How many quick calls share one grant at most: the one running and those lined up behind it. Deep
-# enough that a worker rarely waits for this thread, and that its calls travel, and their results
-# are read, several at a time; shallow enough that when a function turns slow (a larger input), few
-# of its calls are stuck on one worker behind a slow one while another worker idles. 8 deep made
-# the 10,000-task DAG about a tenth quicker than 4, but a slow tail a third slower (docs/benchmarks.md).
-LINE_DEPTH = 4
-_below: PerPlan[Mapping[str, list[str]]] = PerPlan()   # each plan's dependents, for every run of it
-
-
-@dataclass(eq=False)
-class _Slot:
-    """Resources granted once and held by one call, or by a short line of calls that run one after the other."""
-
-    grant: Grant
-    line: list[TaskCall] = field(default_factory=list)   # the calls holding it that have not ended, in order
-
-
-@dataclass(eq=False)
-class _Work:
-    """What the scheduler keeps to drive one run; the run's own state is ``run``."""
-
-    run: RunState
-    snapshot: Snapshot                           # code and constants as they were at run()
-    sorter: TopologicalSorter[str]
-    consumers: dict[str, int]                    # dependents that have not yet taken each task's outputs
-    attempts: dict[str, int]
-    handles: dict[str, Mapping[str, Any]] = field(default_factory=dict)   # outputs of finished tasks
-    reusable: dict[str, tuple[Mapping[str, Any], str]] = field(default_factory=dict)  # task -> (result, source)
-    calls: dict[str, TaskCall] = field(default_factory=dict)      # the current attempt of each admitted task
-    grants: dict[str, _Slot] = field(default_factory=dict)        # resources held by admitted tasks
-    timers: dict[str, threading.Timer] = field(default_factory=dict)  # retries waiting for their delay
-    # Submitting ahead (see the module docstring); empty unless the backend resolves submitted calls.
-    eager: bool = False
-    below: Mapping[str, list[str]] = field(default_factory=dict)  # task -> the tasks that wait for it (eager or lining)
-    unsettled: dict[str, int] = field(default_factory=dict)       # upstream tasks neither submitted for good nor finished
-    counted: set[str] = field(default_factory=set)                # tasks already taken off their dependents' unsettled
-    solid: dict[str, Submitted] = field(default_factory=dict)     # submitted, not settled, will not retry: their handles
-    ahead: set[str] = field(default_factory=set)                  # submitted before their upstream tasks finished
-    held: dict[str, list[WorkerEvent]] = field(default_factory=dict)     # what ahead tasks reported, in order
-    held_done: dict[str, tuple[TaskCall, TaskOutcome]] = field(default_factory=dict)  # outcomes of ahead tasks
-    stopping: dict[str, tuple[str, str | None, bool]] = field(default_factory=dict)  # ahead tasks being stopped: (reason, upstream, cancelled)
-    outcomes: deque[tuple[str, TaskCall, TaskOutcome]] = field(default_factory=deque)  # to conclude, in order
-    draining: bool = False
-
-    @classmethod
-    def of(cls, run: RunState, snapshot: Snapshot, *, eager: bool = False, lining: bool = False) -> _Work:
-        plan = run.plan
-        sorter: TopologicalSorter[str] = TopologicalSorter({tid: t.upstream for tid, t in plan.tasks.items()})
-        sorter.prepare()   # the plan was checked for cycles already
-        consumers = dict.fromkeys(plan.tasks, 0)
-        for t in plan.tasks.values():
-            for up in {ref.task_id for ref in t.refs.values()}:
-                consumers[up] += 1
-        work = cls(run, snapshot, sorter, consumers, dict.fromkeys(plan.tasks, 0), eager=eager)
-        if eager or lining:
-            work.below = _below.get(plan, plan.downstream)
-        if eager:
-            work.unsettled = {tid: len(set(t.upstream)) for tid, t in plan.tasks.items()}
-        return work
 
 
 class Engine:
@@ -177,10 +107,10 @@ class Engine:
         self._pool = ResourcePool(capacity)
         # Ready tasks waiting for resources, one FIFO per resource shape, so that a
         # thousand identical tasks cost one failed fit per pass, not a thousand.
-        self._waiting: dict[Resources, deque[tuple[_Work, str]]] = {}
+        self._waiting: dict[Resources, deque[tuple[Work, str]]] = {}
         self._dispatching = False
         self._dispatch_again = False
-        self._live: dict[str, _Work] = {}       # runs not ended yet, by id (for cancel() and close())
+        self._live: dict[str, Work] = {}       # runs not ended yet, by id (for cancel() and close())
         # Every run started here that someone (a workflow's records) still holds.
         self._runs: weakref.WeakValueDictionary[str, RunState] = weakref.WeakValueDictionary()
         self._closed = False
@@ -190,10 +120,9 @@ class Engine:
             backend if isinstance(backend, EagerBackend) and backend.resolves_submitted and capacity.managed else None
         )
         # Line quick tasks up behind each other where the backend can, and admission is ours.
-        self._lining: LiningBackend | None = (
-            backend if isinstance(backend, LiningBackend) and not capacity.managed else None
+        self._lining: Lining | None = (
+            Lining(backend) if isinstance(backend, LiningBackend) and not capacity.managed else None
         )
-        self._durations: dict[str, float] = {}   # code key -> how long its calls run, lately
 
     # -- public -----------------------------------------------------------------
 
@@ -237,7 +166,7 @@ class Engine:
         snapshot = Snapshot.take(plan)
         run = RunState(run_id, plan, self._lock, fail_fast=fail_fast, recorder=self.history,
                        on_interrupt=lambda: self.cancel(run, "interrupted while waiting"))
-        work = _Work.of(run, snapshot, eager=self._ahead is not None, lining=self._lining is not None)
+        work = Work.of(run, snapshot, eager=self._ahead is not None, lining=self._lining is not None)
         with self._lock:
             self._live[run_id] = work
             self._runs[run_id] = run
@@ -246,14 +175,14 @@ class Engine:
         threading.Thread(target=self._begin, args=(work, resume_from), name=f"maze-start-{run_id}", daemon=True).start()
         return run
 
-    def _begin(self, work: _Work, resume_from: RunState | None) -> None:
+    def _begin(self, work: Work, resume_from: RunState | None) -> None:
         run = work.run
         with self._guard(work):
             try:
                 run.prepare(work.snapshot.fingerprints(run.plan))
                 if resume_from is not None:
                     resume_from.prepared.wait()  # its fingerprints, when it is itself just starting
-                    self._plan_reuse(work, resume_from)
+                    work.plan_reuse(resume_from)
             finally:
                 run.prepared.set()
             with self._lock:
@@ -290,31 +219,13 @@ class Engine:
         for run in live:
             run.ended.wait(max(0.0, deadline - time.monotonic()))
 
-    def _end(self, work: _Work) -> None:
+    def _end(self, work: Work) -> None:
         work.run.end()
         self._live.pop(work.run.run_id, None)
 
     # -- the loop -----------------------------------------------------------------
 
-    def _plan_reuse(self, work: _Work, old: RunState) -> None:
-        """Decide, per task, whether ``old``'s result stands for this run, and say why."""
-        run = work.run
-        for tid, fp in run.fingerprints.items():
-            if tid not in old.plan.tasks:
-                run.explain(tid, f"not in run {old.run_id}")
-            elif old.states[tid] is not TaskState.FINISHED:
-                run.explain(tid, f"it did not finish in run {old.run_id} ({old.states[tid].value})")
-            elif tid not in old.fingerprints:
-                run.explain(tid, f"run {old.run_id} recorded no fingerprint for it")
-            elif (why := fp.why_different(old.fingerprints[tid])) is not None:
-                run.explain(tid, why)
-            elif any(isinstance(v, (Dropped, Stored)) for v in old.results[tid].values()):
-                run.explain(tid, "its result was not kept in the history (too large, or not picklable)")
-            else:
-                work.reusable[tid] = (old.results[tid], f"run {old.run_id}")
-                run.explain(tid, f"reused: unchanged since run {old.run_id}")
-
-    def _queue_ready(self, work: _Work) -> None:
+    def _queue_ready(self, work: Work) -> None:
         ready = work.sorter.get_ready()
         while ready:
             later = []
@@ -335,7 +246,7 @@ class Engine:
 
     # -- submitting ahead ------------------------------------------------------------
 
-    def _upstream_settled(self, work: _Work, tid: str) -> None:
+    def _upstream_settled(self, work: Work, tid: str) -> None:
         """``tid`` was submitted for good, or finished: its dependents may now be submitted ahead."""
         if tid in work.counted:
             return
@@ -346,42 +257,34 @@ class Engine:
             up = todo.pop()
             for child in work.below[up]:
                 work.unsettled[child] -= 1
-                if work.unsettled[child] == 0 and self._can_go_ahead(work, child):
+                if work.unsettled[child] == 0 and work.can_go_ahead(child):
                     if self._launch_ahead(work, child) and child not in work.counted:
                         work.counted.add(child)
                         todo.append(child)
 
-    def _can_go_ahead(self, work: _Work, tid: str) -> bool:
-        run = work.run
-        t = run.plan.tasks[tid]
-        return (run.states[tid] is TaskState.PENDING and not run.cancelling and tid not in work.calls
-                and not t.spec.options.cache and tid not in work.reusable
-                # all finished: the sorter makes it ready, and it goes the usual way
-                and any(up in work.solid for up in t.upstream))
-
-    def _launch_ahead(self, work: _Work, tid: str) -> bool:
+    def _launch_ahead(self, work: Work, tid: str) -> bool:
         """Submit ``tid`` before its upstream tasks finish; say whether it is solid (its dependents may follow)."""
         grant = self._pool.try_acquire(work.run.plan.tasks[tid].spec.resources)
         assert grant is not None, "submitting ahead needs a capacity the backend manages"
         work.ahead.add(tid)
         work.run.explain(tid, "ran: nothing to reuse", replace=False)
-        self._launch(work, tid, _Slot(grant))
+        self._launch(work, tid, Slot(grant))
         return tid in work.solid
 
-    def _promote(self, work: _Work, tid: str) -> None:
+    def _promote(self, work: Work, tid: str) -> None:
         """Every upstream task of ahead task ``tid`` finished: it counts as submitted now; replay what it reported."""
         work.ahead.discard(tid)
         work.run.launch(tid)
         call = work.calls[tid]
         for event in work.held.pop(tid, ()):
-            self._apply(work, tid, call, event)
+            work.apply(tid, call, event)
         held = work.held_done.pop(tid, None)
         if held is not None:
             work.outcomes.append((tid, *held))
         elif self._lining is not None:
             self._line_dependent(work, tid)
 
-    def _reuse(self, work: _Work, tid: str) -> bool:
+    def _reuse(self, work: Work, tid: str) -> bool:
         """Settle ``tid`` from an earlier run or the result cache, if either holds it."""
         run = work.run
         found = work.reusable.get(tid)
@@ -423,7 +326,7 @@ class Engine:
                         if grant is None:
                             break
                         queue.popleft()
-                        slot = _Slot(grant)
+                        slot = Slot(grant)
                         self._launch(work, tid, slot)
                         launched.append(slot)
                     for slot in launched:   # no room left: the next ones wait on a worker, not here
@@ -434,16 +337,11 @@ class Engine:
         finally:
             self._dispatching = False
 
-    def _line_up(self, slot: _Slot, need: Resources) -> None:
-        """Line waiting tasks of shape ``need`` up behind the slot's last call, while all are quick,
-        up to ``LINE_DEPTH`` calls in the slot.
-
-        The backend starts each the moment the call before it ends, on the same
-        worker, while this thread is still concluding that one: on tasks much
-        shorter than the scheduler's own work per task, workers would otherwise
-        wait for it. They run under the slot's one grant, one after the other.
-        """
-        if self._lining is None or not slot.line or not self._quick(slot.line[0].code.key):
+    def _line_up(self, slot: Slot, need: Resources) -> None:
+        """Line waiting tasks of shape ``need`` up behind the slot's last call (:meth:`Lining.behind`),
+        unless one of them can have resources of its own."""
+        lining = self._lining
+        if lining is None or not lining.lines_up(slot):
             return
         queue = self._waiting.get(need)
         if not queue:
@@ -452,55 +350,34 @@ class Engine:
         if room is not None:   # the next one can have resources of its own (_dispatch gives them)
             self._pool.release(room)
             return
-        while queue and len(slot.line) < LINE_DEPTH:
-            work, tid = queue[0]
-            if work.run.cancelling or work.run.states[tid].terminal:
-                queue.popleft()
-                continue
-            code = work.snapshot.code[tid]
-            if isinstance(code, TaskError) or not self._quick(code.key):
-                return
-            queue.popleft()   # an emptied queue is dropped by _dispatch
+        for work, tid in lining.behind(slot, queue):   # an emptied queue is dropped by _dispatch
             self._launch(work, tid, slot, behind=slot.line[-1].call_id)
 
-    def _line_dependent(self, work: _Work, tid: str) -> None:
-        """Line up, behind quick task ``tid``'s call, a quick dependent waiting for ``tid`` alone.
+    def _line_dependent(self, work: Work, tid: str) -> None:
+        """Line up, behind quick task ``tid``'s call, the dependent :meth:`Lining.dependent` picks.
 
-        It takes ``tid``'s outputs as they come (``upcoming_outputs``), so in a
-        chain the worker runs the next link the moment the one before ends,
-        while this thread concludes that one. Until ``tid`` finishes here the
-        dependent is ahead (see the module docstring): pending in its run, what
-        it reports held. One link at a time: the next when it is promoted.
+        It takes ``tid``'s outputs as they come (``upcoming_outputs``). Until
+        ``tid`` finishes here the dependent is ahead (see the module docstring):
+        pending in its run, what it reports held. One link at a time: the next
+        when it is promoted.
         """
         assert self._lining is not None
-        run, call, slot = work.run, work.calls[tid], work.grants[tid]
-        task = run.plan.tasks[tid]
-        if (slot.line[-1] is not call or len(slot.line) >= LINE_DEPTH or run.cancelling or task.spec.options.retries
-                or not self._quick(call.code.key)):
+        child = self._lining.dependent(work, tid)
+        if child is None:
             return
-        for child in work.below[tid]:
-            t = run.plan.tasks[child]
-            code = work.snapshot.code[child]
-            if (run.states[child] is not TaskState.PENDING or child in work.calls or len(t.upstream) != 1
-                    or t.spec.options.cache or child in work.reusable or t.spec.resources != task.spec.resources
-                    or isinstance(code, TaskError) or not self._quick(code.key)):
-                continue
-            upcoming = self._lining.upcoming_outputs(call.call_id)
-            if upcoming is None:   # it has ended: the dependent goes the usual way
-                return
-            work.ahead.add(child)
-            run.explain(child, "ran: nothing to reuse", replace=False)
-            # Only while the call is built: ``tid`` has not finished, so it has no handles of its
-            # own; its other dependents get its real ones when it does (_succeed).
-            work.handles[tid] = upcoming
-            self._launch(work, child, slot, behind=call.call_id)
-            work.handles.pop(tid, None)
+        call = work.calls[tid]
+        upcoming = self._lining.backend.upcoming_outputs(call.call_id)
+        if upcoming is None:   # it has ended: the dependent goes the usual way
             return
+        work.ahead.add(child)
+        work.run.explain(child, "ran: nothing to reuse", replace=False)
+        # Only while the call is built: ``tid`` has not finished, so it has no handles of its
+        # own; its other dependents get its real ones when it does (_succeed).
+        work.handles[tid] = upcoming
+        self._launch(work, child, work.grants[tid], behind=call.call_id)
+        work.handles.pop(tid, None)
 
-    def _quick(self, code_key: str) -> bool:
-        return self._durations.get(code_key, QUICK_S) < QUICK_S
-
-    def _launch(self, work: _Work, tid: str, slot: _Slot, behind: str | None = None) -> None:
+    def _launch(self, work: Work, tid: str, slot: Slot, behind: str | None = None) -> None:
         run = work.run
         grant = slot.grant
         with self._guard(work):
@@ -508,7 +385,7 @@ class Engine:
             attempt = work.attempts[tid]
             previous = work.calls.get(tid)
             if previous is None:
-                call = self._first_call(work, tid, grant)
+                call = work.first_call(tid, grant)
             else:
                 call = dataclasses.replace(previous, attempt=attempt, gpu_ids=grant.gpu_ids,
                                            call_id=f"{run.run_id}:{tid}:{attempt}")
@@ -525,7 +402,7 @@ class Engine:
             elif work.eager and self._ahead is not None:
                 future, submitted = self._ahead.submit_ahead(call, partial(self._on_event, work, tid, call.call_id))
             elif behind is not None and self._lining is not None:
-                future = self._lining.submit_behind(call, partial(self._on_event, work, tid, call.call_id), behind)
+                future = self._lining.backend.submit_behind(call, partial(self._on_event, work, tid, call.call_id), behind)
             else:
                 future = self.backend.submit(call, partial(self._on_event, work, tid, call.call_id))
             if submitted is not None and not run.plan.tasks[tid].spec.options.retries:
@@ -539,41 +416,7 @@ class Engine:
             elif self._lining is not None and tid not in work.ahead and not future.done():
                 self._line_dependent(work, tid)
 
-    def _first_call(self, work: _Work, tid: str, grant: Grant) -> TaskCall:
-        run = work.run
-        t = run.plan.tasks[tid]
-        code = work.snapshot.code[tid]
-        if isinstance(code, TaskError):
-            code = _NO_CODE
-        # Constants as they were at run(); outputs of reused tasks are plain values
-        # (no backend holds them), passed as constants too.
-        constants = {key: frozen.value for key, frozen in work.snapshot.constants[tid].items()}
-        inputs = {}
-        for key, ref in t.refs.items():
-            if run.is_reused(ref.task_id):
-                constants[key] = run.results[ref.task_id][ref.key]
-            else:
-                inputs[key] = work.handles[ref.task_id][ref.key]
-        fed = {ref.task_id for ref in t.refs.values()}
-        for up in fed:
-            if run.is_reused(up):
-                continue
-            work.consumers[up] -= 1
-            if work.consumers[up] == 0:
-                del work.handles[up]  # every dependent holds what it needs; free big outputs early
-        # Upstream calls still going whose outputs this task does not take: it waits for their end.
-        after = tuple(work.solid[up].done for up in t.upstream
-                      if up in work.solid and up not in fed and run.states[up] is not TaskState.FINISHED
-                      ) if work.solid else ()
-        attempt = work.attempts[tid]
-        return TaskCall(
-            call_id=f"{run.run_id}:{tid}:{attempt}",
-            run_id=run.run_id, task_id=tid, task_name=t.name, attempt=attempt,
-            func=t.function, code=code, constants=constants, inputs=inputs, outputs=t.spec.outputs,
-            resources=t.spec.resources, gpu_ids=grant.gpu_ids, timeout=t.spec.options.timeout, after=after,
-        )
-
-    def _on_event(self, work: _Work, tid: str, call_id: str, event: WorkerEvent) -> None:
+    def _on_event(self, work: Work, tid: str, call_id: str, event: WorkerEvent) -> None:
         with self._lock, self._guard(work):
             call = work.calls.get(tid)
             if call is None or call.call_id != call_id or work.run.ended.is_set() or work.run.states[tid].terminal:
@@ -581,16 +424,9 @@ class Engine:
             if tid in work.ahead:  # its upstream tasks have not all finished here yet: say it later
                 work.held.setdefault(tid, []).append(event)
                 return
-            self._apply(work, tid, call, event)
+            work.apply(tid, call, event)
 
-    @staticmethod
-    def _apply(work: _Work, tid: str, call: TaskCall, event: WorkerEvent) -> None:
-        if isinstance(event, TaskStarted):
-            work.run.start(tid, event, call.attempt)
-        else:
-            work.run.output(tid, event)
-
-    def _on_done(self, work: _Work, tid: str, call: TaskCall, future: Future[TaskOutcome]) -> None:
+    def _on_done(self, work: Work, tid: str, call: TaskCall, future: Future[TaskOutcome]) -> None:
         run = work.run
         with self._lock, self._guard(work):
             outcome = future.result()
@@ -616,22 +452,17 @@ class Engine:
             if run.open == 0:
                 self._end(work)
 
-    def _release(self, slot: _Slot, call: TaskCall, outcome: TaskOutcome) -> None:
+    def _release(self, slot: Slot, call: TaskCall, outcome: TaskOutcome) -> None:
         """A call ended: give its resources back, or keep them for the call lined up behind it and line up one more."""
-        if outcome.started_at is not None and outcome.finished_at is not None:
-            if len(self._durations) > 4096:   # keys of code edited away
-                self._durations.clear()
-            took, before = outcome.finished_at - outcome.started_at, self._durations.get(call.code.key)
-            # A moving average: one slow call (a worker's first, which loads the code) does not
-            # decide alone, and a function that turns slow stops being lined up within a few calls.
-            self._durations[call.code.key] = took if before is None else 0.7 * before + 0.3 * took
+        if self._lining is not None:
+            self._lining.learn(call, outcome)
         slot.line = [c for c in slot.line if c is not call]
         if not slot.line:
             self._pool.release(slot.grant)
         else:
             self._line_up(slot, slot.grant.resources)
 
-    def _drain(self, work: _Work) -> None:
+    def _drain(self, work: Work) -> None:
         """Conclude the outcomes waiting, in order, including those that concluding one releases (no recursion)."""
         if work.draining:
             return
@@ -644,12 +475,12 @@ class Engine:
         finally:
             work.draining = False
 
-    def _conclude(self, work: _Work, tid: str, call: TaskCall, outcome: TaskOutcome) -> None:
+    def _conclude(self, work: Work, tid: str, call: TaskCall, outcome: TaskOutcome) -> None:
         run = work.run
         if outcome.ok:
             self._succeed(work, tid, outcome)
         elif outcome.error is not None and outcome.error.kind is Failure.CANCELLED:
-            self._settled(work, tid)
+            work.settled(tid)
             run.stop(tid, outcome.error, call.attempt)
         elif call.attempt <= run.plan.tasks[tid].spec.options.retries and not run.cancelling:
             self._retry(work, tid, outcome.error)
@@ -658,19 +489,13 @@ class Engine:
 
     # -- outcomes -------------------------------------------------------------------
 
-    @staticmethod
-    def _settled(work: _Work, tid: str) -> None:
-        """The task's current attempt is over for good (it is about to reach a terminal state)."""
-        work.calls.pop(tid, None)
-        work.solid.pop(tid, None)
-
-    def _succeed(self, work: _Work, tid: str, outcome: TaskOutcome) -> None:
+    def _succeed(self, work: Work, tid: str, outcome: TaskOutcome) -> None:
         run = work.run
         result = outcome.result or {}
         if work.consumers[tid]:
             work.handles[tid] = outcome.handles
         duration = (outcome.finished_at or 0.0) - (outcome.started_at or 0.0)
-        self._settled(work, tid)
+        work.settled(tid)
         run.finish(tid, result, at=outcome.finished_at, duration=duration)
         fp = run.fingerprints[tid]
         if self.store is not None and run.plan.tasks[tid].spec.options.cache and fp.inputs:
@@ -684,9 +509,9 @@ class Engine:
             if work.eager:
                 self._upstream_settled(work, tid)
 
-    def _fail(self, work: _Work, tid: str, error: TaskError | None) -> None:
+    def _fail(self, work: Work, tid: str, error: TaskError | None) -> None:
         run = work.run
-        self._settled(work, tid)
+        work.settled(tid)
         run.fail(tid, error or TaskError.simple("RuntimeError", "the task failed without an error"), work.attempts[tid])
         for child in run.plan.descendants(tid):
             if run.states[child] is TaskState.PENDING:
@@ -695,7 +520,7 @@ class Engine:
             run.cancel()
             self._stop_everything(work, f"fail_fast: task {tid!r} failed", upstream=tid)
 
-    def _retry(self, work: _Work, tid: str, error: TaskError | None) -> None:
+    def _retry(self, work: Work, tid: str, error: TaskError | None) -> None:
         delay = work.run.plan.tasks[tid].spec.options.retry_delay
         timer = threading.Timer(delay, self._requeue, (work, tid))
         timer.daemon = True
@@ -703,7 +528,7 @@ class Engine:
         work.run.retry(tid, error, work.attempts[tid], delay)
         timer.start()
 
-    def _requeue(self, work: _Work, tid: str) -> None:
+    def _requeue(self, work: Work, tid: str) -> None:
         with self._lock, self._guard(work):
             if work.timers.pop(tid, None) is None or work.run.cancelling:
                 return
@@ -712,12 +537,12 @@ class Engine:
             self._waiting.setdefault(need, deque()).append((work, tid))
             self._dispatch()
 
-    def _stop_everything(self, work: _Work, reason: str, upstream: str | None) -> None:
+    def _stop_everything(self, work: Work, reason: str, upstream: str | None) -> None:
         run = work.run
         for tid, timer in list(work.timers.items()):
             timer.cancel()
             del work.timers[tid]
-            self._settled(work, tid)
+            work.settled(tid)
             run.skip(tid, reason, upstream, cancelled=True)
         for tid, state in list(run.states.items()):
             if state is not TaskState.PENDING:
@@ -728,7 +553,7 @@ class Engine:
         if run.open == 0:
             self._end(work)
 
-    def _skip(self, work: _Work, tid: str, reason: str, upstream: str | None, *, cancelled: bool, stop: bool) -> None:
+    def _skip(self, work: Work, tid: str, reason: str, upstream: str | None, *, cancelled: bool, stop: bool) -> None:
         """``tid`` will not run here: skip it, or, if it was submitted ahead, stop it and let what it
         reports back decide. Such a task may be running already (Ray starts it once its inputs exist,
         which can be before an upstream failure only the driver sees): started, it ends as a started
@@ -743,24 +568,24 @@ class Engine:
         elif stop and tid in work.calls:
             self.backend.stop(work.calls[tid].call_id)
 
-    def _conclude_stopped_ahead(self, work: _Work, tid: str, call: TaskCall) -> None:
+    def _conclude_stopped_ahead(self, work: Work, tid: str, call: TaskCall) -> None:
         """An ahead task stopped with its run has reported back (its start, if any, came before)."""
         reason, upstream, cancelled = work.stopping.pop(tid)
         events = work.held.pop(tid, [])
         work.ahead.discard(tid)
-        self._settled(work, tid)
+        work.settled(tid)
         if any(isinstance(e, TaskStarted) for e in events):
             work.run.launch(tid)
             for event in events:
-                self._apply(work, tid, call, event)
+                work.apply(tid, call, event)
             work.run.stop(tid, TaskError.cancelled(tid, reason), call.attempt)
         else:
             work.run.skip(tid, reason, upstream, cancelled=cancelled)
 
-    def _guard(self, work: _Work) -> _Guard:
+    def _guard(self, work: Work) -> _Guard:
         return _Guard(self, work)
 
-    def _abort(self, work: _Work, exc: BaseException) -> None:
+    def _abort(self, work: Work, exc: BaseException) -> None:
         """The scheduler itself failed: end the run rather than leave it hanging."""
         run = work.run
         _log.error("maze scheduler error in run %s", run.run_id, exc_info=exc)
@@ -771,7 +596,7 @@ class Engine:
                 error = TaskError.simple(type(exc).__name__, f"internal scheduler error: {exc}")
                 for tid, state in list(run.states.items()):
                     if not state.terminal:
-                        self._settled(work, tid)
+                        work.settled(tid)
                         run.stop(tid, error, work.attempts[tid])
             finally:
                 self._end(work)
@@ -782,7 +607,7 @@ class _Guard:
 
     __slots__ = ("engine", "work")
 
-    def __init__(self, engine: Engine, work: _Work) -> None:
+    def __init__(self, engine: Engine, work: Work) -> None:
         self.engine = engine
         self.work = work
 
