@@ -20,11 +20,11 @@ import workloads as w  # noqa: E402
 
 HOT_PATH = [
     "LocalBackend._on_readable", "LocalBackend._on_done", "Engine._on_done", "Engine._on_event",
-    "Engine._dispatch", "Engine._launch", "Engine._first_call", "LocalBackend.submit", "LocalBackend._send",
+    "Engine._dispatch", "Engine._launch", "Work.first_call", "LocalBackend.submit", "LocalBackend._send",
     "Engine._succeed", "RunState.finish", "RunState.start", "RunState._record", "Future.set_result",
-    "Connection.recv_bytes", "Connection.send_bytes", "decode", "encode", "EpollSelector.select",
+    "FrameReader.recv_bytes", "FrameWriter.flush", "decode", "encode", "EpollSelector.select",
     "Engine._queue_ready", "ResourcePool.try_acquire", "ResourcePool.release", "Snapshot.fingerprints",
-    "TopologicalSorter.done", "TopologicalSorter.get_ready",
+    "TopologicalSorter.done", "TopologicalSorter.get_ready", "Engine._line_up", "Lining.behind",
 ]
 
 

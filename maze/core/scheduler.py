@@ -17,7 +17,7 @@ callback, under the engine lock:
 The run's state is its :class:`RunState`, which readers see; what only the
 scheduler needs to drive a run (the sorter, output handles waiting for their
 dependents, resource grants, the current attempt of each task, retry timers)
-is a :class:`~maze.core.work.Work` beside it, never seen outside the scheduler.
+is a :class:`~maze.core.work.Work` beside it, which readers never see.
 
 Admission is first come, first served within one resource shape; a small
 task may start before a larger one that does not fit yet (backfilling).

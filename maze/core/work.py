@@ -5,8 +5,8 @@ A run's state (what readers see: task states, messages, results) is its
 :class:`Work` beside it: the run's ``graphlib`` sorter, the outputs of finished
 tasks waiting for their dependents, the resources and the current call of each
 admitted task, retry timers, and the bookkeeping of tasks submitted ahead of
-their upstream tasks (see :mod:`maze.core.scheduler`). Nothing outside the
-scheduler reads it.
+their upstream tasks (see :mod:`maze.core.scheduler`). Only the scheduler and
+its lining policy (:mod:`maze.core.lining`) read it.
 
 What here depends on one run only (building a task's call, deciding what an
 earlier run already did, which task may be submitted ahead) is a method of
