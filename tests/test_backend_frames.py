@@ -79,6 +79,22 @@ def test_ray_frames_round_trip():
     assert ray_task.Report.of_wire(failed.wire()) == failed
 
 
+def test_a_ray_output_rides_in_the_report_only_when_it_is_small_buffers_included():
+    import numpy as np
+
+    import maze.backends._ray_task as ray_task
+    limit = ray_task.INLINE_LIMIT
+    assert ray_task._small(np.ones(16))
+    # A large array pickles to a few hundred bytes with its buffer out of band: the buffer counts.
+    assert not ray_task._small(np.ones(limit // 8 + 1))
+    assert not ray_task._small(np.ones((limit, 2))[:, 0])   # not contiguous: pickled in band
+    assert not ray_task._small(b"x" * limit)
+    assert not ray_task._small(list(range(limit)))
+    assert ray_task._small(7) and ray_task._small("short")
+    with pytest.raises(TypeError, match="pickle"):
+        ray_task._small(threading.Lock())
+
+
 def test_sweep_takes_late_jobs_once():
     def job(timeout: float | None) -> Job:
         call = type("Call", (), {"timeout": timeout, "task_id": "t"})()

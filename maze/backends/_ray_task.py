@@ -336,12 +336,12 @@ def _small(value: Any) -> bool:
         return True
     if isinstance(value, (bytes, str)) and len(value) < INLINE_LIMIT // 4:
         return True
-    size = 0
+    buffers = 0
 
     def out_of_band(buffer: Any) -> None:  # large buffers are not copied, only counted
-        nonlocal size
-        size += memoryview(buffer.raw()).nbytes
+        nonlocal buffers
+        buffers += memoryview(buffer.raw()).nbytes
 
-    size += len(cloudpickle.dumps(value, protocol=5, buffer_callback=out_of_band))
-    return size < INLINE_LIMIT
+    pickled = len(cloudpickle.dumps(value, protocol=5, buffer_callback=out_of_band))
+    return pickled + buffers < INLINE_LIMIT   # the buffers counted while pickling, so added after
 
