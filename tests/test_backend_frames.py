@@ -60,6 +60,29 @@ def test_error_frame_keeps_its_kind():
     assert isinstance(back, Done) and back.error == error and back.error.kind is Failure.TIMED_OUT
 
 
+@pytest.mark.parametrize("value", [b"x" * (2 << 20), "é" * (1 << 20), list(range(400_000))],
+                         ids=["bytes", "str", "list"])
+def test_a_large_value_pickled_in_band_goes_to_shared_memory_and_its_header_stays_small(value):
+    packed = _packing.pack(value, "test-frames")
+    packed.own_file()
+    data, path, sizes, frames = packed.descriptor()
+    assert path is not None and frames == 0
+    assert len(pickle.dumps(packed.descriptor())) < 200   # what every call taking it carries
+    assert sum(sizes) == packed.nbytes > _packing.SHARED_THRESHOLD
+    assert _packing.unpack(packed) == value
+
+
+def test_an_array_in_shared_memory_keeps_its_short_pickle_in_the_header():
+    import numpy as np
+    array = np.arange(300_000.0)
+    packed = _packing.pack({"a": array, "b": 1}, "test-frames")
+    packed.own_file()
+    data, path, sizes, frames = packed.descriptor()
+    assert data and path is not None and sizes == (array.nbytes,)
+    back = _packing.unpack(packed)
+    assert back["b"] == 1 and (back["a"] == array).all()
+
+
 def test_ray_frames_round_trip():
     import maze.backends._ray_task as ray_task  # Ray is a test dependency; importing starts nothing
     note = ray_task.StartNote("c1", "127.0.0.1", "node", "worker", (0,), 1.5, 4242)

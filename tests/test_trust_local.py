@@ -452,6 +452,36 @@ def test_a_large_constant_fans_out_through_shared_memory(client):
     assert eventually(lambda: not [n for n in os.listdir(SHM) if n.startswith(owner)], within=2)
 
 
+@task(inputs=["n"], outputs=["text"])
+def long_text(params):
+    return {"text": "é" * params["n"]}
+
+
+@task(inputs=["text", "blob", "prefix"], outputs=["chars", "blob_bytes", "files"])
+def read_both(params):
+    import os as _os
+
+    from maze.backends import _packing as packing
+    files = [n for n in _os.listdir(packing._SHM_DIR) if n.startswith(params["prefix"])]
+    return {"chars": len(params["text"]), "blob_bytes": len(params["blob"]), "files": len(files)}
+
+
+def test_large_values_that_pickle_in_band_travel_through_shared_memory(client):
+    """``bytes``, ``str`` and lists pickle in band: the pickle itself goes to the file, not in every call."""
+    owner = f"{_packing.FILE_PREFIX}{client.backend._owner}-"
+    blob = bytes(range(256)) * 8192   # 2 MB
+    wf = client.create_workflow()
+    text = wf.add_task(long_text, inputs={"n": 2**20})   # 2 MB in UTF-8
+    readers = [wf.add_task(read_both, inputs={"text": text.outputs["text"], "blob": blob, "prefix": owner})
+               for _ in range(3)]
+    ran = results(wf)
+    for r in readers:
+        # both values are files while the readers run: the constant's and the upstream output's
+        assert ran[r.task_id] == {"chars": 2**20, "blob_bytes": len(blob), "files": 2}
+    assert ran[text.task_id]["text"] == "é" * 2**20
+    assert eventually(lambda: not [n for n in os.listdir(SHM) if n.startswith(owner)], within=2)
+
+
 def test_a_constant_mutated_between_runs_is_sent_anew(client):
     values = [1]
     wf = client.create_workflow()

@@ -1,14 +1,19 @@
 """How task values travel between the driver and local workers.
 
 A value is pickled once, in the process that made it, with pickle protocol 5,
-so large buffers (numpy arrays, bytes, anything exposing the buffer protocol)
-come out *out of band* instead of being copied into the pickle:
+so large buffers (numpy arrays, ``bytearray``, anything exposing the buffer
+protocol as a ``PickleBuffer``) come out *out of band* instead of being copied
+into the pickle:
 
-* small buffers travel as extra socket frames after the pickle;
-* buffers of 1 MB or more are written once to a file in shared memory
-  (``/dev/shm``), and every reader maps that file copy-on-write: no copy is
-  made however many tasks read the value, and a task may still modify its
-  input in place (the change stays private to that task).
+* a value of under 1 MB in all travels on the socket: its pickle in the
+  header of each call that takes it, its buffers as extra frames after it;
+* a value of 1 MB or more is written once to a file in shared memory
+  (``/dev/shm``): its buffers, and its pickle too unless that is a few bytes
+  (``bytes``, ``str``, lists and dicts pickle in band), so that a header
+  names the file instead of carrying the value. Every reader maps that file
+  copy-on-write: no copy is made however many tasks read the value, and a
+  task may still modify its input in place (the change stays private to that
+  task).
 
 The driver keeps a :class:`Packed` per output and passes it, unopened, to every
 dependent task; constant inputs are packed the same way, by the driver. A
@@ -41,6 +46,9 @@ import cloudpickle
 from maze.backends._jobs import pid_exists
 
 SHARED_THRESHOLD = 1 << 20
+# In a value that goes to shared memory, a pickle up to this size stays in the headers (a numpy
+# array's is about 150 bytes); a larger one is the file's first part.
+_PICKLE_IN_HEADER = 4096
 
 
 def _shared_dir() -> str:
@@ -85,10 +93,10 @@ Descriptor = tuple[bytes, str | None, tuple[int, ...], int]
 class Packed:
     """A pickled value: the pickle, its small buffers, and where its large ones live."""
 
-    data: bytes
+    data: bytes                                       # empty: the pickle is the file's first part
     frames: list[Any] = field(default_factory=list)   # small out-of-band buffers
     path: str | None = None                           # shared-memory file of the large ones
-    sizes: tuple[int, ...] = ()                       # sizes of the buffers in that file
+    sizes: tuple[int, ...] = ()                       # sizes of the parts of that file
 
     @property
     def nbytes(self) -> int:
@@ -118,8 +126,11 @@ def pack(value: Any, owner: str) -> Packed:
         buffers = []
         data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
     views = [b.raw() for b in buffers]
-    if sum(v.nbytes for v in views) < SHARED_THRESHOLD:
+    if len(data) + sum(v.nbytes for v in views) < SHARED_THRESHOLD:
         return Packed(data, views)
+    if len(data) > _PICKLE_IN_HEADER:   # the pickle goes in the file; an empty one in the header says so
+        views.insert(0, memoryview(data))
+        data = b""
     path = os.path.join(_SHM_DIR, f"{FILE_PREFIX}{owner}-{uuid.uuid4().hex}")
     # Private to this user (task data), and never an existing file: O_EXCL.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -134,10 +145,13 @@ def pack(value: Any, owner: str) -> Packed:
 
 
 def unpack(packed: Packed) -> Any:
+    data: Any = packed.data
     buffers: list[Any] = list(packed.frames)
     if packed.path is not None:
         buffers = _map(packed.path, packed.sizes)
-    return pickle.loads(packed.data, buffers=buffers)
+        if not data:   # a pickle is never empty: this one is the file's first part (see pack)
+            data, buffers = buffers[0], buffers[1:]
+    return pickle.loads(data, buffers=buffers)
 
 
 def _map(path: str, sizes: tuple[int, ...]) -> list[memoryview]:
