@@ -113,9 +113,60 @@ def test_a_ray_output_rides_in_the_report_only_when_it_is_small_buffers_included
     assert not ray_task._small(np.ones((limit, 2))[:, 0])   # not contiguous: pickled in band
     assert not ray_task._small(b"x" * limit)
     assert not ray_task._small(list(range(limit)))
-    assert ray_task._small(7) and ray_task._small("short")
+    assert ray_task._small(7) and ray_task._small("short") and ray_task._small(bytearray(100))
+    assert not ray_task._small("é" * (limit // 2 + 10))   # fewer characters than the limit, 2 bytes each in UTF-8
+    assert ray_task._small("x" * (limit // 2))
     with pytest.raises(TypeError, match="pickle"):
         ray_task._small(threading.Lock())
+
+
+def test_a_ray_worker_sends_start_notes_only_for_calls_that_have_run_a_while():
+    import maze.backends._ray_task as ray_task
+    sent: list[str] = []
+
+    class Hub:
+        class started:   # noqa: N801 - an actor method's shape: hub.started.remote(notes)
+            @staticmethod
+            def remote(notes):
+                sent.extend(n.call_id for n in notes)
+
+    def note(call_id: str, at: float):
+        return ray_task.StartNote(call_id, "127.0.0.1", "node", "worker", (), at, None)
+
+    def within(seconds: float, check) -> bool:
+        deadline = time.monotonic() + seconds
+        while not check() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return check()
+
+    ray_task._sessions["notes-test"] = (Hub, [])
+    try:
+        notes = ray_task._Notes()
+        now = time.time()
+        notes.started("notes-test", note("long", now - 1.0))   # has run a second already
+        notes.started("notes-test", note("young", now + 60))   # has not run the delay yet, whenever looked at
+        assert within(5, lambda: "long" in sent)
+        time.sleep(5 * ray_task._NOTE_DELAY_S)
+        assert sent == ["long"], "a young call's note waits"
+        notes.ended("young")   # over before its note was due: it sends none
+        assert within(5, lambda: not notes._wake.is_set())
+        time.sleep(5 * ray_task._NOTE_DELAY_S)
+        assert sent == ["long"]
+    finally:
+        del ray_task._sessions["notes-test"]
+
+
+def test_a_long_bytes_or_str_output_is_measured_by_its_length_not_pickled(monkeypatch):
+    import maze.backends._ray_task as ray_task
+
+    def no_pickling(*args, **kwargs):
+        raise AssertionError("pickled just to be measured")
+
+    monkeypatch.setattr(ray_task.cloudpickle, "dumps", no_pickling)
+    limit = ray_task.INLINE_LIMIT
+    for value in (b"x" * (20 * limit), bytearray(20 * limit), "x" * (20 * limit)):
+        assert not ray_task._small(value)
+    assert ray_task._small(b"x" * (limit // 2))
 
 
 def test_sweep_takes_late_jobs_once():

@@ -87,7 +87,8 @@ def test_messages_are_json_and_result_values_come_back_only_when_asked(tmp_path)
     path = tmp_path / "h.sqlite3"
     array = np.arange(10.0)
     result = {"n": 3, "doc": {"a": [1, 2.5, None, True, "s"]}, "pair": (1, 2), "tags": {"x"}, "array": array,
-              "big": np.zeros(VALUE_LIMIT // 8 + 1), "long": [0.5] * (VALUE_LIMIT // 3)}
+              "big": np.zeros(VALUE_LIMIT // 8 + 1), "long": [0.5] * (VALUE_LIMIT // 3),
+              "blob": b"x" * (VALUE_LIMIT + 1)}
     record(path, [
         msg(MessageType.START_TASK, "t", gpu_ids=[0], where=Path("/x"), pair=(1, 2)),
         msg(MessageType.FINISH_TASK, "t", result=result, duration=0.1),
@@ -111,6 +112,7 @@ def test_messages_are_json_and_result_values_come_back_only_when_asked(tmp_path)
     assert np.array_equal(loaded["array"], array)
     assert isinstance(loaded["big"], Dropped) and loaded["big"] == "<ndarray of 1.0 MB, not kept in the history>"
     assert isinstance(loaded["long"], Dropped) and loaded["long"].startswith("<list of 1.")
+    assert isinstance(loaded["blob"], Dropped) and loaded["blob"] == "<bytes of 1.0 MB, not kept in the history>"
 
     shown = reader.messages(RUN, values=False)[1]["data"]["result"]
     assert isinstance(shown["array"], Stored) and shown["array"] == "<ndarray, stored in the history>"

@@ -111,6 +111,49 @@ def test_large_outputs_do_not_pass_through_the_driver(ray_client):
     assert wf.get_task_result(run_id, a.task_id)["result"]["array"].shape == (n,)
 
 
+def adder(k: int):
+    def add(params):
+        return {"y": params["x"] + k}
+    return task(inputs=["x"], outputs=["y"])(add)
+
+
+class CountingHub:
+    """The client's hub, with its code additions counted."""
+
+    def __init__(self, hub) -> None:
+        self._hub = hub
+        self.sent: list[str] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self._hub, name)
+
+    @property
+    def add_code(self):
+        hub, sent = self._hub, self.sent
+
+        class Method:
+            @staticmethod
+            def remote(key, data):
+                sent.append(key)
+                return hub.add_code.remote(key, data)
+        return Method
+
+
+def test_the_code_of_many_task_functions_is_sent_to_the_hub_once(ray_client):
+    backend = ray_client.backend
+    counting = CountingHub(backend._hub)
+    backend._hub = counting
+    try:
+        wf = ray_client.create_workflow()
+        tasks = [wf.add_task(adder(k), inputs={"x": 1}) for k in range(70)]   # 70 code keys, more than a worker keeps
+        for run in range(2):
+            summary = wf.wait(wf.run(), timeout=120)
+            assert [summary["task_results"][t.task_id]["y"] for t in tasks] == [1 + k for k in range(70)]
+            assert len(counting.sent) == 70, f"run {run + 1}: {len(counting.sent)} code sends in all"
+    finally:
+        backend._hub = counting._hub
+
+
 def sequence(workflow, run_id):
     out = []
     for m in workflow.get_results(run_id):

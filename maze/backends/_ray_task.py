@@ -29,8 +29,9 @@ from maze.core.protocol import Failure, TaskError, TaskLog
 from maze.core.task import TaskBody
 
 INLINE_LIMIT = 64 * 1024  # outputs smaller than this ride along in the report
-CODE_CACHE = 64           # task functions kept, by code key, in each worker (and as "sent" on the driver)
-HUB_CODE = 1024           # code keys the hub keeps (more than the driver remembers sending: see RayBackend._ship)
+CODE_CACHE = 64           # task functions kept, by code key, in each worker
+HUB_CODE = 1024           # code keys the hub keeps, the last added
+SENT_CODE = HUB_CODE // 2  # code keys the driver remembers sending: fewer than the hub keeps (see RayBackend._ship)
 KILL_WAIT_S = 10.0        # how long a group kill waits for the stopped worker to be gone
 
 
@@ -182,10 +183,15 @@ class _Notes:
             self._wake.wait()
             time.sleep(_NOTE_DELAY_S)
             with self._lock:
-                self._wake.clear()
-                pending, self._pending = self._pending, {}
+                # Only the notes of calls that have run that long: one that started just now
+                # waits for the next turn (its call is likely over by then, and sends none).
+                now = time.time()
+                due = [cid for cid, (_, note) in self._pending.items() if now - note.at >= _NOTE_DELAY_S]
+                taken = [self._pending.pop(cid) for cid in due]
+                if not self._pending:
+                    self._wake.clear()
             by_session: dict[str, list[StartNote]] = {}
-            for session, note in pending.values():
+            for session, note in taken:
                 by_session.setdefault(session, []).append(note)
             for session, notes in by_session.items():
                 try:
@@ -334,8 +340,11 @@ def _small(value: Any) -> bool:
     """Whether an output is small enough to ride in the report; raises if it cannot be pickled."""
     if isinstance(value, _PLAIN):
         return True
-    if isinstance(value, (bytes, str)) and len(value) < INLINE_LIMIT // 4:
-        return True
+    if isinstance(value, (bytes, bytearray, str)):   # pickled whole just to be measured: their length says enough
+        if len(value) < INLINE_LIMIT // 4:
+            return True
+        if len(value) >= INLINE_LIMIT or not isinstance(value, str):
+            return len(value) + 64 < INLINE_LIMIT
     buffers = 0
 
     def out_of_band(buffer: Any) -> None:  # large buffers are not copied, only counted

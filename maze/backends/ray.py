@@ -114,8 +114,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 
 from maze.backends._ray_task import (  # noqa: E402 - needs Ray, checked just above
-    CODE_CACHE,
     KILL_WAIT_S,
+    SENT_CODE,
     Hub,
     Report,
     StartNote,
@@ -324,7 +324,7 @@ class RayBackend:
             ray.get(self._hub.add_code.remote(code.key, code.data))
             with self._lock:
                 self._code[code.key] = None
-                if len(self._code) > CODE_CACHE:
+                if len(self._code) > SENT_CODE:
                     self._code.popitem(last=False)
         return code.key
 

@@ -128,6 +128,8 @@ def _pickled(value: Any) -> tuple[str, bytes | None]:
     if type(value) is Kept:  # made by the driver, which has the value itself
         return (Dropped if value.blob is None else Stored)(value.descriptor), value.blob
     name = type(value).__name__
+    if type(value) in (bytes, bytearray) and len(value) > VALUE_LIMIT:   # no need to pickle it to know
+        return _too_large(name, len(value)), None
     buffers: list[pickle.PickleBuffer] = []
     try:
         # protocol 5 hands big buffers (arrays) out of band: sized without copying them
