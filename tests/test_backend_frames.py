@@ -107,17 +107,17 @@ def test_a_ray_output_rides_in_the_report_only_when_it_is_small_buffers_included
 
     import maze.backends._ray_task as ray_task
     limit = ray_task.INLINE_LIMIT
-    assert ray_task._small(np.ones(16))
+    assert ray_task.small(np.ones(16))
     # A large array pickles to a few hundred bytes with its buffer out of band: the buffer counts.
-    assert not ray_task._small(np.ones(limit // 8 + 1))
-    assert not ray_task._small(np.ones((limit, 2))[:, 0])   # not contiguous: pickled in band
-    assert not ray_task._small(b"x" * limit)
-    assert not ray_task._small(list(range(limit)))
-    assert ray_task._small(7) and ray_task._small("short") and ray_task._small(bytearray(100))
-    assert not ray_task._small("é" * (limit // 2 + 10))   # fewer characters than the limit, 2 bytes each in UTF-8
-    assert ray_task._small("x" * (limit // 2))
+    assert not ray_task.small(np.ones(limit // 8 + 1))
+    assert not ray_task.small(np.ones((limit, 2))[:, 0])   # not contiguous: pickled in band
+    assert not ray_task.small(b"x" * limit)
+    assert not ray_task.small(list(range(limit)))
+    assert ray_task.small(7) and ray_task.small("short") and ray_task.small(bytearray(100))
+    assert not ray_task.small("é" * (limit // 2 + 10))   # fewer characters than the limit, 2 bytes each in UTF-8
+    assert ray_task.small("x" * (limit // 2))
     with pytest.raises(TypeError, match="pickle"):
-        ray_task._small(threading.Lock())
+        ray_task.small(threading.Lock())
 
 
 def test_a_ray_worker_sends_start_notes_only_for_calls_that_have_run_a_while():
@@ -165,8 +165,8 @@ def test_a_long_bytes_or_str_output_is_measured_by_its_length_not_pickled(monkey
     monkeypatch.setattr(ray_task.cloudpickle, "dumps", no_pickling)
     limit = ray_task.INLINE_LIMIT
     for value in (b"x" * (20 * limit), bytearray(20 * limit), "x" * (20 * limit)):
-        assert not ray_task._small(value)
-    assert ray_task._small(b"x" * (limit // 2))
+        assert not ray_task.small(value)
+    assert ray_task.small(b"x" * (limit // 2))
 
 
 def test_sweep_takes_late_jobs_once():

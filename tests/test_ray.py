@@ -154,6 +154,28 @@ def test_the_code_of_many_task_functions_is_sent_to_the_hub_once(ray_client):
         backend._hub = counting._hub
 
 
+@task(inputs=["table", "i"], outputs=["total"])
+def scale_in_place(params):
+    params["table"] *= params["i"]   # its own copy, as on every backend
+    return {"total": float(params["table"].sum())}
+
+
+def test_a_large_constant_is_put_in_the_object_store_once_per_run_and_each_call_gets_its_own_copy(
+        ray_client, monkeypatch):
+    import maze.backends.ray as ray_backend
+    puts = []
+    real_put = ray_backend.ray.put
+    monkeypatch.setattr(ray_backend.ray, "put", lambda value, **kw: puts.append(type(value).__name__) or real_put(value, **kw))
+    table = np.ones(2**18)   # 2 MB
+    wf = ray_client.create_workflow()
+    tasks = [wf.add_task(scale_in_place, inputs={"table": table, "i": i}) for i in range(6)]
+    for run in (1, 2):
+        summary = wf.wait(wf.run(), timeout=120)
+        assert [summary["task_results"][t.task_id]["total"] for t in tasks] == [float(i * table.size) for i in range(6)]
+        assert puts == ["Shared"] * run, "once per run, not once per call"
+    assert (table == 1).all()
+
+
 def sequence(workflow, run_id):
     out = []
     for m in workflow.get_results(run_id):

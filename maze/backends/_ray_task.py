@@ -63,6 +63,16 @@ class Failed(NamedTuple):
     task_id: str
 
 
+class Shared(NamedTuple):
+    """A large constant input, pickled once per run and put in the object store; each call unpickles its own copy.
+
+    Its own copy, as when the constant travelled in the call: a task may change
+    it in place (an array Ray maps from its store would be read-only).
+    """
+
+    pickled: bytes
+
+
 class StartNote(NamedTuple):
     """A worker to the driver, through the hub, as a call starts (its report repeats it)."""
 
@@ -224,6 +234,8 @@ def run_call(packed: list[Any], *args: Any) -> Any:
         return (skipped, *[Failed(call.task_id)] * len(outputs)) if outputs else skipped
     from maze.core.execute import captured_output, gather_params, run_body
 
+    inputs = tuple(cloudpickle.loads(v.pickled) if type(v) is Shared else v for v in inputs)
+
     global _where
     if _where is None:
         ctx = ray.get_runtime_context()
@@ -255,12 +267,12 @@ def run_call(packed: list[Any], *args: Any) -> Any:
         try:
             # Ray would fail to store an unpicklable output only after this report
             # said "ok"; find out here, and measure each value on the way.
-            small = {k: _small(v) for k, v in result.items()}
+            fits = {k: small(v) for k, v in result.items()}
         except Exception as exc:  # noqa: BLE001
             result, error = None, wrapped_error(exc, f"the result of task {call.task_id!r} could not be pickled")
     if result is not None:
         values = [result[k] for k in outputs]
-        inline = {k: v for k, v in result.items() if k not in outputs or small[k]}
+        inline = {k: v for k, v in result.items() if k not in outputs or fits[k]}
     report = Report(start, result is not None, list(result or ()), inline, error, logs, time.time()).wire()
     return (report, *values) if outputs else report
 
@@ -336,7 +348,7 @@ def _running(pid: int) -> bool:
 _PLAIN = (int, float, bool, type(None))  # always picklable, always small
 
 
-def _small(value: Any) -> bool:
+def small(value: Any) -> bool:
     """Whether an output is small enough to ride in the report; raises if it cannot be pickled."""
     if isinstance(value, _PLAIN):
         return True

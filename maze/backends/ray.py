@@ -91,11 +91,14 @@ import tempfile
 import threading
 import time
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
+
+import cloudpickle
 
 from maze.backends._jobs import Job, sweep
 from maze.core.errors import BackendError
@@ -114,10 +117,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 
 from maze.backends._ray_task import (  # noqa: E402 - needs Ray, checked just above
+    INLINE_LIMIT,
     KILL_WAIT_S,
     SENT_CODE,
     Hub,
     Report,
+    Shared,
     StartNote,
     hub_name,
     kill_group,
@@ -129,6 +134,17 @@ _POLL_S = 0.05
 _NOTES_S = 0.1
 _CANCEL_GRACE_S = 0.25    # how long after its submission (and its inputs resolved) Ray has surely taken a call in
 _WARNED_RUNS = 1024       # runs remembered as warned about gpu_mem (the oldest are forgotten)
+_PLAIN = (int, float, bool, type(None))
+
+
+class _Constant:
+    """A constant input of a run's calls; pickled and put in the object store if it is too large to travel in each."""
+
+    __slots__ = ("value", "ref", "__weakref__")
+
+    def __init__(self, value: Any, ref: Any) -> None:
+        self.value = value   # held, so that its id names it while this lives
+        self.ref = ref
 
 
 @dataclass(eq=False, kw_only=True)
@@ -142,6 +158,7 @@ class _Job(Job):
     # taking them ends without running its body. Not so when only the driver failed to read them.
     outputs_failed: bool = False
     submitted_at: float = field(default_factory=time.monotonic)
+    constants: list[_Constant] = field(default_factory=list)   # its large constants, put once per run
     started: bool = False
     # Held while reporting the start: the notes thread and the result thread may
     # both try, and the start must be reported, once, before the future resolves.
@@ -191,6 +208,8 @@ class RayBackend:
         self._notes_lock = threading.Lock()                # one drain of the hub at a time, delivered whole
         self._gpu_mem_per_node = self._read_gpu_memory()
         self._shapes: dict[tuple[Resources, int], Any] = {}
+        # (run id, id(value)) -> a large constant put in the object store; an entry lives while a job holds it.
+        self._constants: weakref.WeakValueDictionary[tuple[str, int], _Constant] = weakref.WeakValueDictionary()
         self._gpu_mem_warned: OrderedDict[str, None] = OrderedDict()  # runs told that gpu_mem is not enforced
         self._ready: queue.SimpleQueue[Any] = queue.SimpleQueue()   # report refs that are done
         self._closed = False
@@ -250,10 +269,11 @@ class RayBackend:
             self._warn_gpu_mem(call)
         keys = list(call.inputs)
         try:
+            constants, put = self._constants_of(call)
             refs = self._remote_for(call.resources, len(call.outputs)).remote(
-                [self._session_key, self._ship(call.code), call.call_id, call.task_id, dict(call.constants), keys,
+                [self._session_key, self._ship(call.code), call.call_id, call.task_id, constants, keys + list(put),
                  list(call.outputs), bool(call.resources.gpu)],
-                *[call.inputs[k] for k in keys], *call.after,
+                *[call.inputs[k] for k in keys], *[c.ref for c in put.values()], *call.after,
             )
         except Exception as exc:  # noqa: BLE001 - e.g. an input Ray cannot serialize
             failed: Future[TaskOutcome] = Future()
@@ -264,7 +284,7 @@ class RayBackend:
             return failed, None
         refs = refs if isinstance(refs, list) else [refs]
         waits_on = [v for v in (*call.inputs.values(), *call.after) if isinstance(v, ray.ObjectRef)]
-        job = _Job(call, report, Future(), refs=refs, waits_on=waits_on)
+        job = _Job(call, report, Future(), refs=refs, waits_on=waits_on, constants=list(put.values()))
         job.future.set_running_or_notify_cancel()
         with self._lock:
             job.upstream = [up for up in map(self._producers.get, waits_on) if up is not None]
@@ -310,6 +330,32 @@ class RayBackend:
         self.close()
 
     # -- helpers --------------------------------------------------------------------
+
+    def _constants_of(self, call: TaskCall) -> tuple[dict[str, Any], dict[str, _Constant]]:
+        """The call's constants that travel in it, and those put in the object store, once per run.
+
+        A large constant (a lookup table, an array) given to many calls would
+        otherwise be serialized into every one of them. It is pickled once and
+        put, and goes to Ray as an input; each call unpickles its own copy
+        (:class:`~maze.backends._ray_task.Shared`). Raises if a constant cannot
+        be pickled.
+        """
+        inline: dict[str, Any] = {}
+        put: dict[str, _Constant] = {}
+        for key, value in call.constants.items():
+            if isinstance(value, _PLAIN) or (type(value) in (str, bytes) and len(value) < INLINE_LIMIT // 4):
+                inline[key] = value
+                continue
+            held = self._constants.get((call.run_id, id(value)))
+            if held is None or held.value is not value:
+                pickled = cloudpickle.dumps(value, protocol=5)
+                held = _Constant(value, ray.put(Shared(pickled)) if len(pickled) >= INLINE_LIMIT else None)
+                self._constants[(call.run_id, id(value))] = held
+            if held.ref is None:
+                inline[key] = value
+            else:
+                put[key] = held
+        return inline, put
 
     def _ship(self, code: ShippedCode) -> str:
         """Make sure the hub holds a call's code; its key.
