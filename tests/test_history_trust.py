@@ -88,7 +88,7 @@ def test_messages_are_json_and_result_values_come_back_only_when_asked(tmp_path)
     array = np.arange(10.0)
     result = {"n": 3, "doc": {"a": [1, 2.5, None, True, "s"]}, "pair": (1, 2), "tags": {"x"}, "array": array,
               "big": np.zeros(VALUE_LIMIT // 8 + 1), "long": [0.5] * (VALUE_LIMIT // 3),
-              "blob": b"x" * (VALUE_LIMIT + 1)}
+              "blob": b"x" * (VALUE_LIMIT + 1), "text": "é" * (VALUE_LIMIT + 1)}
     record(path, [
         msg(MessageType.START_TASK, "t", gpu_ids=[0], where=Path("/x"), pair=(1, 2)),
         msg(MessageType.FINISH_TASK, "t", result=result, duration=0.1),
@@ -113,10 +113,22 @@ def test_messages_are_json_and_result_values_come_back_only_when_asked(tmp_path)
     assert isinstance(loaded["big"], Dropped) and loaded["big"] == "<ndarray of 1.0 MB, not kept in the history>"
     assert isinstance(loaded["long"], Dropped) and loaded["long"].startswith("<list of 1.")
     assert isinstance(loaded["blob"], Dropped) and loaded["blob"] == "<bytes of 1.0 MB, not kept in the history>"
+    assert isinstance(loaded["text"], Dropped) and loaded["text"] == "<str of 1.0 MB, not kept in the history>"
 
     shown = reader.messages(RUN, values=False)[1]["data"]["result"]
     assert isinstance(shown["array"], Stored) and shown["array"] == "<ndarray, stored in the history>"
     assert isinstance(shown["big"], Dropped) and shown["n"] == 3
+
+
+def test_a_value_too_long_to_keep_is_dropped_in_the_driver_not_sent_whole_to_the_writer():
+    from maze.core.history_values import Kept, plain_result, with_kept_results
+    data = {"result": {"text": "x" * (VALUE_LIMIT + 1), "blob": b"y" * (VALUE_LIMIT + 1), "n": 1}}
+    assert not plain_result(data)
+    sent = with_kept_results(data)["result"]
+    for key in ("text", "blob"):
+        assert type(sent[key]) is Kept and sent[key].blob is None   # a description, no pickle of it
+    assert sent["n"] == 1 and data["result"]["text"] == "x" * (VALUE_LIMIT + 1)   # the run's own message unchanged
+    assert plain_result({"result": {"text": "x" * 100, "n": 1}})
 
 
 class Unprintable:

@@ -128,7 +128,7 @@ def _pickled(value: Any) -> tuple[str, bytes | None]:
     if type(value) is Kept:  # made by the driver, which has the value itself
         return (Dropped if value.blob is None else Stored)(value.descriptor), value.blob
     name = type(value).__name__
-    if type(value) in (bytes, bytearray) and len(value) > VALUE_LIMIT:   # no need to pickle it to know
+    if _too_long(value):   # no need to pickle it to know
         return _too_large(name, len(value)), None
     buffers: list[pickle.PickleBuffer] = []
     try:
@@ -144,6 +144,11 @@ def _pickled(value: Any) -> tuple[str, bytes | None]:
     return Stored(f"<{name}, stored in the history>"), blob
 
 
+def _too_long(value: Any) -> bool:
+    """A string or bytes value too large to keep, known by its length alone (its JSON or pickle is longer)."""
+    return type(value) in (str, bytes, bytearray) and len(value) > VALUE_LIMIT
+
+
 def _too_large(name: str, size: int) -> Dropped:
     return Dropped(f"<{name} of {size / 2**20:.1f} MB, not kept in the history>")
 
@@ -154,7 +159,7 @@ def plain_result(data: dict[str, Any]) -> bool:
     if type(result) is not dict:
         return True
     for value in result.values():
-        if type(value) not in _SCALARS and not _plain(value):
+        if (type(value) not in _SCALARS and not _plain(value)) or _too_long(value):
             return False
     return True
 
@@ -167,7 +172,9 @@ def with_kept_results(data: dict[str, Any]) -> dict[str, Any]:
     result = data.get("result")
     if type(result) is not dict:
         return data
-    odd = [key for key, value in result.items() if type(value) not in _SCALARS and not _plain(value)]
+    # Values pickled here, in the driver; and long strings, dropped here rather than sent whole to the writer.
+    odd = [key for key, value in result.items()
+           if (type(value) not in _SCALARS and not _plain(value)) or _too_long(value)]
     if not odd:
         return data
     result = dict(result)
