@@ -83,6 +83,19 @@ def test_an_array_in_shared_memory_keeps_its_short_pickle_in_the_header():
     assert back["b"] == 1 and (back["a"] == array).all()
 
 
+@pytest.mark.parametrize("text", range(4097, 4105))   # pickles of every length modulo 8
+def test_arrays_mapped_from_shared_memory_are_aligned_and_writable_whatever_comes_before_them(text):
+    import numpy as np
+    value = {"odd": np.ones(1001, dtype=np.uint8), "floats": np.arange(200_000.0), "text": "x" * text}
+    packed = _packing.pack(value, "test-frames")   # a pickle of over 4 KB, in the file with the arrays
+    packed.own_file()
+    assert packed.path is not None and not packed.data
+    back = _packing.unpack(packed)
+    assert back["text"] == value["text"] and (back["floats"] == value["floats"]).all()
+    for array in (back["odd"], back["floats"]):
+        assert array.flags.aligned and array.flags.writeable
+
+
 def test_ray_frames_round_trip():
     import maze.backends._ray_task as ray_task  # Ray is a test dependency; importing starts nothing
     note = ray_task.StartNote("c1", "127.0.0.1", "node", "worker", (0,), 1.5, 4242)

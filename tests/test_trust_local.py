@@ -482,6 +482,24 @@ def test_large_values_that_pickle_in_band_travel_through_shared_memory(client):
     assert eventually(lambda: not [n for n in os.listdir(SHM) if n.startswith(owner)], within=2)
 
 
+@task(inputs=["n"], outputs=["array"])
+def small_array(params):
+    return {"array": np.ones(params["n"])}
+
+
+def test_a_task_may_change_a_small_array_input_in_place_and_no_one_else_sees_it(client):
+    """Under 1 MB an array travels on the socket; the task still gets its own, writable copy."""
+    constant = np.ones(12_500)   # 100 KB
+    wf = client.create_workflow()
+    made = wf.add_task(small_array, inputs={"n": 12_500})
+    tasks = [wf.add_task(scaled_total, inputs={"array": source, "i": i})
+             for i in (2, 3) for source in (constant, made.outputs["array"])]
+    ran = results(wf)
+    assert [ran[t.task_id]["total"] for t in tasks] == [2 * 12_500.0] * 2 + [3 * 12_500.0] * 2
+    assert (constant == 1).all() and (ran[made.task_id]["array"] == 1).all()
+    assert ran[made.task_id]["array"].flags.writeable   # the result handed back is the caller's to change
+
+
 def test_a_constant_mutated_between_runs_is_sent_anew(client):
     values = [1]
     wf = client.create_workflow()

@@ -6,7 +6,8 @@ protocol as a ``PickleBuffer``) come out *out of band* instead of being copied
 into the pickle:
 
 * a value of under 1 MB in all travels on the socket: its pickle in the
-  header of each call that takes it, its buffers as extra frames after it;
+  header of each call that takes it, its buffers as extra frames after it,
+  copied by the reader into buffers of its own (writable, as a mapped file is);
 * a value of 1 MB or more is written once to a file in shared memory
   (``/dev/shm``): its buffers, and its pickle too unless that is a few bytes
   (``bytes``, ``str``, lists and dicts pickle in band), so that a header
@@ -37,7 +38,7 @@ import pickle
 import tempfile
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,8 +48,9 @@ from maze.backends._jobs import pid_exists
 
 SHARED_THRESHOLD = 1 << 20
 # In a value that goes to shared memory, a pickle up to this size stays in the headers (a numpy
-# array's is about 150 bytes); a larger one is the file's first part.
+# array's is about 150 bytes); a larger one is the file's last part.
 _PICKLE_IN_HEADER = 4096
+_ALIGN = 64   # each part of a file starts at a multiple of this: arrays mapped from it are aligned
 
 
 def _shared_dir() -> str:
@@ -93,7 +95,7 @@ Descriptor = tuple[bytes, str | None, tuple[int, ...], int]
 class Packed:
     """A pickled value: the pickle, its small buffers, and where its large ones live."""
 
-    data: bytes                                       # empty: the pickle is the file's first part
+    data: bytes                                       # empty: the pickle is the file's last part
     frames: list[Any] = field(default_factory=list)   # small out-of-band buffers
     path: str | None = None                           # shared-memory file of the large ones
     sizes: tuple[int, ...] = ()                       # sizes of the parts of that file
@@ -129,7 +131,7 @@ def pack(value: Any, owner: str) -> Packed:
     if len(data) + sum(v.nbytes for v in views) < SHARED_THRESHOLD:
         return Packed(data, views)
     if len(data) > _PICKLE_IN_HEADER:   # the pickle goes in the file; an empty one in the header says so
-        views.insert(0, memoryview(data))
+        views.append(memoryview(data))   # last: the buffers keep their offsets (an array's alignment)
         data = b""
     path = os.path.join(_SHM_DIR, f"{FILE_PREFIX}{owner}-{uuid.uuid4().hex}")
     # Private to this user (task data), and never an existing file: O_EXCL.
@@ -137,7 +139,9 @@ def pack(value: Any, owner: str) -> Packed:
     try:
         with open(fd, "wb") as fh:
             os.fchmod(fd, 0o600)  # exactly 0600 whatever the umask: the owner must read it back
-            fh.writelines(views)
+            for view, offset in zip(views, _offsets(v.nbytes for v in views)):
+                fh.seek(offset)   # the gap before it reads as zeros
+                fh.write(view)
     except BaseException:
         _unlink(path)  # e.g. /dev/shm is full: leave no partial file behind
         raise
@@ -145,27 +149,35 @@ def pack(value: Any, owner: str) -> Packed:
 
 
 def unpack(packed: Packed) -> Any:
+    """The value, its arrays writable and its own: small buffers are copied, large ones mapped copy-on-write."""
     data: Any = packed.data
-    buffers: list[Any] = list(packed.frames)
+    buffers: list[Any] = [bytearray(frame) for frame in packed.frames]   # a frame read is bytes: read-only
     if packed.path is not None:
         buffers = _map(packed.path, packed.sizes)
-        if not data:   # a pickle is never empty: this one is the file's first part (see pack)
-            data, buffers = buffers[0], buffers[1:]
+        if not data:   # a pickle is never empty: this one is the file's last part (see pack)
+            data, buffers = buffers[-1], buffers[:-1]
     return pickle.loads(data, buffers=buffers)
 
 
+def _offsets(sizes: Iterable[int]) -> list[int]:
+    """Where each part of a shared-memory file starts: one after the other, each aligned to ``_ALIGN``."""
+    out, end = [], 0
+    for size in sizes:
+        start = -(-end // _ALIGN) * _ALIGN
+        out.append(start)
+        end = start + size
+    return out
+
+
 def _map(path: str, sizes: tuple[int, ...]) -> list[memoryview]:
-    total = sum(sizes)
+    offsets = _offsets(sizes)
+    total = offsets[-1] + sizes[-1] if sizes else 0
     if total == 0:
         return [memoryview(b"") for _ in sizes]
     with open(path, "rb") as fh:
         mapped = mmap.mmap(fh.fileno(), total, access=mmap.ACCESS_COPY)
     view = memoryview(mapped)
-    out, offset = [], 0
-    for size in sizes:
-        out.append(view[offset : offset + size])
-        offset += size
-    return out
+    return [view[offset : offset + size] for offset, size in zip(offsets, sizes)]
 
 
 def send(send_bytes: Callable[[Any], None], packs: list[Packed]) -> None:
