@@ -176,6 +176,21 @@ def test_a_large_constant_is_put_in_the_object_store_once_per_run_and_each_call_
     assert (table == 1).all()
 
 
+@task(inputs=["blob", "small", "nested", "pair"], outputs=["kinds", "total"])
+def constant_kinds(params):
+    params["small"] *= 2   # a small array too is the task's own
+    return {"kinds": [type(params[k]).__name__ for k in ("blob", "small", "nested", "pair")],
+            "total": float(params["small"].sum()) + len(params["nested"]["b"])}
+
+
+def test_constants_arrive_as_what_they_were_and_writable(ray_client):
+    wf = ray_client.create_workflow()
+    t = wf.add_task(constant_kinds, inputs={"blob": bytearray(b"abc"), "small": np.ones(10),
+                                            "nested": {"b": bytearray(100)}, "pair": (1, 2)})
+    result = wf.wait(wf.run(), timeout=60)["task_results"][t.task_id]
+    assert result == {"kinds": ["bytearray", "ndarray", "dict", "tuple"], "total": 20.0 + 100}
+
+
 def sequence(workflow, run_id):
     out = []
     for m in workflow.get_results(run_id):

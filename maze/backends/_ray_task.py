@@ -64,10 +64,11 @@ class Failed(NamedTuple):
 
 
 class Shared(NamedTuple):
-    """A large constant input, pickled once per run and put in the object store; each call unpickles its own copy.
+    """A constant input pickled once per run by the driver, in a call or put in the object store when large.
 
-    Its own copy, as when the constant travelled in the call: a task may change
-    it in place (an array Ray maps from its store would be read-only).
+    Each call unpickles its own copy: a task may change it in place (an array
+    Ray maps from its store is read-only), and it is what it was (Ray's own
+    serialization makes a ``bytearray`` ``bytes``).
     """
 
     pickled: bytes
@@ -235,6 +236,7 @@ def run_call(packed: list[Any], *args: Any) -> Any:
     from maze.core.execute import captured_output, gather_params, run_body
 
     inputs = tuple(cloudpickle.loads(v.pickled) if type(v) is Shared else v for v in inputs)
+    constants = {k: cloudpickle.loads(v.pickled) if type(v) is Shared else v for k, v in call.constants.items()}
 
     global _where
     if _where is None:
@@ -254,7 +256,7 @@ def run_call(packed: list[Any], *args: Any) -> Any:
             session = _sessions[call.session] = (hub, ray.get(hub.sys_path.remote()))
         _notes.started(call.session, start)
         func = _load(call.code_key, *session)
-        params = gather_params(call.constants, dict(zip(call.input_keys, inputs)))
+        params = gather_params(constants, dict(zip(call.input_keys, inputs)))
     except BaseException as exc:  # noqa: BLE001
         error = error_of(exc)
     else:

@@ -138,13 +138,13 @@ _PLAIN = (int, float, bool, type(None))
 
 
 class _Constant:
-    """A constant input of a run's calls; pickled and put in the object store if it is too large to travel in each."""
+    """A constant input of a run's calls, pickled once: the pickle, or its object reference once put."""
 
-    __slots__ = ("value", "ref", "__weakref__")
+    __slots__ = ("value", "shared", "__weakref__")
 
-    def __init__(self, value: Any, ref: Any) -> None:
+    def __init__(self, value: Any, shared: Any) -> None:
         self.value = value   # held, so that its id names it while this lives
-        self.ref = ref
+        self.shared = shared
 
 
 @dataclass(eq=False, kw_only=True)
@@ -158,7 +158,7 @@ class _Job(Job):
     # taking them ends without running its body. Not so when only the driver failed to read them.
     outputs_failed: bool = False
     submitted_at: float = field(default_factory=time.monotonic)
-    constants: list[_Constant] = field(default_factory=list)   # its large constants, put once per run
+    constants: list[_Constant] = field(default_factory=list)   # its pickled constants: made once per run while held
     started: bool = False
     # Held while reporting the start: the notes thread and the result thread may
     # both try, and the start must be reported, once, before the future resolves.
@@ -269,11 +269,11 @@ class RayBackend:
             self._warn_gpu_mem(call)
         keys = list(call.inputs)
         try:
-            constants, put = self._constants_of(call)
+            constants, held, put = self._constants_of(call)
             refs = self._remote_for(call.resources, len(call.outputs)).remote(
                 [self._session_key, self._ship(call.code), call.call_id, call.task_id, constants, keys + list(put),
                  list(call.outputs), bool(call.resources.gpu)],
-                *[call.inputs[k] for k in keys], *[c.ref for c in put.values()], *call.after,
+                *[call.inputs[k] for k in keys], *put.values(), *call.after,
             )
         except Exception as exc:  # noqa: BLE001 - e.g. an input Ray cannot serialize
             failed: Future[TaskOutcome] = Future()
@@ -284,7 +284,7 @@ class RayBackend:
             return failed, None
         refs = refs if isinstance(refs, list) else [refs]
         waits_on = [v for v in (*call.inputs.values(), *call.after) if isinstance(v, ray.ObjectRef)]
-        job = _Job(call, report, Future(), refs=refs, waits_on=waits_on, constants=list(put.values()))
+        job = _Job(call, report, Future(), refs=refs, waits_on=waits_on, constants=held)
         job.future.set_running_or_notify_cancel()
         with self._lock:
             job.upstream = [up for up in map(self._producers.get, waits_on) if up is not None]
@@ -331,31 +331,37 @@ class RayBackend:
 
     # -- helpers --------------------------------------------------------------------
 
-    def _constants_of(self, call: TaskCall) -> tuple[dict[str, Any], dict[str, _Constant]]:
-        """The call's constants that travel in it, and those put in the object store, once per run.
+    def _constants_of(self, call: TaskCall) -> tuple[dict[str, Any], list[_Constant], dict[str, Any]]:
+        """The call's constants as they travel in it, the holders of those pickled, and the object
+        references of those put in the object store (they go as inputs).
 
-        A large constant (a lookup table, an array) given to many calls would
-        otherwise be serialized into every one of them. It is pickled once and
-        put, and goes to Ray as an input; each call unpickles its own copy
-        (:class:`~maze.backends._ray_task.Shared`). Raises if a constant cannot
-        be pickled.
+        A constant that is not a plain number or a short string is pickled, once
+        per run, and each call unpickles its own copy
+        (:class:`~maze.backends._ray_task.Shared`): a task may change it in place,
+        and it arrives as what it was (Ray's own serialization would make a
+        ``bytearray`` ``bytes``, and map small arrays read-only). A large one
+        (a lookup table, an array) is put in the object store once, rather than
+        serialized into every call that takes it. Raises if a constant cannot be
+        pickled.
         """
         inline: dict[str, Any] = {}
-        put: dict[str, _Constant] = {}
+        held: list[_Constant] = []
+        put: dict[str, Any] = {}
         for key, value in call.constants.items():
             if isinstance(value, _PLAIN) or (type(value) in (str, bytes) and len(value) < INLINE_LIMIT // 4):
                 inline[key] = value
                 continue
-            held = self._constants.get((call.run_id, id(value)))
-            if held is None or held.value is not value:
-                pickled = cloudpickle.dumps(value, protocol=5)
-                held = _Constant(value, ray.put(Shared(pickled)) if len(pickled) >= INLINE_LIMIT else None)
-                self._constants[(call.run_id, id(value))] = held
-            if held.ref is None:
-                inline[key] = value
+            constant = self._constants.get((call.run_id, id(value)))
+            if constant is None or constant.value is not value:
+                shared = Shared(cloudpickle.dumps(value, protocol=5))
+                constant = _Constant(value, ray.put(shared) if len(shared.pickled) >= INLINE_LIMIT else shared)
+                self._constants[(call.run_id, id(value))] = constant
+            held.append(constant)
+            if type(constant.shared) is Shared:
+                inline[key] = constant.shared
             else:
-                put[key] = held
-        return inline, put
+                put[key] = constant.shared
+        return inline, held, put
 
     def _ship(self, code: ShippedCode) -> str:
         """Make sure the hub holds a call's code; its key.
