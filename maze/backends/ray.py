@@ -496,18 +496,23 @@ class RayBackend:
                 if self._closed and not self._by_ref:
                     return
             done = self._take_ready()
-            with self._lock:
-                jobs = [(self._by_ref.get(ref), future) for ref, future in done]
-            if any(job is not None and job.stop_reason is not None and not job.started for job, _ in jobs):
-                # Stopped right after it started: its start note, which names the
-                # process group to kill, may still wait at the hub.
-                self._deliver_notes()
-            for job, future in jobs:
-                if job is not None:
-                    self._finish(job, future)
+            if done:
+                self._deliver(done)
+            del done   # nothing of a finished call is held here while waiting (its constants, say)
             self._enforce_timeouts()
             if self._to_cancel:
                 self._cancel_resolved()
+
+    def _deliver(self, done: list[tuple[Any, Future[Any]]]) -> None:
+        with self._lock:
+            jobs = [(self._by_ref.get(ref), future) for ref, future in done]
+        if any(job is not None and job.stop_reason is not None and not job.started for job, _ in jobs):
+            # Stopped right after it started: its start note, which names the
+            # process group to kill, may still wait at the hub.
+            self._deliver_notes()
+        for job, future in jobs:
+            if job is not None:
+                self._finish(job, future)
 
     def _take_ready(self) -> list[tuple[Any, Future[Any]]]:
         """The reports done now: waits up to a poll interval for the first."""
