@@ -235,9 +235,6 @@ def run_call(packed: list[Any], *args: Any) -> Any:
         return (skipped, *[Failed(call.task_id)] * len(outputs)) if outputs else skipped
     from maze.core.execute import captured_output, gather_params, run_body
 
-    inputs = tuple(cloudpickle.loads(v.pickled) if type(v) is Shared else v for v in inputs)
-    constants = {k: cloudpickle.loads(v.pickled) if type(v) is Shared else v for k, v in call.constants.items()}
-
     global _where
     if _where is None:
         ctx = ray.get_runtime_context()
@@ -256,6 +253,9 @@ def run_call(packed: list[Any], *args: Any) -> Any:
             session = _sessions[call.session] = (hub, ray.get(hub.sys_path.remote()))
         _notes.started(call.session, start)
         func = _load(call.code_key, *session)
+        # Constants pickled by the driver: each call unpickles its own copy (see Shared).
+        inputs = tuple(cloudpickle.loads(v.pickled) if type(v) is Shared else v for v in inputs)
+        constants = {k: cloudpickle.loads(v.pickled) if type(v) is Shared else v for k, v in call.constants.items()}
         params = gather_params(constants, dict(zip(call.input_keys, inputs)))
     except BaseException as exc:  # noqa: BLE001
         error = error_of(exc)

@@ -208,7 +208,7 @@ class RayBackend:
         self._notes_lock = threading.Lock()                # one drain of the hub at a time, delivered whole
         self._gpu_mem_per_node = self._read_gpu_memory()
         self._shapes: dict[tuple[Resources, int], Any] = {}
-        # (run id, id(value)) -> a large constant put in the object store; an entry lives while a job holds it.
+        # (run id, id(value)) -> a constant pickled for the run's calls; an entry lives while a job holds it.
         self._constants: weakref.WeakValueDictionary[tuple[str, int], _Constant] = weakref.WeakValueDictionary()
         self._gpu_mem_warned: OrderedDict[str, None] = OrderedDict()  # runs told that gpu_mem is not enforced
         self._ready: queue.SimpleQueue[Any] = queue.SimpleQueue()   # report refs that are done
