@@ -72,6 +72,15 @@ def test_a_large_value_pickled_in_band_goes_to_shared_memory_and_its_header_stay
     assert _packing.unpack(packed) == value
 
 
+def test_a_value_in_shared_memory_may_end_with_an_empty_buffer():
+    import numpy as np
+    packed = _packing.pack([np.ones(131073), np.zeros(0)], "test-frames")   # the empty one past an unaligned end
+    packed.own_file()
+    assert packed.path is not None
+    ones, empty = _packing.unpack(packed)
+    assert (ones == 1).all() and ones.size == 131073 and empty.size == 0
+
+
 def test_an_array_in_shared_memory_keeps_its_short_pickle_in_the_header():
     import numpy as np
     array = np.arange(300_000.0)

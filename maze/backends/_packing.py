@@ -1,9 +1,9 @@
 """How task values travel between the driver and local workers.
 
 A value is pickled once, in the process that made it, with pickle protocol 5,
-so large buffers (numpy arrays, ``bytearray``, anything exposing the buffer
-protocol as a ``PickleBuffer``) come out *out of band* instead of being copied
-into the pickle:
+so large buffers (numpy arrays, anything whose pickling hands over a
+``PickleBuffer``) come out *out of band* instead of being copied into the
+pickle:
 
 * a value of under 1 MB in all travels on the socket: its pickle in the
   header of each call that takes it, its buffers as extra frames after it,
@@ -139,9 +139,11 @@ def pack(value: Any, owner: str) -> Packed:
     try:
         with open(fd, "wb") as fh:
             os.fchmod(fd, 0o600)  # exactly 0600 whatever the umask: the owner must read it back
-            for view, offset in zip(views, _offsets(v.nbytes for v in views)):
+            offsets = _offsets(v.nbytes for v in views)
+            for view, offset in zip(views, offsets):
                 fh.seek(offset)   # the gap before it reads as zeros
                 fh.write(view)
+            fh.truncate(offsets[-1] + views[-1].nbytes)   # as long as _map maps, even if the last part is empty
     except BaseException:
         _unlink(path)  # e.g. /dev/shm is full: leave no partial file behind
         raise

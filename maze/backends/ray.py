@@ -135,6 +135,31 @@ _NOTES_S = 0.1
 _CANCEL_GRACE_S = 0.25    # how long after its submission (and its inputs resolved) Ray has surely taken a call in
 _WARNED_RUNS = 1024       # runs remembered as warned about gpu_mem (the oldest are forgotten)
 _PLAIN = (int, float, bool, type(None))
+_SHORT = 64   # items of a list or dict constant that goes in a call as it is, characters of a string in it
+
+
+def _travels_as_is(value: Any) -> bool:
+    """Whether a constant goes in a call as it is: a number, a short string, or a short list or dict of
+    those, which Ray's own serialization gives back exactly, new and writable."""
+    kind = type(value)
+    if kind in _PLAIN or (kind in (str, bytes) and len(value) < INLINE_LIMIT // 4):
+        return True
+    if kind is list and len(value) <= _SHORT:
+        return all(map(_short_scalar, value))
+    if kind is dict and len(value) <= _SHORT:
+        return all(type(k) is str and _short_scalar(v) for k, v in value.items())
+    return False
+
+
+def _short_scalar(value: Any) -> bool:
+    kind = type(value)
+    return kind in _PLAIN or (kind is str and len(value) <= _SHORT)
+
+
+class _NotPicklable(Exception):
+    def __init__(self, key: str, error: Exception) -> None:
+        super().__init__(key, error)
+        self.key, self.error = key, error
 
 
 class _Constant:
@@ -270,6 +295,13 @@ class RayBackend:
         keys = list(call.inputs)
         try:
             constants, held, put = self._constants_of(call)
+        except _NotPicklable as exc:   # as the local backend says it
+            unsent: Future[TaskOutcome] = Future()
+            unsent.set_result(TaskOutcome(error=TaskError.simple(
+                type(exc.error).__name__, f"the input {exc.key!r} of task {call.task_id!r} could not be pickled: {exc.error}"
+            )))
+            return unsent, None
+        try:
             refs = self._remote_for(call.resources, len(call.outputs)).remote(
                 [self._session_key, self._ship(call.code), call.call_id, call.task_id, constants, keys + list(put),
                  list(call.outputs), bool(call.resources.gpu)],
@@ -348,12 +380,15 @@ class RayBackend:
         held: list[_Constant] = []
         put: dict[str, Any] = {}
         for key, value in call.constants.items():
-            if isinstance(value, _PLAIN) or (type(value) in (str, bytes) and len(value) < INLINE_LIMIT // 4):
+            if _travels_as_is(value):
                 inline[key] = value
                 continue
             constant = self._constants.get((call.run_id, id(value)))
             if constant is None or constant.value is not value:
-                shared = Shared(cloudpickle.dumps(value, protocol=5))
+                try:
+                    shared = Shared(cloudpickle.dumps(value, protocol=5))
+                except Exception as exc:  # noqa: BLE001 - a lock, a generator...
+                    raise _NotPicklable(key, exc) from exc
                 constant = _Constant(value, ray.put(shared) if len(shared.pickled) >= INLINE_LIMIT else shared)
                 self._constants[(call.run_id, id(value))] = constant
             held.append(constant)
