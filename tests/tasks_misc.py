@@ -59,3 +59,19 @@ def half_gpu(params):
 @task(inputs=[], outputs=["visible"], resources={"cpu": 0.5, "gpu": 2})
 def two_gpus(params):
     return {"visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+class OnlyInDriver:
+    """A value that unpickles only in the process that made it (a class a worker cannot import, say)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __reduce__(self):
+        return (rebuild_only_in, (self.pid,))
+
+
+def rebuild_only_in(pid: int) -> OnlyInDriver:
+    if os.getpid() != pid:
+        raise RuntimeError("this value cannot be rebuilt outside the driver")
+    return OnlyInDriver(pid)

@@ -92,10 +92,10 @@ def test_an_array_in_shared_memory_keeps_its_short_pickle_in_the_header():
     assert back["b"] == 1 and (back["a"] == array).all()
 
 
-@pytest.mark.parametrize("text", range(4097, 4105))   # pickles of every length modulo 8
-def test_arrays_mapped_from_shared_memory_are_aligned_and_writable_whatever_comes_before_them(text):
+@pytest.mark.parametrize("odd", range(1001, 1009))   # a first buffer of every length modulo 8
+def test_arrays_mapped_from_shared_memory_are_aligned_and_writable_whatever_comes_before_them(odd):
     import numpy as np
-    value = {"odd": np.ones(1001, dtype=np.uint8), "floats": np.arange(200_000.0), "text": "x" * text}
+    value = {"odd": np.ones(odd, dtype=np.uint8), "floats": np.arange(200_000.0), "text": "x" * 4097}
     packed = _packing.pack(value, "test-frames")   # a pickle of over 4 KB, in the file with the arrays
     packed.own_file()
     assert packed.path is not None and not packed.data
@@ -161,19 +161,24 @@ def test_a_ray_worker_sends_start_notes_only_for_calls_that_have_run_a_while():
             time.sleep(0.005)
         return check()
 
+    now = [0.0]   # the notes' clock, moved by hand
     ray_task._sessions["notes-test"] = (Hub, [])
     try:
-        notes = ray_task._Notes()
-        now = time.time()
-        notes.started("notes-test", note("long", now - 1.0))   # has run a second already
-        notes.started("notes-test", note("young", now + 60))   # has not run the delay yet, whenever looked at
+        notes = ray_task._Notes(clock=lambda: now[0])
+        notes.started("notes-test", note("short", 0.0))
+        notes.started("notes-test", note("long", 0.0))
+        time.sleep(10 * ray_task._NOTE_DELAY_S)   # the sender looks several times; no call has run the delay
+        assert sent == []
+        notes.ended("short")   # over before its note was due: it sends none
+        now[0] = 1.0
         assert within(5, lambda: "long" in sent)
-        time.sleep(5 * ray_task._NOTE_DELAY_S)
-        assert sent == ["long"], "a young call's note waits"
-        notes.ended("young")   # over before its note was due: it sends none
-        assert within(5, lambda: not notes._wake.is_set())
-        time.sleep(5 * ray_task._NOTE_DELAY_S)
-        assert sent == ["long"]
+        notes.started("notes-test", note("late", 1.0))   # a call that starts while others ran long
+        time.sleep(10 * ray_task._NOTE_DELAY_S)
+        assert sent == ["long"], "only notes that are due go"
+        now[0] = 2.0
+        assert within(5, lambda: "late" in sent)
+        assert within(5, lambda: not notes._wake.is_set())   # nothing left: the sender sleeps
+        assert sent == ["long", "late"]
     finally:
         del ray_task._sessions["notes-test"]
 

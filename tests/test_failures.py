@@ -243,6 +243,22 @@ def test_unpicklable_input_and_result_fail_clearly(stopping_client):
     assert "refuses to be pickled" in errors[bad_out.task_id] or "gives_unpicklable" in errors[bad_out.task_id]
 
 
+def test_an_input_the_worker_cannot_unpickle_fails_its_task_clearly(stopping_client):
+    from tasks_misc import OnlyInDriver
+
+    wf = stopping_client.create_workflow()
+    bad = wf.add_task(takes, inputs={"value": OnlyInDriver(os.getpid())})
+    fine = wf.add_task(inc, inputs={"x": 1})
+    run_id = wf.run()
+    summary = wf.wait(run_id, timeout=60)
+    assert summary["exception_tasks"] == [bad.task_id]
+    assert summary["task_results"] == {fine.task_id: {"y": 2}}
+    error = wf.get_task_result(run_id, bad.task_id)["error"]
+    assert "cannot be rebuilt outside the driver" in error and repr(bad.task_id) in error
+    if stopping_client.backend.name == "ray":   # unpickled input by input there (the local worker loads them all at once)
+        assert "the input 'value'" in error
+
+
 def test_an_unpicklable_task_function_fails_clearly(stopping_client):
     import threading
 

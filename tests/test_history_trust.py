@@ -113,7 +113,7 @@ def test_messages_are_json_and_result_values_come_back_only_when_asked(tmp_path)
     assert isinstance(loaded["big"], Dropped) and loaded["big"] == "<ndarray of 1.0 MB, not kept in the history>"
     assert isinstance(loaded["long"], Dropped) and loaded["long"].startswith("<list of 1.")
     assert isinstance(loaded["blob"], Dropped) and loaded["blob"] == "<bytes of 1.0 MB, not kept in the history>"
-    assert isinstance(loaded["text"], Dropped) and loaded["text"] == "<str of 1.0 MB, not kept in the history>"
+    assert isinstance(loaded["text"], Dropped) and loaded["text"] == "<str of 2.0 MB, not kept in the history>"
 
     shown = reader.messages(RUN, values=False)[1]["data"]["result"]
     assert isinstance(shown["array"], Stored) and shown["array"] == "<ndarray, stored in the history>"

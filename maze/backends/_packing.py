@@ -163,7 +163,8 @@ def unpack(packed: Packed) -> Any:
 
 def _offsets(sizes: Iterable[int]) -> list[int]:
     """Where each part of a shared-memory file starts: one after the other, each aligned to ``_ALIGN``."""
-    out, end = [], 0
+    out: list[int] = []
+    end = 0
     for size in sizes:
         start = -(-end // _ALIGN) * _ALIGN
         out.append(start)

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import cloudpickle
@@ -64,7 +65,8 @@ class Failed(NamedTuple):
 
 
 class Shared(NamedTuple):
-    """A constant input pickled once per run by the driver, in a call or put in the object store when large.
+    """A constant input pickled by the driver, once for the calls in flight that take it; in a call, or put in
+    the object store when large.
 
     Each call unpickles its own copy: a task may change it in place (an array
     Ray maps from its store is read-only), and it is what it was (Ray's own
@@ -168,20 +170,21 @@ class _Notes:
     and the notes of a longer one go in one call with whatever else started.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock   # when a note was taken, and how long ago (a test's clock may stand still)
         self._lock = threading.Lock()
-        self._pending: dict[str, tuple[str, StartNote]] = {}   # call id -> (session key, note)
+        self._pending: dict[str, tuple[str, StartNote, float]] = {}   # call id -> (session key, note, when)
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def started(self, session: str, note: StartNote) -> None:
         with self._lock:
-            self._pending[note.call_id] = (session, note)
+            self._pending[note.call_id] = (session, note, self._clock())
             if self._thread is None:
                 self._thread = threading.Thread(target=self._send, name="maze-notes", daemon=True)
                 self._thread.start()
-        # Set already: the sender has not taken the notes yet (it clears the flag, then takes
-        # them, under the lock), so it takes this one too. Setting an Event costs a lock and a notify.
+        # Set already: the sender will look at the pending notes again (it clears the flag only
+        # when none is left, under the lock). Setting an Event costs a lock and a notify.
         if not self._wake.is_set():
             self._wake.set()
 
@@ -196,9 +199,9 @@ class _Notes:
             with self._lock:
                 # Only the notes of calls that have run that long: one that started just now
                 # waits for the next turn (its call is likely over by then, and sends none).
-                now = time.time()
-                due = [cid for cid, (_, note) in self._pending.items() if now - note.at >= _NOTE_DELAY_S]
-                taken = [self._pending.pop(cid) for cid in due]
+                now = self._clock()
+                due = [cid for cid, (_, _, since) in self._pending.items() if now - since >= _NOTE_DELAY_S]
+                taken = [self._pending.pop(cid)[:2] for cid in due]
                 if not self._pending:
                     self._wake.clear()
             by_session: dict[str, list[StartNote]] = {}
@@ -253,10 +256,10 @@ def run_call(packed: list[Any], *args: Any) -> Any:
             session = _sessions[call.session] = (hub, ray.get(hub.sys_path.remote()))
         _notes.started(call.session, start)
         func = _load(call.code_key, *session)
-        # Constants pickled by the driver: each call unpickles its own copy (see Shared).
-        inputs = tuple(cloudpickle.loads(v.pickled) if type(v) is Shared else v for v in inputs)
-        constants = {k: cloudpickle.loads(v.pickled) if type(v) is Shared else v for k, v in call.constants.items()}
-        params = gather_params(constants, dict(zip(call.input_keys, inputs)))
+        given = gather_params(call.constants, dict(zip(call.input_keys, inputs)))
+        params = {k: _own_copy(v, k, call.task_id) for k, v in given.items()}
+    except _Unloadable as exc:
+        error = exc.error
     except BaseException as exc:  # noqa: BLE001
         error = error_of(exc)
     else:
@@ -277,6 +280,23 @@ def run_call(packed: list[Any], *args: Any) -> Any:
         inline = {k: v for k, v in result.items() if k not in outputs or fits[k]}
     report = Report(start, result is not None, list(result or ()), inline, error, logs, time.time()).wire()
     return (report, *values) if outputs else report
+
+
+class _Unloadable(Exception):
+    def __init__(self, error: TaskError) -> None:
+        super().__init__(error.text)
+        self.error = error
+
+
+def _own_copy(value: Any, key: str, task_id: str) -> Any:
+    """A constant the driver pickled (:class:`Shared`), unpickled for this call; any other input as it came."""
+    if type(value) is not Shared:
+        return value
+    try:
+        return cloudpickle.loads(value.pickled)
+    except BaseException as exc:  # noqa: BLE001 - e.g. its class cannot be imported here
+        raise _Unloadable(wrapped_error(exc, f"the input {key!r} of task {task_id!r} could not be unpickled "
+                                             "in the worker")) from exc
 
 
 def _load(key: str, hub: Any, sys_path: list[str]) -> TaskBody:
@@ -347,17 +367,17 @@ def _running(pid: int) -> bool:
     return state != b"Z"
 
 
-_PLAIN = (int, float, bool, type(None))  # always picklable, always small
+PLAIN = (int, float, bool, type(None))  # always picklable, always small
 
 
 def small(value: Any) -> bool:
     """Whether an output is small enough to ride in the report; raises if it cannot be pickled."""
-    if isinstance(value, _PLAIN):
+    if type(value) in PLAIN:
         return True
-    if isinstance(value, (bytes, bytearray, str)):   # pickled whole just to be measured: their length says enough
+    if type(value) in (bytes, bytearray, str):   # pickled whole just to be measured: their length says enough
         if len(value) < INLINE_LIMIT // 4:
             return True
-        if len(value) >= INLINE_LIMIT or not isinstance(value, str):
+        if len(value) >= INLINE_LIMIT or type(value) is not str:
             return len(value) + 64 < INLINE_LIMIT
     buffers = 0
 

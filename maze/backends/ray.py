@@ -15,7 +15,10 @@ How a call runs:
   met, unpickles it once and keeps the last few functions by key. A changed
   global, closure cell or default argument is new bytes, hence a new key: the
   next run, and every worker, uses the new code. A call travels as plain lists
-  (msgpack, no pickling, no object references besides its inputs);
+  (msgpack); a constant input other than a number, a short string or a short
+  list or dict of those is pickled by the driver, once for the calls that take
+  it while any is in flight, and unpickled by each call (its own copy, of the
+  type it was); a large one goes to the object store and travels as an input;
 * submitting ahead (:class:`~maze.core.protocol.EagerBackend`, on unless
   ``eager=False``): a call may take the object references of calls still
   queued or running, in its inputs or, for upstream calls it only waits for,
@@ -48,8 +51,8 @@ How a call runs:
   ``ray start --resources='{"maze_gpu_mem_mb": <MB per GPU>}'``. Nothing holds
   a task to its ``gpu_mem`` once it runs, so a run whose tasks declare it gets
   one :class:`UserWarning` saying so (:func:`gpu_mem_warning`);
-* the hub receives a ``StartNote`` for each call still running 20 ms after
-  it started, batched per worker, so ``start_task`` arrives while a longer
+* the hub receives a ``StartNote`` for each call still running 20 to 40 ms
+  after it started, batched per worker, so ``start_task`` arrives while a longer
   task runs and a short one costs no actor call; the
   report repeats the start, and the backend always reports start before
   resolving the future;
@@ -119,6 +122,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from maze.backends._ray_task import (  # noqa: E402 - needs Ray, checked just above
     INLINE_LIMIT,
     KILL_WAIT_S,
+    PLAIN,
     SENT_CODE,
     Hub,
     Report,
@@ -134,7 +138,6 @@ _POLL_S = 0.05
 _NOTES_S = 0.1
 _CANCEL_GRACE_S = 0.25    # how long after its submission (and its inputs resolved) Ray has surely taken a call in
 _WARNED_RUNS = 1024       # runs remembered as warned about gpu_mem (the oldest are forgotten)
-_PLAIN = (int, float, bool, type(None))
 _SHORT = 64   # items of a list or dict constant that goes in a call as it is, characters of a string in it
 
 
@@ -142,7 +145,7 @@ def _travels_as_is(value: Any) -> bool:
     """Whether a constant goes in a call as it is: a number, a short string, or a short list or dict of
     those, which Ray's own serialization gives back exactly, new and writable."""
     kind = type(value)
-    if kind in _PLAIN or (kind in (str, bytes) and len(value) < INLINE_LIMIT // 4):
+    if kind in PLAIN or (kind in (str, bytes) and len(value) < INLINE_LIMIT // 4):
         return True
     if kind is list and len(value) <= _SHORT:
         return all(map(_short_scalar, value))
@@ -153,13 +156,15 @@ def _travels_as_is(value: Any) -> bool:
 
 def _short_scalar(value: Any) -> bool:
     kind = type(value)
-    return kind in _PLAIN or (kind is str and len(value) <= _SHORT)
+    return kind in PLAIN or (kind is str and len(value) <= _SHORT)
 
 
-class _NotPicklable(Exception):
-    def __init__(self, key: str, error: Exception) -> None:
-        super().__init__(key, error)
-        self.key, self.error = key, error
+class _UnsentConstant(Exception):
+    """A constant input that could not be made ready to send: ``doing`` says at what step."""
+
+    def __init__(self, key: str, doing: str, error: Exception) -> None:
+        super().__init__(key, doing, error)
+        self.key, self.doing, self.error = key, doing, error
 
 
 class _Constant:
@@ -183,7 +188,7 @@ class _Job(Job):
     # taking them ends without running its body. Not so when only the driver failed to read them.
     outputs_failed: bool = False
     submitted_at: float = field(default_factory=time.monotonic)
-    constants: list[_Constant] = field(default_factory=list)   # its pickled constants: made once per run while held
+    constants: list[_Constant] = field(default_factory=list)   # its pickled constants, shared while held
     started: bool = False
     # Held while reporting the start: the notes thread and the result thread may
     # both try, and the start must be reported, once, before the future resolves.
@@ -295,10 +300,10 @@ class RayBackend:
         keys = list(call.inputs)
         try:
             constants, held, put = self._constants_of(call)
-        except _NotPicklable as exc:   # as the local backend says it
+        except _UnsentConstant as exc:   # as the local backend says it
             unsent: Future[TaskOutcome] = Future()
             unsent.set_result(TaskOutcome(error=TaskError.simple(
-                type(exc.error).__name__, f"the input {exc.key!r} of task {call.task_id!r} could not be pickled: {exc.error}"
+                type(exc.error).__name__, f"the input {exc.key!r} of task {call.task_id!r} could not be {exc.doing}: {exc.error}"
             )))
             return unsent, None
         try:
@@ -367,14 +372,14 @@ class RayBackend:
         """The call's constants as they travel in it, the holders of those pickled, and the object
         references of those put in the object store (they go as inputs).
 
-        A constant that is not a plain number or a short string is pickled, once
-        per run, and each call unpickles its own copy
-        (:class:`~maze.backends._ray_task.Shared`): a task may change it in place,
-        and it arrives as what it was (Ray's own serialization would make a
-        ``bytearray`` ``bytes``, and map small arrays read-only). A large one
-        (a lookup table, an array) is put in the object store once, rather than
-        serialized into every call that takes it. Raises if a constant cannot be
-        pickled.
+        A constant that does not travel as it is (:func:`_travels_as_is`) is
+        pickled once for the calls that take it while one of them holds it, and
+        each call unpickles its own copy (:class:`~maze.backends._ray_task.Shared`):
+        a task may change it in place, and it arrives as what it was (Ray's own
+        serialization would make a ``bytearray`` ``bytes``, and map small arrays
+        read-only). A large one (a lookup table, an array) is put in the object
+        store, rather than serialized into every call that takes it. Raises
+        :class:`_UnsentConstant` if a constant cannot be pickled or put.
         """
         inline: dict[str, Any] = {}
         held: list[_Constant] = []
@@ -383,13 +388,20 @@ class RayBackend:
             if _travels_as_is(value):
                 inline[key] = value
                 continue
+            # An entry holds its value, so while it lives the id names that value and no other.
             constant = self._constants.get((call.run_id, id(value)))
-            if constant is None or constant.value is not value:
+            if constant is None:
                 try:
                     shared = Shared(cloudpickle.dumps(value, protocol=5))
                 except Exception as exc:  # noqa: BLE001 - a lock, a generator...
-                    raise _NotPicklable(key, exc) from exc
-                constant = _Constant(value, ray.put(shared) if len(shared.pickled) >= INLINE_LIMIT else shared)
+                    raise _UnsentConstant(key, "pickled", exc) from exc
+                if len(shared.pickled) >= INLINE_LIMIT:
+                    try:
+                        constant = _Constant(value, ray.put(shared))
+                    except Exception as exc:  # noqa: BLE001 - e.g. the object store is full
+                        raise _UnsentConstant(key, "put in Ray's object store", exc) from exc
+                else:
+                    constant = _Constant(value, shared)
                 self._constants[(call.run_id, id(value))] = constant
             held.append(constant)
             if type(constant.shared) is Shared:

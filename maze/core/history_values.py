@@ -129,7 +129,8 @@ def _pickled(value: Any) -> tuple[str, bytes | None]:
         return (Dropped if value.blob is None else Stored)(value.descriptor), value.blob
     name = type(value).__name__
     if _too_long(value):   # no need to pickle it to know
-        return _too_large(name, len(value)), None
+        size = len(value.encode("utf-8", "surrogatepass")) if type(value) is str else len(value)
+        return _too_large(name, size), None
     buffers: list[pickle.PickleBuffer] = []
     try:
         # protocol 5 hands big buffers (arrays) out of band: sized without copying them
