@@ -243,6 +243,28 @@ def test_unpicklable_input_and_result_fail_clearly(stopping_client):
     assert "refuses to be pickled" in errors[bad_out.task_id] or "gives_unpicklable" in errors[bad_out.task_id]
 
 
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("this exception cannot be shown")
+
+
+class PicklingRaisesUnprintable:
+    def __reduce__(self):
+        raise Unprintable()
+
+
+def test_an_input_whose_pickling_raises_an_unprintable_exception_fails_its_task_only(stopping_client):
+    wf = stopping_client.create_workflow()
+    bad = wf.add_task(takes, inputs={"value": PicklingRaisesUnprintable()})
+    fine = wf.add_task(inc, inputs={"x": 1})
+    run_id = wf.run()
+    summary = wf.wait(run_id, timeout=60)
+    assert summary["exception_tasks"] == [bad.task_id]
+    assert summary["task_results"] == {fine.task_id: {"y": 2}}
+    failure = next(m["data"] for m in wf.get_results(run_id) if m["type"] == "task_exception")
+    assert failure["error_type"] == "Unprintable" and "the input 'value' of task" in failure["error"]
+
+
 def test_an_input_the_worker_cannot_unpickle_fails_its_task_clearly(stopping_client):
     from tasks_misc import OnlyInDriver
 

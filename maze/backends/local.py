@@ -78,7 +78,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from maze.backends import _packing
-from maze.backends._jobs import sweep
+from maze.backends._jobs import sweep, wrapped_error
 from maze.backends._local_records import (
     Constant,
     DeviceKey,
@@ -261,9 +261,8 @@ class LocalBackend:
             try:
                 constants.append(self._constant(call.run_id, value))
             except Exception as exc:  # noqa: BLE001 - an unpicklable constant input
-                future.set_result(TaskOutcome(error=TaskError.simple(
-                    type(exc).__name__, f"the input {key!r} of task {call.task_id!r} could not be pickled: {exc}"
-                )))
+                future.set_result(TaskOutcome(error=wrapped_error(
+                    exc, f"the input {key!r} of task {call.task_id!r} could not be pickled")))
                 break
         return LocalJob(call, report, future, constants=constants, inputs=dict(call.inputs), outbox=Outbox(call.call_id))
 

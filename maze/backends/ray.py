@@ -103,7 +103,7 @@ from typing import Any
 
 import cloudpickle
 
-from maze.backends._jobs import Job, sweep
+from maze.backends._jobs import Job, sweep, wrapped_error
 from maze.core.errors import BackendError
 from maze.core.execute import error_of
 from maze.core.protocol import Reporter, Submitted, TaskCall, TaskError, TaskOutcome, TaskStarted
@@ -302,9 +302,8 @@ class RayBackend:
             constants, held, put = self._constants_of(call)
         except _UnsentConstant as exc:   # as the local backend says it
             unsent: Future[TaskOutcome] = Future()
-            unsent.set_result(TaskOutcome(error=TaskError.simple(
-                type(exc.error).__name__, f"the input {exc.key!r} of task {call.task_id!r} could not be {exc.doing}: {exc.error}"
-            )))
+            unsent.set_result(TaskOutcome(error=wrapped_error(
+                exc.error, f"the input {exc.key!r} of task {call.task_id!r} could not be {exc.doing}")))
             return unsent, None
         try:
             refs = self._remote_for(call.resources, len(call.outputs)).remote(
