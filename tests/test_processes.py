@@ -136,3 +136,19 @@ def test_a_forked_child_that_exits_leaves_the_parent_s_client_alone(tmp_path):
     lines = dict(line.split() for line in out.stdout.splitlines())
     assert lines["run"] == "completed" and lines["next"] == "completed"   # the parent's workers were not stopped
     assert float(lines["child"]) < 5                                       # and the child did not wait on them
+
+
+def test_a_worker_whose_maze_differs_from_its_driver_s_exits_and_its_task_says_why(monkeypatch):
+    """maze upgraded or edited on disk while a kernel runs: a new worker would read frames by other rules."""
+    from tasks_misc import inc
+
+    import maze.backends._local_records as records
+    monkeypatch.setattr(records, "WIRE", "0123456789abcdef")   # as if the driver had imported another maze
+    with MaClient(history=None) as client:
+        wf = client.create_workflow()
+        t = wf.add_task(inc, inputs={"x": 1})
+        run_id = wf.run()
+        summary = wf.wait(run_id, timeout=60)
+        assert summary["exception_tasks"] == [t.task_id]
+        error = wf.get_task_result(run_id, t.task_id)["error"]
+        assert "exit code 86" in error and "restart this Python process" in error

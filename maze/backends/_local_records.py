@@ -25,14 +25,14 @@ from typing import Any
 from maze.backends import _packing
 from maze.backends._jobs import Job
 from maze.backends._wire import FrameReader, FrameWriter
-from maze.backends._worker import Done
+from maze.backends._worker import STALE_EXIT, WIRE, Done
 from maze.core.protocol import TaskError, TaskOutcome
 
 DeviceKey = tuple[int, ...] | None   # the GPUs a worker's CUDA_VISIBLE_DEVICES names; None: the variable is left alone
 
 _BOOT = (
     "import sys, json; sys.path[:0] = [p for p in json.loads(sys.argv[4]) if p not in sys.path]; "
-    "from maze.backends._worker import main; main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])"
+    "from maze.backends._worker import main; main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[5])"
 )
 
 
@@ -128,7 +128,7 @@ class Worker:
             env = dict(os.environ, CUDA_DEVICE_ORDER="PCI_BUS_ID", CUDA_VISIBLE_DEVICES=",".join(map(str, devices)))
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-c", _BOOT, str(theirs.fileno()), str(os.getpid()), owner, json.dumps(sys.path)],
+                [sys.executable, "-c", _BOOT, str(theirs.fileno()), str(os.getpid()), owner, json.dumps(sys.path), WIRE],
                 pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         finally:
@@ -164,6 +164,9 @@ class Worker:
 
 def describe_exit(code: int) -> str:
     """A worker's exit status in words: ``"killed by signal SIGKILL, exit code -9"``."""
+    if code == STALE_EXIT:
+        return (f"exit code {code}: the maze installed on disk is not the one this process imported (upgraded or "
+                "edited since); restart this Python process (the notebook's kernel) to use it")
     if code < 0:
         try:
             return f"killed by signal {signal.Signals(-code).name}, exit code {code}"

@@ -51,6 +51,7 @@ kills its own group: nothing of a dead driver is left running or allocated.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import signal
@@ -61,7 +62,7 @@ import time
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
-from maze.backends import _packing
+from maze.backends import _packing, _wire
 from maze.backends._jobs import wrapped_error
 from maze.backends._packing import Descriptor
 from maze.backends._wire import FrameReader, FrameWriter
@@ -75,6 +76,7 @@ if TYPE_CHECKING:
     from maze.core.task import TaskBody
 
 ANNOUNCE_S = 0.01               # a call still running after this long is announced (Started)
+STALE_EXIT = 86                 # how a worker exits when its code of the wire is not its driver's (see WIRE)
 _CODE_CACHE_COUNT = 256
 _CODE_CACHE_BYTES = 256 << 20   # code pickled by value carries the globals it reads, maybe large ones
 
@@ -278,7 +280,32 @@ class _Announcer:
                     self._wake.clear()
 
 
-def main(fd: int, parent: int, owner: str) -> None:
+def _wire_digest() -> str:
+    """A digest of the code of both ends of the wire, as this process imported it.
+
+    A worker is a new interpreter that imports maze from disk. If maze was
+    upgraded or edited since its driver imported it, the two would read each
+    other's frames and files by different rules, and could mistake one value
+    for another: such a worker exits at once (``STALE_EXIT``) instead.
+    """
+    digest = hashlib.sha256()
+    for module in (sys.modules[__name__], _packing, _wire):
+        try:
+            with open(module.__file__ or "", "rb") as source:
+                digest.update(source.read())
+        except OSError:   # no source file (a frozen install): its name stands in
+            digest.update(module.__name__.encode())
+    return digest.hexdigest()[:16]
+
+
+WIRE = _wire_digest()   # what a driver passes its workers, and each worker checks
+
+
+def main(fd: int, parent: int, owner: str, wire: str = WIRE) -> None:
+    if wire != WIRE:
+        print(f"maze worker: the maze this worker imported ({WIRE}) is not its driver's ({wire}): "
+              "maze was upgraded or edited since the driver imported it", file=sys.stderr)
+        sys.exit(STALE_EXIT)
     # Tasks' children must not hold the driver's connection open after we die
     # (the driver learns of our death by its end of the socket).
     os.set_inheritable(fd, False)
