@@ -139,11 +139,11 @@ def pack(value: Any, owner: str) -> Packed:
     try:
         with open(fd, "wb") as fh:
             os.fchmod(fd, 0o600)  # exactly 0600 whatever the umask: the owner must read it back
-            offsets = _offsets(v.nbytes for v in views)
+            offsets, end = _layout([v.nbytes for v in views])
             for view, offset in zip(views, offsets):
                 fh.seek(offset)   # the gap before it reads as zeros
                 fh.write(view)
-            fh.truncate(offsets[-1] + views[-1].nbytes)   # as long as _map maps, even if the last part is empty
+            fh.truncate(end)   # as long as _map maps, even if the last part is empty
     except BaseException:
         _unlink(path)  # e.g. /dev/shm is full: leave no partial file behind
         raise
@@ -161,20 +161,20 @@ def unpack(packed: Packed) -> Any:
     return pickle.loads(data, buffers=buffers)
 
 
-def _offsets(sizes: Iterable[int]) -> list[int]:
-    """Where each part of a shared-memory file starts: one after the other, each aligned to ``_ALIGN``."""
-    out: list[int] = []
+def _layout(sizes: Iterable[int]) -> tuple[list[int], int]:
+    """Where each part of a shared-memory file starts (one after the other, each aligned to ``_ALIGN``),
+    and where the last one ends: the file's length."""
+    starts: list[int] = []
     end = 0
     for size in sizes:
         start = -(-end // _ALIGN) * _ALIGN
-        out.append(start)
+        starts.append(start)
         end = start + size
-    return out
+    return starts, end
 
 
 def _map(path: str, sizes: tuple[int, ...]) -> list[memoryview]:
-    offsets = _offsets(sizes)
-    total = offsets[-1] + sizes[-1] if sizes else 0
+    offsets, total = _layout(sizes)
     if total == 0:
         return [memoryview(b"") for _ in sizes]
     with open(path, "rb") as fh:

@@ -301,7 +301,7 @@ def _wire_digest() -> str:
 WIRE = _wire_digest()   # what a driver passes its workers, and each worker checks
 
 
-def main(fd: int, parent: int, owner: str, wire: str = WIRE) -> None:
+def main(fd: int, parent: int, owner: str, wire: str) -> None:
     if wire != WIRE:
         print(f"maze worker: the maze this worker imported ({WIRE}) is not its driver's ({wire}): "
               "maze was upgraded or edited since the driver imported it", file=sys.stderr)
@@ -475,4 +475,4 @@ def _serve(fd: int, parent: int, owner: str) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])
