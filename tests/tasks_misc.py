@@ -75,3 +75,25 @@ def rebuild_only_in(pid: int) -> OnlyInDriver:
     if os.getpid() != pid:
         raise RuntimeError("this value cannot be rebuilt outside the driver")
     return OnlyInDriver(pid)
+
+
+@task(inputs=["gate"], outputs=["opened"])
+def speaks_then_waits(params):
+    """Prints a line, then waits (30 s at most) for the file ``gate`` to exist, and prints another."""
+    print("first line", flush=True)
+    deadline = time.time() + 30
+    while not os.path.exists(params["gate"]) and time.time() < deadline:
+        time.sleep(0.02)
+    print("second line")
+    return {"opened": os.path.exists(params["gate"])}
+
+
+@task(inputs=["lines", "seconds"], outputs=["count"])
+def chatty(params):
+    """Prints ``lines`` numbered lines, spread over ``seconds``, alternating stdout and stderr."""
+    import sys
+
+    for i in range(params["lines"]):
+        print(f"line {i}", file=sys.stderr if i % 2 else sys.stdout, flush=True)
+        time.sleep(params["seconds"] / params["lines"])
+    return {"count": params["lines"]}

@@ -112,8 +112,9 @@ def test_ray_frames_round_trip():
         (ray_task.RayCall("session", "key", "c1", "t1", {"a": 1}, ["b"], ("out",), False),
          ("session", "code_key", "call_id", "task_id", "constants", "input_keys", "outputs", "gpus")),
         (note, ("call_id", "host", "node", "worker", "gpu_ids", "at", "group")),
-        (ray_task.Report(note, True, ["out"], {"out": 1}, None, [TaskLog("c1", "stdout", "hi", 2.0)], 2.5),
-         ("start", "ok", "keys", "inline", "error", "logs", "finished")),
+        (ray_task.Report(note, True, ["out"], {"out": 1}, None, [TaskLog("c1", "stdout", "hi", 2.0)], 3, 2.5),
+         ("start", "ok", "keys", "inline", "error", "logs", "logs_from", "finished")),
+        (ray_task.Printed("c1", 0, [["stdout", "hi", 2.0]]), ("call_id", "first", "lines")),
     ]
     for frame, fields in frames:
         assert type(frame)._fields == fields
@@ -147,7 +148,7 @@ def test_a_ray_worker_sends_start_notes_only_for_calls_that_have_run_a_while():
     sent: list[str] = []
 
     class Hub:
-        class started:   # noqa: N801 - an actor method's shape: hub.started.remote(notes)
+        class noted:   # noqa: N801 - an actor method's shape: hub.noted.remote(notes)
             @staticmethod
             def remote(notes):
                 sent.extend(n.call_id for n in notes)
@@ -165,14 +166,14 @@ def test_a_ray_worker_sends_start_notes_only_for_calls_that_have_run_a_while():
     ray_task._sessions["notes-test"] = (Hub, [])
     try:
         notes = ray_task._Notes(clock=lambda: now[0])
-        notes.started("notes-test", note("short", 0.0))
-        notes.started("notes-test", note("long", 0.0))
+        notes.started("notes-test", note("short", 0.0), [])
+        notes.started("notes-test", note("long", 0.0), [])
         time.sleep(10 * ray_task._NOTE_DELAY_S)   # the sender looks several times; no call has run the delay
         assert sent == []
         notes.ended("short")   # over before its note was due: it sends none
         now[0] = 1.0
         assert within(5, lambda: "long" in sent)
-        notes.started("notes-test", note("late", 1.0))   # a call that starts while others ran long
+        notes.started("notes-test", note("late", 1.0), [])   # a call that starts while others ran long
         time.sleep(10 * ray_task._NOTE_DELAY_S)
         assert sent == ["long"], "only notes that are due go"
         now[0] = 2.0
@@ -181,6 +182,64 @@ def test_a_ray_worker_sends_start_notes_only_for_calls_that_have_run_a_while():
         assert sent == ["long", "late"]
     finally:
         del ray_task._sessions["notes-test"]
+
+
+def test_a_ray_worker_sends_the_lines_of_a_running_call_once_and_its_report_carries_the_rest():
+    import maze.backends._ray_task as ray_task
+    batches: list[list] = []
+
+    class Hub:
+        class noted:   # noqa: N801 - an actor method's shape: hub.noted.remote(notes)
+            @staticmethod
+            def remote(notes):
+                batches.append(list(notes))
+                return len(batches)   # stands for the hub call's object reference
+
+    def within(seconds: float, check) -> bool:
+        deadline = time.monotonic() + seconds
+        while not check() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return check()
+
+    now = [0.0]
+    waited: list[int] = []
+    ray_task._sessions["lines-test"] = (Hub, [])
+    try:
+        notes = ray_task._Notes(clock=lambda: now[0], wait=waited.append)
+        logs: list[TaskLog] = []
+
+        def say(text: str) -> None:
+            logs.append(TaskLog("c", "stdout", text, 0.0))
+            notes.printed()
+
+        start = ray_task.StartNote("c", "127.0.0.1", "node", "worker", (), 0.0, None)
+        notes.started("lines-test", start, logs)
+        say("a\n")
+        time.sleep(10 * ray_task._NOTE_DELAY_S)
+        assert batches == []   # a call says nothing for its first moments
+        now[0] = 1.0
+        assert within(5, lambda: len(batches) == 1)
+        assert batches[0] == [start, ray_task.Printed("c", 0, [["stdout", "a\n", 0.0]])]
+        say("b\n")
+        say("c\n")
+        time.sleep(10 * ray_task._NOTE_DELAY_S)
+        assert len(batches) == 1   # new lines wait until _LINES_S has passed since the last went
+        now[0] = 1.0 + ray_task._LINES_S
+        assert within(5, lambda: len(batches) == 2)
+        assert batches[1] == [ray_task.Printed("c", 1, [["stdout", "b\n", 0.0], ["stdout", "c\n", 0.0]])]
+        say("d\n")
+        assert notes.ended("c") == 3   # the hub holds three lines: the report carries the fourth
+        assert waited == [2]           # after waiting for the hub call that took the last of them
+        assert within(5, lambda: not notes._wake.is_set())   # nothing left: the sender sleeps
+        assert len(batches) == 2
+
+        quick: list[TaskLog] = []
+        notes.started("lines-test", start._replace(call_id="quick"), quick)
+        quick.append(TaskLog("quick", "stdout", "x\n", 0.0))
+        notes.printed()
+        assert notes.ended("quick") == 0 and waited == [2]   # over at once: its report carries all, no wait
+    finally:
+        del ray_task._sessions["lines-test"]
 
 
 def test_a_long_bytes_or_str_output_is_measured_by_its_length_not_pickled(monkeypatch):

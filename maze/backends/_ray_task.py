@@ -88,6 +88,14 @@ class StartNote(NamedTuple):
     group: int | None                 # the process group the worker leads, killed on stop; None: none to kill safely
 
 
+class Printed(NamedTuple):
+    """A worker to the driver, through the hub: lines a call printed while it runs (its report has the rest)."""
+
+    call_id: str
+    first: int                        # the index of the first of these lines among all the call printed
+    lines: list[list[Any]]            # [stream, text, at] each, in order
+
+
 class Report(NamedTuple):
     """A call's first return value; one object per declared output follows it."""
 
@@ -96,7 +104,8 @@ class Report(NamedTuple):
     keys: list[str]                   # what the task returned, in order (empty when not ok)
     inline: dict[str, Any]            # the values small enough to ride here (see INLINE_LIMIT)
     error: TaskError | None
-    logs: list[TaskLog]               # what the task printed, in order
+    logs: list[TaskLog]               # what the task printed, in order, from line ``logs_from`` on
+    logs_from: int                    # the lines before it went through the hub while the task ran
     finished: float                   # time.time() at the end
 
     # On the wire a report is nested lists of plain values, which Ray packs with
@@ -107,33 +116,34 @@ class Report(NamedTuple):
         return [None if s is None else [s.call_id, s.host, s.node, s.worker, list(s.gpu_ids), s.at, s.group],
                 self.ok, self.keys, self.inline,
                 None if e is None else [e.error_type, e.error, e.traceback, e.kind.value],
-                [[log.call_id, log.stream, log.text, log.at] for log in self.logs], self.finished]
+                [[log.call_id, log.stream, log.text, log.at] for log in self.logs], self.logs_from, self.finished]
 
     @classmethod
     def of_wire(cls, wire: list[Any]) -> Report:
-        start, ok, keys, inline, error, logs, finished = wire
+        start, ok, keys, inline, error, logs, logs_from, finished = wire
         return cls(
             None if start is None else StartNote(start[0], start[1], start[2], start[3], tuple(start[4]), start[5],
                                                  start[6]),
             ok, keys, inline,
             None if error is None else TaskError(error[0], error[1], error[2], Failure(error[3])),
-            [TaskLog(*log) for log in logs], finished,
+            [TaskLog(*log) for log in logs], logs_from, finished,
         )
 
 
 @ray.remote(num_cpus=0)
 class Hub:
-    """One per client: collects start notes from workers (the driver drains it), and hands workers the session and code."""
+    """One per client: collects what workers say of running calls (the driver drains it), and hands workers the
+    session and code."""
 
     def __init__(self, sys_path: list[str]) -> None:
-        self._notes: list[StartNote] = []
+        self._notes: list[StartNote | Printed] = []
         self._sys_path = sys_path
         self._code: OrderedDict[str, bytes] = OrderedDict()
 
-    def started(self, notes: list[StartNote]) -> None:
+    def noted(self, notes: list[StartNote | Printed]) -> None:
         self._notes.extend(notes)
 
-    def drain(self) -> list[StartNote]:
+    def drain(self) -> list[StartNote | Printed]:
         notes, self._notes = self._notes, []
         return notes
 
@@ -160,58 +170,120 @@ _functions: OrderedDict[str, TaskBody] = OrderedDict()  # unpickled task functio
 _sessions: dict[str, tuple[Any, list[str]]] = {}        # session key -> (hub, the driver's sys.path)
 _where: tuple[str, str, str] | None = None               # (node IP, node id, worker id): fixed for the process
 _NOTE_DELAY_S = 0.02  # a call still running after this long has its start note sent (see _Notes)
+_LINES_S = 0.1        # a running call's new lines go at most this often
+_HUB_WAIT_S = 10.0    # how long an ended call waits for the hub to hold the lines it sent
+
+
+class _Running:
+    """A call this worker runs, as :class:`_Notes` sees it."""
+
+    __slots__ = ("session", "note", "logs", "since", "start_sent", "lines_sent", "lines_at", "lines_ref")
+
+    def __init__(self, session: str, note: StartNote, logs: list[TaskLog], since: float) -> None:
+        self.session = session
+        self.note = note
+        self.logs = logs              # appended to by the task's output capture, read here
+        self.since = since
+        self.start_sent = False
+        self.lines_sent = 0           # how many of its lines went to the hub
+        self.lines_at = since         # when they last went
+        self.lines_ref: Any = None    # the hub call that took the last of them
 
 
 class _Notes:
-    """Sends the start notes of the calls still running, a batch per hub call.
+    """Sends what the calls still running have to say (their start, their new lines), a batch per hub call.
 
-    A note waits ``_NOTE_DELAY_S`` in this worker: a call over by then sends
-    none (its report carries the start), so a short task costs no actor call,
-    and the notes of a longer one go in one call with whatever else started.
+    A call says nothing for its first ``_NOTE_DELAY_S``: one over by then has
+    its report carry its start and its lines, so a short task costs no actor
+    call. A longer one's start note goes then, with whatever else started, and
+    the lines it prints go every ``_LINES_S`` at most. When the call ends,
+    :meth:`ended` waits until the hub holds the lines it sent, so that the
+    driver, when it reads the report, finds them at the hub if it has not
+    drained them yet; the report carries the lines after those.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock   # when a note was taken, and how long ago (a test's clock may stand still)
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 wait: Callable[[Any], object] = lambda ref: ray.get(ref, timeout=_HUB_WAIT_S)) -> None:
+        self._clock = clock   # when a call started, and how long ago (a test's clock may stand still)
+        self._wait = wait     # until a hub call is done
         self._lock = threading.Lock()
-        self._pending: dict[str, tuple[str, StartNote, float]] = {}   # call id -> (session key, note, when)
-        self._wake = threading.Event()
+        self._running: dict[str, _Running] = {}   # by call id
+        self._wake = threading.Event()   # something may be due: a call started, or one printed
         self._thread: threading.Thread | None = None
 
-    def started(self, session: str, note: StartNote) -> None:
+    def started(self, session: str, note: StartNote, logs: list[TaskLog]) -> None:
         with self._lock:
-            self._pending[note.call_id] = (session, note, self._clock())
+            self._running[note.call_id] = _Running(session, note, logs, self._clock())
             if self._thread is None:
                 self._thread = threading.Thread(target=self._send, name="maze-notes", daemon=True)
                 self._thread.start()
-        # Set already: the sender will look at the pending notes again (it clears the flag only
-        # when none is left, under the lock). Setting an Event costs a lock and a notify.
+        self.printed()
+
+    def printed(self) -> None:
+        """A running call printed a line (appended to its ``logs``)."""
+        # Set already: the sender will look again (it clears the flag before it looks, under the
+        # lock). Setting an Event costs a lock and a notify; a chatty task calls this per line.
         if not self._wake.is_set():
             self._wake.set()
 
-    def ended(self, call_id: str) -> None:
+    def ended(self, call_id: str) -> int:
+        """The call is over: how many of its first lines the hub holds (its report carries the rest)."""
         with self._lock:
-            self._pending.pop(call_id, None)
+            running = self._running.pop(call_id, None)
+        if running is None or running.lines_ref is None:
+            return 0
+        try:
+            self._wait(running.lines_ref)
+        except Exception:  # noqa: BLE001 - the hub is gone or slow: the report carries every line (the driver keeps each once)
+            return 0
+        return running.lines_sent
 
     def _send(self) -> None:
         while True:
             self._wake.wait()
             time.sleep(_NOTE_DELAY_S)
             with self._lock:
-                # Only the notes of calls that have run that long: one that started just now
-                # waits for the next turn (its call is likely over by then, and sends none).
+                # Cleared before looking: a line printed from now on sets it again.
+                self._wake.clear()
                 now = self._clock()
-                due = [cid for cid, (_, _, since) in self._pending.items() if now - since >= _NOTE_DELAY_S]
-                taken = [self._pending.pop(cid)[:2] for cid in due]
-                if not self._pending:
-                    self._wake.clear()
-            by_session: dict[str, list[StartNote]] = {}
-            for session, note in taken:
-                by_session.setdefault(session, []).append(note)
-            for session, notes in by_session.items():
-                try:
-                    _sessions[session][0].started.remote(notes)
-                except Exception:  # noqa: BLE001 - the driver left; its reports carry the starts anyway
-                    pass
+                batches: dict[str, list[StartNote | Printed]] = {}
+                saying: dict[str, list[tuple[_Running, bool]]] = {}   # the calls in each batch; with lines?
+                later = False   # something is not due yet: look again next turn
+                for running in self._running.values():
+                    # Only calls that have run that long: one that started just now waits for
+                    # the next turn (it is likely over by then, and says nothing).
+                    if now - running.since < _NOTE_DELAY_S:
+                        later = True
+                        continue
+                    said: list[StartNote | Printed] = []
+                    if not running.start_sent:
+                        running.start_sent = True
+                        said.append(running.note)
+                    new = len(running.logs) - running.lines_sent
+                    if new > 0 and now - running.lines_at < _LINES_S and running.lines_sent:
+                        later = True
+                    elif new > 0:
+                        first = running.lines_sent
+                        lines = [[log.stream, log.text, log.at] for log in running.logs[first:first + new]]
+                        said.append(Printed(running.note.call_id, first, lines))
+                        running.lines_sent = first + new
+                        running.lines_at = now
+                    if said:
+                        batches.setdefault(running.session, []).extend(said)
+                        saying.setdefault(running.session, []).append((running, type(said[-1]) is Printed))
+                if later:
+                    self._wake.set()
+                # Sent under the lock, so that ended() finds the hub call of every line counted as sent.
+                for session, notes in batches.items():
+                    try:
+                        ref = _sessions[session][0].noted.remote(notes)
+                    except Exception:  # noqa: BLE001 - the driver left: the reports carry the starts and the lines
+                        for running, _ in saying[session]:
+                            running.start_sent, running.lines_sent, running.lines_ref = False, 0, None
+                        continue
+                    for running, with_lines in saying[session]:
+                        if with_lines:
+                            running.lines_ref = ref
 
 
 _notes = _Notes()
@@ -234,7 +306,7 @@ def run_call(packed: list[Any], *args: Any) -> Any:
         failed = "an upstream task"
     if failed is not None:
         skipped = Report(None, False, [], {}, TaskError.simple("UpstreamFailed", f"upstream task {failed!r} failed"),
-                         [], time.time()).wire()
+                         [], 0, time.time()).wire()
         return (skipped, *[Failed(call.task_id)] * len(outputs)) if outputs else skipped
     from maze.core.execute import captured_output, gather_params, run_body
 
@@ -247,6 +319,11 @@ def run_call(packed: list[Any], *args: Any) -> Any:
     gpu_ids = tuple(int(g) for g in ray.get_gpu_ids()) if call.gpus else ()
     start = StartNote(call.call_id, *_where, gpu_ids, time.time(), group)
     logs: list[TaskLog] = []
+
+    def printed(stream: str, text: str) -> None:
+        logs.append(TaskLog(call.call_id, stream, text, time.time()))
+        _notes.printed()
+
     result: dict[str, Any] | None = None
     error = None
     try:
@@ -254,7 +331,7 @@ def run_call(packed: list[Any], *args: Any) -> Any:
         if session is None:
             hub = ray.get_actor(hub_name(call.session))
             session = _sessions[call.session] = (hub, ray.get(hub.sys_path.remote()))
-        _notes.started(call.session, start)
+        _notes.started(call.session, start, logs)
         func = _load(call.code_key, *session)
         given = gather_params(call.constants, dict(zip(call.input_keys, inputs)))
         params = {k: _own_copy(v, k, call.task_id) for k, v in given.items()}
@@ -263,9 +340,9 @@ def run_call(packed: list[Any], *args: Any) -> Any:
     except BaseException as exc:  # noqa: BLE001
         error = error_of(exc)
     else:
-        with captured_output(lambda stream, text: logs.append(TaskLog(call.call_id, stream, text, time.time()))):
+        with captured_output(printed):
             result, error = run_body(func, params, outputs, call.task_id)
-    _notes.ended(call.call_id)
+    sent = _notes.ended(call.call_id)
     values: list[Any] = [Failed(call.task_id)] * len(outputs)
     inline: dict[str, Any] = {}
     if result is not None:
@@ -278,7 +355,7 @@ def run_call(packed: list[Any], *args: Any) -> Any:
     if result is not None:
         values = [result[k] for k in outputs]
         inline = {k: v for k, v in result.items() if k not in outputs or fits[k]}
-    report = Report(start, result is not None, list(result or ()), inline, error, logs, time.time()).wire()
+    report = Report(start, result is not None, list(result or ()), inline, error, logs[sent:], sent, time.time()).wire()
     return (report, *values) if outputs else report
 
 

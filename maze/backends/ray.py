@@ -28,7 +28,7 @@ How a call runs:
 * each call is one Ray task, given its code, a ``RayCall`` (the rest of what
   the worker needs) and the inputs, with ``num_returns = 1 + len(outputs)``:
   a small ``Report`` (status, error, timing, the ``StartNote``, captured
-  output, and the small output values), then one object per declared output
+  output not sent while it ran, and the small output values), then one object per declared output
   (these classes, and what runs in the worker, are in
   :mod:`maze.backends._ray_task`). Those object references are the outcome's
   ``handles``: dependent calls receive them, so outputs move between workers
@@ -52,10 +52,14 @@ How a call runs:
   a task to its ``gpu_mem`` once it runs, so a run whose tasks declare it gets
   one :class:`UserWarning` saying so (:func:`gpu_mem_warning`);
 * the hub receives a ``StartNote`` for each call still running 20 to 40 ms
-  after it started, batched per worker, so ``start_task`` arrives while a longer
-  task runs and a short one costs no actor call; the
-  report repeats the start, and the backend always reports start before
-  resolving the future;
+  after it started, and then what the call prints (``Printed``, every 0.1 s at
+  most), batched per worker, so ``start_task`` and ``task_log`` arrive while a
+  longer task runs and a short one costs no actor call. The report repeats the
+  start and carries the lines the hub did not; a worker that sent lines waits,
+  before it reports, until the hub holds them, and the driver drains the hub
+  before it reads a report whose lines begin after those it has. So each line
+  is reported once, in order, and the start before the lines, before the future
+  resolves;
 * ``stop`` (cancel, fail-fast, timeout) ends the task and what it started.
   The worker makes itself the leader of a process group before running the
   task, and its start note names its node and that group. ``ray.cancel(force=
@@ -106,7 +110,7 @@ import cloudpickle
 from maze.backends._jobs import Job, sweep, wrapped_error
 from maze.core.errors import BackendError
 from maze.core.execute import error_of
-from maze.core.protocol import Reporter, Submitted, TaskCall, TaskError, TaskOutcome, TaskStarted
+from maze.core.protocol import Reporter, Submitted, TaskCall, TaskError, TaskLog, TaskOutcome, TaskStarted
 from maze.core.resources import Capacity, Resources
 from maze.core.shipping import ShippedCode
 
@@ -125,6 +129,7 @@ from maze.backends._ray_task import (  # noqa: E402 - needs Ray, checked just ab
     PLAIN,
     SENT_CODE,
     Hub,
+    Printed,
     Report,
     Shared,
     StartNote,
@@ -190,8 +195,9 @@ class _Job(Job):
     submitted_at: float = field(default_factory=time.monotonic)
     constants: list[_Constant] = field(default_factory=list)   # its pickled constants, shared while held
     started: bool = False
-    # Held while reporting the start: the notes thread and the result thread may
-    # both try, and the start must be reported, once, before the future resolves.
+    lines: int = 0                        # how many of the lines it printed were reported
+    # Held while reporting the start or lines: the notes thread and the result thread may
+    # both try, and each must be reported once, in order, before the future resolves.
     start_lock: threading.Lock = field(default_factory=threading.Lock)
     # ``stop_reason`` and ``group`` are set together under ``lock``: the stop and
     # the start note (which names the group) race, and exactly one of them must
@@ -587,7 +593,11 @@ class RayBackend:
             for note in notes:
                 with self._lock:
                     job = self._jobs.get(note.call_id)
-                if job is not None:
+                if job is None:
+                    continue
+                if type(note) is Printed:
+                    self._printed(job, note.first, [TaskLog(note.call_id, *line) for line in note.lines])
+                else:
                     self._started(job, note, note.group)
 
     def _started(self, job: _Job, note: StartNote, group: int | None) -> None:
@@ -605,6 +615,15 @@ class RayBackend:
             job.report(TaskStarted(job.call.call_id, note.host, note.worker, tuple(note.gpu_ids), note.at, node_id=node))
         if stopped and group is not None:
             self._kill_group(node, group)  # the stop came first and could not name the group
+
+    def _printed(self, job: _Job, first: int, logs: list[TaskLog]) -> None:
+        """Report the lines that ``logs`` (lines ``first`` on of the call's) holds beyond those reported."""
+        with job.start_lock:
+            if not job.started:
+                return   # cannot be: a call's start note goes before its lines, and its report repeats both
+            for log in logs[max(0, job.lines - first):]:
+                job.report(log)
+            job.lines = max(job.lines, first + len(logs))
 
     def _finish(self, job: _Job, done: Future[Any]) -> None:
         with self._lock:
@@ -630,8 +649,11 @@ class RayBackend:
             return TaskOutcome(error=job.stop_reason or report.error)
         # The group comes with the hub's note only: a report means the task is over.
         self._started(job, report.start, None)
-        for log in report.logs:
-            job.report(log)
+        if report.logs_from > job.lines:
+            # Lines went through the hub while the task ran: the worker made sure the hub has them
+            # before it reported; take them first, so that every line is reported once, in order.
+            self._deliver_notes()
+        self._printed(job, report.logs_from, report.logs)
         started, finished = report.start.at, report.finished
         if not report.ok:
             job.outputs_failed = True

@@ -1,0 +1,49 @@
+"""What a task prints reaches the driver while the task runs, on every backend, each line once and in order."""
+
+from __future__ import annotations
+
+import time
+
+from tasks_misc import chatty, speaks_then_waits
+
+
+def test_a_line_a_task_prints_arrives_while_it_still_runs(client, tmp_path):
+    gate = tmp_path / "gate"
+    workflow = client.create_workflow()
+    t = workflow.add_task(speaks_then_waits, inputs={"gate": str(gate)})
+    run_id = workflow.run()
+    seen = []
+    try:
+        for message in workflow.get_results(run_id):   # live: each message as it comes
+            seen.append(message)
+            if message["type"] == "task_log":
+                break
+    finally:
+        gate.touch()   # whatever happened, the task may end now
+    assert [m["type"] for m in seen] == ["start_task", "task_log"]
+    assert seen[-1]["data"]["text"] == "first line\n"
+    assert not workflow.run_state(run_id).ended.is_set()   # the task was still waiting for the gate
+    summary = workflow.wait(run_id)
+    assert summary["task_results"] == {t.task_id: {"opened": True}}
+    log = list(workflow.get_results(run_id))
+    assert [m["type"] for m in log] == ["start_task", "task_log", "task_log", "finish_task", "finish_workflow"]
+    assert [m["data"]["text"] for m in log if m["type"] == "task_log"] == ["first line\n", "second line\n"]
+
+
+def test_many_lines_over_a_second_arrive_each_once_in_order(client):
+    workflow = client.create_workflow()
+    t = workflow.add_task(chatty, inputs={"lines": 400, "seconds": 1.2})
+    started = time.monotonic()
+    run_id = workflow.run()
+    first_line_after = None
+    for message in workflow.get_results(run_id):
+        if message["type"] == "task_log" and first_line_after is None:
+            first_line_after = time.monotonic() - started
+    log = list(workflow.get_results(run_id))
+    lines = [m["data"] for m in log if m["type"] == "task_log"]
+    assert "".join(d["text"] for d in lines) == "".join(f"line {i}\n" for i in range(400))
+    assert [d["stream"] for d in lines] == ["stderr" if i % 2 else "stdout" for i in range(400)]
+    types = [m["type"] for m in log]
+    assert types[0] == "start_task" and types[-2:] == ["finish_task", "finish_workflow"]
+    assert workflow.get_task_result(run_id, t.task_id)["result"] == {"count": 400}
+    assert first_line_after is not None and first_line_after < 1.0   # not held until the task's end (1.2 s)
