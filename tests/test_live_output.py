@@ -47,3 +47,17 @@ def test_many_lines_over_a_second_arrive_each_once_in_order(client):
     assert types[0] == "start_task" and types[-2:] == ["finish_task", "finish_workflow"]
     assert workflow.get_task_result(run_id, t.task_id)["result"] == {"count": 400}
     assert first_line_after is not None and first_line_after < 1.0   # not held until the task's end (1.2 s)
+
+
+def test_lines_sent_while_a_short_task_ran_are_kept_whoever_reads_them_first(client):
+    # A task of about 50 ms sends some of its lines while it runs and reports the rest: the
+    # driver may read its report before or after the lines it sent. Twenty such tasks at once.
+    workflow = client.create_workflow()
+    tasks = [workflow.add_task(chatty, inputs={"lines": 5, "seconds": 0.05}) for _ in range(20)]
+    run_id = workflow.run()
+    assert workflow.wait(run_id)["workflow_completed"]
+    log = list(workflow.get_results(run_id))
+    for t in tasks:
+        mine = [m for m in log if m["data"].get("task_id") == t.task_id]
+        assert [m["type"] for m in mine] == ["start_task"] + ["task_log"] * 5 + ["finish_task"]
+        assert "".join(m["data"]["text"] for m in mine[1:-1]) == "".join(f"line {i}\n" for i in range(5))

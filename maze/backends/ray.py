@@ -194,6 +194,7 @@ class _Job(Job):
     outputs_failed: bool = False
     submitted_at: float = field(default_factory=time.monotonic)
     constants: list[_Constant] = field(default_factory=list)   # its pickled constants, shared while held
+    over: bool = False                    # its report (or Ray's error) is being read: nothing is left to stop
     started: bool = False
     lines: int = 0                        # how many of the lines it printed were reported
     # Held while reporting the start or lines: the notes thread and the result thread may
@@ -343,7 +344,7 @@ class RayBackend:
     def stop(self, call_id: str) -> None:
         with self._lock:
             job = self._jobs.get(call_id)
-        if job is not None:
+        if job is not None and not job.over:
             self._stop(job, TaskError.cancelled(job.call.task_id))
 
     def close(self) -> None:
@@ -630,12 +631,16 @@ class RayBackend:
             for ref in job.refs:
                 self._producers.pop(ref, None)
             self._by_ref.pop(job.refs[0], None)
-            self._jobs.pop(job.call.call_id, None)
             self._timed.pop(job.call.call_id, None)
+            job.over = True
         try:
             outcome = self._outcome(job, done)
         except Exception as exc:  # noqa: BLE001 - one bad report must not stop the thread that delivers all
             outcome = TaskOutcome(error=error_of(exc))
+        finally:
+            # Found by call id until now: lines the hub still held for it are delivered to it.
+            with self._lock:
+                self._jobs.pop(job.call.call_id, None)
         job.future.set_result(outcome)
 
     def _outcome(self, job: _Job, done: Future[Any]) -> TaskOutcome:
@@ -643,6 +648,8 @@ class RayBackend:
             report = Report.of_wire(done.result())  # Ray fetched the (small) report already
         except Exception as exc:  # noqa: BLE001 - cancelled, worker or node died
             job.outputs_failed = isinstance(exc, _FAILED_IN_RAY)
+            if job.started:   # what it printed before it was stopped, sent while it ran, may wait at the hub
+                self._deliver_notes()
             return TaskOutcome(error=job.stop_reason or _ray_error(job.call, exc))
         if report.start is None:  # an upstream call failed: the scheduler has skipped this task already
             job.outputs_failed = True
