@@ -18,6 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import cloudpickle
@@ -203,7 +204,7 @@ class _Notes:
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic,
-                 wait: Callable[[Any], object] = lambda ref: ray.get(ref, timeout=_HUB_WAIT_S)) -> None:
+                 wait: Callable[[Any], object] = lambda ref: _fetch(ref, timeout=_HUB_WAIT_S)) -> None:
         self._clock = clock   # when a call started, and how long ago (a test's clock may stand still)
         self._wait = wait     # until a hub call is done
         self._lock = threading.Lock()
@@ -330,7 +331,7 @@ def run_call(packed: list[Any], *args: Any) -> Any:
         session = _sessions.get(call.session)
         if session is None:
             hub = ray.get_actor(hub_name(call.session))
-            session = _sessions[call.session] = (hub, ray.get(hub.sys_path.remote()))
+            session = _sessions[call.session] = (hub, _fetch(hub.sys_path.remote()))
         _notes.started(call.session, start, logs)
         func = _load(call.code_key, *session)
         given = gather_params(call.constants, dict(zip(call.input_keys, inputs)))
@@ -381,7 +382,7 @@ def _load(key: str, hub: Any, sys_path: list[str]) -> TaskBody:
     func = _functions.get(key)
     if func is None:
         sys.path.extend(p for p in sys_path if p not in sys.path)  # where the driver found its modules
-        data = ray.get(hub.code.remote(key))
+        data = _fetch(hub.code.remote(key))
         if data is None:
             raise BackendError(f"the code of this task (key {key}) is no longer held by the client's hub; "
                                f"more than {HUB_CODE} task functions were sent since it was submitted")
@@ -391,6 +392,20 @@ def _load(key: str, hub: Any, sys_path: list[str]) -> TaskBody:
     else:
         _functions.move_to_end(key)
     return func
+
+
+_fetcher = ThreadPoolExecutor(1, thread_name_prefix="maze-fetch")
+
+
+def _fetch(ref: Any, timeout: float | None = None) -> Any:
+    """``ray.get`` from a thread of the worker's own, for what a call asks the hub.
+
+    A worker whose main thread waits in ``ray.get`` lends its CPU to Ray while it
+    waits, and Ray may start one more worker process to use it: on a small
+    machine, a second or more of a new interpreter competing with the tasks, then
+    one task too many for the CPUs. A wait on another thread lends nothing.
+    """
+    return _fetcher.submit(ray.get, ref, timeout=timeout).result()
 
 
 def _lead_process_group() -> int | None:
