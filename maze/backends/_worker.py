@@ -396,11 +396,10 @@ class _Made:
         self._outputs: dict[str, _packing.Packed] = {}
 
     def keep(self, call_id: str, keys: list[str], out: list[_packing.Packed]) -> None:
-        # Small buffers copied to bytes, as they would arrive from the driver: the taker gets
-        # values of its own, not views of the objects the call before returned.
+        # Kept as packed, buffers and all: the taker unpacks them (_packing.unpack), which copies
+        # small buffers, so it gets values of its own, not views of what the call before returned.
         self._call_id = call_id
-        self._outputs = {k: _packing.Packed(p.data, [bytes(f) for f in p.frames], p.path, p.sizes)
-                         for k, p in zip(keys, out)}
+        self._outputs = dict(zip(keys, out))
 
     def forget(self) -> None:
         self._call_id, self._outputs = "", {}
