@@ -27,7 +27,7 @@ _EXPORTS = {
     **dict.fromkeys(
         ("BackendError", "CycleError", "MazeError", "RendererError", "TaskDefinitionError", "UnknownBackendError",
          "UnknownOutputError", "UnknownRunError", "UnknownTaskError", "UnsafeHistoryError", "UnsatisfiableError",
-         "WorkflowError"),
+         "StaleCodeError", "WorkflowError"),
         "maze.core.errors",
     ),
 }
@@ -39,6 +39,7 @@ if _TYPE_CHECKING:
         CycleError,
         MazeError,
         RendererError,
+        StaleCodeError,
         TaskDefinitionError,
         UnknownBackendError,
         UnknownOutputError,
@@ -79,6 +80,7 @@ __all__ = [
     "MaWorkflow",
     "MazeError",
     "RendererError",
+    "StaleCodeError",
     "TaskDefinitionError",
     "TaskFunction",
     "TaskOutput",

@@ -10,6 +10,7 @@ local Ray for the whole session, started on 127.0.0.1 with two declared
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
 import pytest
@@ -23,6 +24,10 @@ os.environ.pop("RAY_ADDRESS", None)
 _STATE = tempfile.mkdtemp(prefix="maze-test-state-")
 os.environ["MAZE_HISTORY"] = os.path.join(_STATE, "history.sqlite3")
 os.environ["MAZE_CACHE"] = os.path.join(_STATE, "cache")
+# Modules a test writes, edits and reloads: on the path before any client starts, so that workers find them.
+MODULES = os.path.join(_STATE, "modules")
+os.makedirs(MODULES)
+sys.path.insert(0, MODULES)
 
 from maze import MaClient  # noqa: E402
 

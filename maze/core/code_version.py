@@ -29,6 +29,7 @@ import types
 import weakref
 from typing import Any
 
+from .stamps import code_bytes, installed
 from .task import TaskFunction
 
 # A function's text and byte code never change, so that part is cached per function object.
@@ -60,7 +61,7 @@ class _Versioner:
             return self.seen[key]
         if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType, type)):
             module = getattr(obj, "__module__", None) or ""
-            if module == "builtins" or _installed(module):
+            if module == "builtins" or installed(module):
                 return f"{module}.{obj.__qualname__}"  # not the user's code: by name
         self.seen[key] = "recursive"
         if isinstance(obj, functools.partial):
@@ -127,7 +128,7 @@ class _VersionPickler(pickle.Pickler):
 
     def reducer_override(self, obj: Any) -> Any:
         module = getattr(obj, "__module__", None) or ""
-        if isinstance(obj, type) and (module == "builtins" or _installed(module)):
+        if isinstance(obj, type) and (module == "builtins" or installed(module)):
             return NotImplemented   # by reference, as pickle does (``str`` itself passes here)
         if isinstance(obj, (types.FunctionType, functools.partial, type, TaskFunction)):
             return str, (f"callable {self._versioner.of_callable(obj)}",)
@@ -146,25 +147,12 @@ def _text(func: types.FunctionType) -> str:
         source = inspect.getsource(func)
     except (OSError, TypeError):
         source = ""
-    version = digest(source.encode(), _code_bytes(func.__code__))
+    version = digest(source.encode(), code_bytes(func.__code__))
     try:
         _text_cache[func] = version
     except TypeError:
         pass
     return version
-
-
-def _code_bytes(code: types.CodeType) -> bytes:
-    """Byte code, names and constants, nested code included: no addresses, no line numbers."""
-    parts = [code.co_code, repr(code.co_names).encode(), repr(code.co_varnames).encode()]
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            parts.append(_code_bytes(const))
-        elif isinstance(const, frozenset):  # ``x in {"a", "b"}``: its order follows string hashing
-            parts.append(repr(sorted(map(repr, const))).encode())
-        else:
-            parts.append(repr(const).encode())
-    return b"\x00".join(parts)
 
 
 def _global_names(code: types.CodeType) -> set[str]:
@@ -173,19 +161,3 @@ def _global_names(code: types.CodeType) -> set[str]:
         if isinstance(const, types.CodeType):   # nested functions, comprehensions, lambdas
             names |= _global_names(const)
     return names
-
-
-@functools.lru_cache(maxsize=1024)
-def _installed(module: str) -> bool:
-    """Whether ``module`` comes from an installed package (site-packages or the standard library)."""
-    import sys
-    import sysconfig
-
-    if module == "__main__":   # the user's script or notebook, wherever the interpreter was started from
-        return False
-    found = sys.modules.get(module)
-    path = getattr(found, "__file__", None) or ""
-    if not path:
-        return False
-    roots = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
-    return any(path.startswith(root) for root in roots)

@@ -111,3 +111,8 @@ class UnsafeHistoryError(MazeError):
     this maze does not read: the old one, which stored every message as a
     pickle, or a newer one.
     """
+
+
+class StaleCodeError(MazeError):
+    """A worker's copy of a task's module differs from the driver's, even after reloading it
+    (raised in the worker: the task fails with it)."""

@@ -21,6 +21,7 @@ from typing import Any, overload
 
 from .errors import TaskDefinitionError
 from .resources import Resources
+from .stamps import Stamps, refresh, stamps
 
 TaskBody = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -105,8 +106,8 @@ class TaskFunction:
             found: Any = sys.modules.get(module)
             for part in qualname.split("."):
                 found = getattr(found, part, None)
-            if found is self:
-                return (_import_task, (module, qualname))
+            if found is self:   # with the stamps the worker checks its copy of the module against
+                return (_import_task, (module, qualname, stamps(self.spec.func)))
         return (TaskFunction, (self.spec,))
 
     def __repr__(self) -> str:
@@ -114,7 +115,8 @@ class TaskFunction:
         return f"<maze task {s.name}: inputs={list(s.inputs)} outputs={list(s.outputs)}>"
 
 
-def _import_task(module: str, qualname: str) -> TaskFunction:
+def _import_task(module: str, qualname: str, expected: Stamps = ()) -> TaskFunction:
+    refresh(expected)   # reloads a module edited (and reloaded) in the driver since this process imported it
     found: Any = importlib.import_module(module)
     for part in qualname.split("."):
         found = getattr(found, part)
