@@ -242,6 +242,27 @@ def test_a_ray_worker_sends_the_lines_of_a_running_call_once_and_its_report_carr
         del ray_task._sessions["lines-test"]
 
 
+def test_the_driver_reports_each_ray_line_once_and_says_when_some_were_lost():
+    from calls import call_taking_x
+
+    from maze.backends.ray import RayBackend, _Job  # Ray is a test dependency; importing starts nothing
+    reported: list = []
+    job = _Job(call=call_taking_x(print, "t", 1, ()), report=reported.append, future=Future(), refs=[],
+               started=True)
+
+    def lines(*texts: str) -> list[TaskLog]:
+        return [TaskLog("run:t:1", "stdout", text, 0.0) for text in texts]
+
+    printed = RayBackend._printed   # it needs no backend, only the job
+    printed(None, job, 0, lines("a", "b"))   # type: ignore[arg-type]
+    printed(None, job, 1, lines("b", "c"))   # type: ignore[arg-type] - "b" again: reported once
+    printed(None, job, 5, lines("f"))        # type: ignore[arg-type] - "d" and "e" never came
+    printed(None, job, 0, lines("a"))        # type: ignore[arg-type] - all reported already
+    texts = [log.text for log in reported]
+    assert texts[:3] == ["a", "b", "c"] and texts[4:] == ["f"] and job.lines == 6
+    assert reported[3].stream == "stderr" and "2 lines of this task's output were lost" in texts[3]
+
+
 def test_a_long_bytes_or_str_output_is_measured_by_its_length_not_pickled(monkeypatch):
     import maze.backends._ray_task as ray_task
 

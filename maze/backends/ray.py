@@ -559,9 +559,11 @@ class RayBackend:
     def _deliver(self, done: list[tuple[Any, Future[Any]]]) -> None:
         with self._lock:
             jobs = [(self._by_ref.get(ref), future) for ref, future in done]
-        if any(job is not None and job.stop_reason is not None and not job.started for job, _ in jobs):
-            # Stopped right after it started: its start note, which names the
-            # process group to kill, may still wait at the hub.
+        if any(job is not None and (job.stop_reason is not None and not job.started or future.exception() is not None)
+               for job, future in jobs):
+            # Stopped, or ended in Ray (its worker lost, say), and not heard from since it
+            # started: what it said meanwhile may still wait at the hub. Its start note names
+            # the process group to kill; its lines are what it printed before it ended.
             self._deliver_notes()
         for job, future in jobs:
             if job is not None:
@@ -622,6 +624,10 @@ class RayBackend:
         with job.start_lock:
             if not job.started:
                 return   # cannot be: a call's start note goes before its lines, and its report repeats both
+            if first > job.lines:   # the hub lost lines it had (it was gone, or slow to drain): say so
+                job.report(TaskLog(job.call.call_id, "stderr",
+                                   f"[maze: {first - job.lines} lines of this task's output were lost on the way "
+                                   f"from its Ray worker]\n", time.time()))
             for log in logs[max(0, job.lines - first):]:
                 job.report(log)
             job.lines = max(job.lines, first + len(logs))
@@ -648,8 +654,6 @@ class RayBackend:
             report = Report.of_wire(done.result())  # Ray fetched the (small) report already
         except Exception as exc:  # noqa: BLE001 - cancelled, worker or node died
             job.outputs_failed = isinstance(exc, _FAILED_IN_RAY)
-            if job.started:   # what it printed before it was stopped, sent while it ran, may wait at the hub
-                self._deliver_notes()
             return TaskOutcome(error=job.stop_reason or _ray_error(job.call, exc))
         if report.start is None:  # an upstream call failed: the scheduler has skipped this task already
             job.outputs_failed = True

@@ -8,7 +8,9 @@ still hold the module as it first imported it, and return what the old code
 computes under the new code's fingerprint. So such a task travels with the
 stamps of the user's modules its code comes from: its own module, and the
 modules whose functions, classes or selves that module names, and theirs
-(installed packages and the standard library are left out).
+(installed packages, the standard library, and modules an import hook
+rewrote, such as pytest's test modules, are left out: their byte code differs
+between processes anyway).
 
 A stamp hashes the byte code of what a module defines (its functions, its
 classes' methods) and of the user's functions and classes it names, not its
@@ -25,6 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
+import importlib.machinery
 import sys
 import types
 import weakref
@@ -35,7 +38,10 @@ from .errors import StaleCodeError
 Stamps = tuple[tuple[str, str], ...]   # (module name, stamp), the modules a module names before it
 
 _MAX_MODULES = 64   # a task's code rarely spans more of the user's modules; a walk stops there
-_digests: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()   # function -> its byte code's digest
+_digests: weakref.WeakKeyDictionary[types.CodeType, str] = weakref.WeakKeyDictionary()   # code -> its digest
+# Loaders that compile a module's file as it is: a module another loader made (pytest's assertion
+# rewriting, an instrumenting import hook) has other byte code in the driver than in a worker.
+_PLAIN_LOADERS = (importlib.machinery.SourceFileLoader, importlib.machinery.SourcelessFileLoader)
 
 
 def stamps(func: Any) -> Stamps:
@@ -127,11 +133,12 @@ def _code_of(value: Any) -> str | None:
 
 
 def _function_digest(func: types.FunctionType) -> str:
+    code = func.__code__   # the key: IPython's %autoreload gives an old function the new code object
     try:
-        return _digests[func]
+        return _digests[code]
     except KeyError:
         pass
-    found = _digests[func] = hashlib.sha256(code_bytes(func.__code__)).hexdigest()[:32]
+    found = _digests[code] = hashlib.sha256(code_bytes(code)).hexdigest()[:32]
     return found
 
 
@@ -149,11 +156,11 @@ def code_bytes(code: types.CodeType) -> bytes:
 
 
 def _users(module: types.ModuleType) -> bool:
-    """Whether ``module`` is the user's code, with a file: not ``__main__`` (its functions travel by value),
-    not an installed package, not maze."""
+    """Whether ``module`` is the user's code, loaded from its file as it is: not ``__main__`` (its
+    functions travel by value), not an installed package, not maze, not made by an import hook."""
     name = module.__name__
-    return (name != "__main__" and getattr(module, "__file__", None) is not None and not installed(name)
-            and name != "maze" and not name.startswith("maze."))
+    return (name != "__main__" and isinstance(getattr(module, "__loader__", None), _PLAIN_LOADERS)
+            and not installed(name) and name != "maze" and not name.startswith("maze."))
 
 
 @functools.lru_cache(maxsize=1024)
