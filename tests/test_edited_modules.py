@@ -106,6 +106,28 @@ def test_a_stamp_follows_code_not_data():
     before = module_stamp(module)
     module.CACHE["filled"] = list(range(100))    # data, as a task's cache fills it: the same stamp
     assert module_stamp(module) == before
-    assert stamps(module.answer) == ((name, before),)   # json is installed: it is not followed
+    assert stamps(module.answer).modules == ((name, before),)   # json is installed: it is not followed
     module.Scaler.scale = lambda self, x: 3 * x    # code: another stamp
     assert module_stamp(module) != before
+
+
+def test_a_driver_run_with_python_O_runs_tasks_whose_module_has_asserts(tmp_path):
+    # ``-O`` strips asserts from the driver's byte code, not from a worker's: the stamps cannot be
+    # compared there, and the task runs as it did before stamps.
+    (tmp_path / "asserting.py").write_text(TASK.format(imports="", body="params['x'] + 1") +
+                                           "\n\ndef check(x):\n    assert x >= 0\n    return x\n")
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        from maze import MaClient
+        import asserting
+        with MaClient(history=None) as client:
+            wf = client.create_workflow()
+            t = wf.add_task(asserting.answer, inputs={{"x": 1}})
+            summary = wf.wait(wf.run())
+            print(summary["status"], summary["task_results"][t.task_id]["answer"])
+    """)
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-O", "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["completed", "2"], proc.stderr

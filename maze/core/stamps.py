@@ -31,11 +31,17 @@ import importlib.machinery
 import sys
 import types
 import weakref
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import StaleCodeError
 
-Stamps = tuple[tuple[str, str], ...]   # (module name, stamp), the modules a module names before it
+
+class Stamps(NamedTuple):
+    """What a task travels with: the driver's stamps of the user's modules its code comes from."""
+
+    modules: tuple[tuple[str, str], ...]   # (name, stamp), the modules a module names before it
+    optimize: int                          # the driver's ``-O`` level: it strips asserts from byte code
+
 
 _MAX_MODULES = 64   # a task's code rarely spans more of the user's modules; a walk stops there
 _digests: weakref.WeakKeyDictionary[types.CodeType, str] = weakref.WeakKeyDictionary()   # code -> its digest
@@ -45,15 +51,15 @@ _PLAIN_LOADERS = (importlib.machinery.SourceFileLoader, importlib.machinery.Sour
 
 
 def stamps(func: Any) -> Stamps:
-    """The stamps of the user's modules that ``func``'s code comes from, those named first; ``()`` for none."""
+    """The stamps of the user's modules that ``func``'s code comes from, those named first (none: not the user's)."""
     name = getattr(func, "__module__", None)
     module = sys.modules.get(name) if name else None
     if module is None or not _users(module):
-        return ()
+        return Stamps((), sys.flags.optimize)
     order: list[types.ModuleType] = []
     seen = {module.__name__}
     _walk(module, seen, order)
-    return tuple((m.__name__, module_stamp(m)) for m in order)
+    return Stamps(tuple((m.__name__, module_stamp(m)) for m in order), sys.flags.optimize)
 
 
 def module_stamp(module: types.ModuleType) -> str:
@@ -67,9 +73,15 @@ def module_stamp(module: types.ModuleType) -> str:
 
 
 def refresh(expected: Stamps) -> None:
-    """Import each module, reloading one whose stamp differs; raise :class:`StaleCodeError` if one still does."""
+    """Import each module, reloading one whose stamp differs; raise :class:`StaleCodeError` if one still does.
+
+    Nothing is compared in a worker whose ``-O`` level is not the driver's: the same file compiles to
+    other byte code there.
+    """
+    if expected.optimize != sys.flags.optimize:
+        return
     stale = []
-    for name, stamp in expected:
+    for name, stamp in expected.modules:
         module = importlib.import_module(name)
         if module_stamp(module) == stamp:
             continue

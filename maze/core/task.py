@@ -115,8 +115,9 @@ class TaskFunction:
         return f"<maze task {s.name}: inputs={list(s.inputs)} outputs={list(s.outputs)}>"
 
 
-def _import_task(module: str, qualname: str, expected: Stamps = ()) -> TaskFunction:
-    refresh(expected)   # reloads a module edited (and reloaded) in the driver since this process imported it
+def _import_task(module: str, qualname: str, expected: Stamps | None = None) -> TaskFunction:
+    if expected is not None:
+        refresh(expected)   # reloads a module edited (and reloaded) in the driver since this process imported it
     found: Any = importlib.import_module(module)
     for part in qualname.split("."):
         found = getattr(found, part)
