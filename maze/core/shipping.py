@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
+from .stamps import Checked, stamps
+
 if TYPE_CHECKING:
     from .task import TaskBody
 
@@ -56,8 +58,16 @@ class ShippedCode:
 
 
 def ship(func: TaskBody) -> ShippedCode:
-    """Pickle ``func`` now. Raises what cloudpickle raises for code that cannot travel."""
+    """Pickle ``func`` now. Raises what cloudpickle raises for code that cannot travel.
+
+    When its code comes from the user's module files (it may travel by name:
+    :mod:`maze.core.stamps`), with their stamps: a worker loads those files as
+    they are now before it unpickles the function, and again before each call.
+    """
     data = cloudpickle.dumps(func, protocol=pickle.HIGHEST_PROTOCOL)
+    files = stamps(func)
+    if files.modules:
+        data = pickle.dumps(Checked(files, data), protocol=pickle.HIGHEST_PROTOCOL)
     return ShippedCode(hashlib.blake2b(data, digest_size=16).hexdigest(), data)
 
 

@@ -1,174 +1,238 @@
-"""Whether a worker runs the code its driver runs: stamps of the modules a task's code comes from.
+"""Whether a worker runs the code its driver runs: the user's module files a task's code comes from.
 
 A task function defined at the top of an importable module travels by name
 (:meth:`~maze.core.task.TaskFunction.__reduce__`): the worker imports its
 module. A worker outlives runs, so after the user edits that module's file and
 reloads it (``importlib.reload``, IPython's ``%autoreload``), the worker would
 still hold the module as it first imported it, and return what the old code
-computes under the new code's fingerprint. So such a task travels with the
-stamps of the user's modules its code comes from: its own module, and the
-modules whose functions, classes or selves that module names, and theirs
-(installed packages, the standard library, and modules an import hook
-rewrote, such as pytest's test modules, are left out: their byte code differs
-between processes anyway).
+computes under the new code's fingerprint.
 
-A stamp hashes the byte code of what a module defines (its functions, its
-classes' methods) and of the user's functions and classes it names, not its
-data: a module-level cache that tasks fill does not make a stamp differ.
+So such a task travels with :class:`Stamps`: a digest of the file of each of
+the user's modules its code comes from, as the file is at ``run()``. Those are
+its own module and, transitively, the user's modules it imports (read from its
+source: at the top, inside functions, relative imports too) or names (its
+globals that are modules, or functions, classes and objects from them). The
+file is what a worker can load, so a stamp covers whatever an edit changes:
+functions, constants, default arguments, decorators, classes. Installed
+packages, the standard library, maze, ``__main__`` (its functions travel by
+value) and modules an import hook rewrote (pytest's test modules) are left out.
 
-In the worker, :func:`refresh` reloads each module whose stamp differs, those
-it names first (so that ``from helpers import f`` binds the new ``f``), and
-raises :class:`StaleCodeError` for a module that still differs: its file is not
-what the driver runs (edited, and not reloaded there).
+In the worker, :func:`refresh` loads each module from the file the driver
+stamped, those it imports first, so that ``from helpers import f`` binds the
+new ``f``: a module this worker loaded from another version of its file is
+reloaded, also when the user went back to an earlier version. It runs before
+the function is unpickled, and before every call (:class:`FreshTask`), since a
+worker keeps unpickled tasks by content and the same task may come back after
+another version ran. Only a worker unpickles what carries stamps
+(:class:`Checked`): a task function pickled anywhere else travels as before. :class:`~maze.core.errors.StaleCodeError` says that a file
+still differs after that: on a cluster, a node whose copy of the file is not the
+driver's; on one machine, a file edited again between ``run()`` and the call.
+
+Where the driver has not reloaded a module whose file was edited, workers run
+the file as it is, not the code the driver holds (which cannot travel by name).
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import importlib
 import importlib.machinery
+import importlib.util
+import os
+import pickle
 import sys
 import types
-import weakref
 from typing import Any, NamedTuple
 
 from .errors import StaleCodeError
 
 
 class Stamps(NamedTuple):
-    """What a task travels with: the driver's stamps of the user's modules its code comes from."""
+    """The user's module files a task's code comes from, as they were at ``run()``."""
 
-    modules: tuple[tuple[str, str], ...]   # (name, stamp), the modules a module names before it
-    optimize: int                          # the driver's ``-O`` level: it strips asserts from byte code
+    modules: tuple[tuple[str, str], ...]   # (module name, digest of its file), those it imports first
 
 
-_MAX_MODULES = 64   # a task's code rarely spans more of the user's modules; a walk stops there
-_digests: weakref.WeakKeyDictionary[types.CodeType, str] = weakref.WeakKeyDictionary()   # code -> its digest
-# Loaders that compile a module's file as it is: a module another loader made (pytest's assertion
-# rewriting, an instrumenting import hook) has other byte code in the driver than in a worker.
-_PLAIN_LOADERS = (importlib.machinery.SourceFileLoader, importlib.machinery.SourcelessFileLoader)
+_MAX_MODULES = 512   # a walk stops there: a task's code spanning more of the user's modules is rare
+# Loaders that compile a module's file as it is; another loader (pytest's assertion rewriting, an
+# instrumenting hook, zipimport) may make code that its file alone does not give a worker.
+_PLAIN_LOADERS = (importlib.machinery.SourceFileLoader,)
+_loaded: dict[str, tuple[int, str]] = {}   # in a worker: module name -> (id of the module, digest it was loaded from)
 
 
 def stamps(func: Any) -> Stamps:
-    """The stamps of the user's modules that ``func``'s code comes from, those named first (none: not the user's)."""
+    """The stamps of the user's modules that ``func``'s code comes from, those it imports first."""
     name = getattr(func, "__module__", None)
     module = sys.modules.get(name) if name else None
     if module is None or not _users(module):
-        return Stamps((), sys.flags.optimize)
-    order: list[types.ModuleType] = []
-    seen = {module.__name__}
-    _walk(module, seen, order)
-    return Stamps(tuple((m.__name__, module_stamp(m)) for m in order), sys.flags.optimize)
-
-
-def module_stamp(module: types.ModuleType) -> str:
-    """A hash of the byte code of what ``module`` defines and of the user's functions and classes it names."""
-    h = hashlib.sha256()
-    for key, value in sorted(vars(module).items(), key=lambda item: item[0]):
-        code = _code_of(value)
-        if code is not None:
-            h.update(f"{key}={code};".encode())
-    return h.hexdigest()[:32]
+        return Stamps(())
+    order: list[tuple[str, str]] = []
+    _walk(module, {module.__name__}, order)
+    return Stamps(tuple(order))
 
 
 def refresh(expected: Stamps) -> None:
-    """Import each module, reloading one whose stamp differs; raise :class:`StaleCodeError` if one still does.
-
-    Nothing is compared in a worker whose ``-O`` level is not the driver's: the same file compiles to
-    other byte code there.
-    """
-    if expected.optimize != sys.flags.optimize:
-        return
-    stale = []
-    for name, stamp in expected.modules:
-        module = importlib.import_module(name)
-        if module_stamp(module) == stamp:
+    """Make each stamped module the one its file gave the driver: import it, or reload it if this process
+    loaded it from another version of the file. Raises :class:`StaleCodeError` if a file still differs."""
+    reloaded = False   # once a module is reloaded, those after it (which may import it) are reloaded too
+    for name, digest in expected.modules:
+        module = sys.modules.get(name)
+        if module is not None and not reloaded and _loaded.get(name) == (id(module), digest):
             continue
-        importlib.reload(module)
-        if module_stamp(module) != stamp:
-            stale.append(f"{name!r} ({getattr(module, '__file__', None) or 'no file'})")
-    if stale:
-        raise StaleCodeError(
-            f"the code of module {', '.join(stale)} differs between the driver and the file this worker "
-            f"imports: the file was edited since the driver imported it (or the module was changed in the "
-            f"driver). Reload the module where you run the workflow (importlib.reload, or IPython's "
-            f"%autoreload), or restart that Python process")
+        path = _file_of(name, module)
+        found = _digest(path) if path else None
+        if found == digest:
+            if module is None:
+                module = importlib.import_module(name)
+            else:   # loaded from another version of the file, or before a module it imports was reloaded
+                module = importlib.reload(module)
+                reloaded = True
+            _loaded[name] = (id(module), digest)
+        else:
+            raise StaleCodeError(
+                f"the file of module {name!r} ({path or 'not found'}) is not the one the driver ran it from: "
+                f"it was edited after run(), or this worker's machine has another copy. Run the workflow "
+                f"again, with the same files on every machine")
 
 
-def _walk(module: types.ModuleType, seen: set[str], order: list[types.ModuleType]) -> None:
-    """Add to ``order`` the user's modules ``module`` names (theirs first), then ``module``."""
-    for value in list(vars(module).values()):
+class Checked(NamedTuple):
+    """A task function's pickle with the stamps of its files: what the driver ships (see ``shipping.ship``).
+
+    Unpickled (only in a worker, which is what it is made for), it loads the
+    files first, then the function, and gives a :class:`FreshTask`.
+    """
+
+    expected: Stamps
+    pickled: bytes
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_load_checked, (self.expected, self.pickled))
+
+
+class FreshTask:
+    """A task loaded in a worker with the stamps of its files: each call first makes sure they are the
+    driver's (the worker keeps what it unpickled, by content, and another version may have run since)."""
+
+    __slots__ = ("task", "expected")
+
+    def __init__(self, task: Any, expected: Stamps) -> None:
+        self.task = task
+        self.expected = expected
+
+    def __call__(self, params: dict[str, Any]) -> Any:
+        refresh(self.expected)
+        return self.task(params)
+
+
+def _load_checked(expected: Stamps, pickled: bytes) -> FreshTask:
+    refresh(expected)   # before unpickling: a function that travels by name comes from the module as it is now
+    return FreshTask(pickle.loads(pickled), expected)
+
+
+def _walk(module: types.ModuleType, seen: set[str], order: list[tuple[str, str]]) -> None:
+    """Add to ``order`` the user's modules ``module`` imports or names (theirs first), then ``module``."""
+    for named in _named(module):
         if len(seen) >= _MAX_MODULES:
             break
-        named = value if isinstance(value, types.ModuleType) else sys.modules.get(_module_name(value) or "")
-        if named is not None and named.__name__ not in seen and _users(named):
+        if named.__name__ not in seen and _users(named):
             seen.add(named.__name__)
             _walk(named, seen, order)
-    order.append(module)
+    path = _file_of(module.__name__, module)
+    order.append((module.__name__, (_digest(path) if path else None) or ""))
 
 
-def _body(value: Any) -> Any:
-    """The function a ``@task`` wraps; any other value as it is. (By its type only: a module's globals
-    may hold objects whose attribute lookups do anything.)"""
-    kind = type(value)
-    if kind.__name__ == "TaskFunction" and kind.__module__ == "maze.core.task":
-        return value.spec.func
-    return value
-
-
-def _module_name(value: Any) -> str | None:
-    value = _body(value)
-    if isinstance(value, (types.FunctionType, type)):
-        return getattr(value, "__module__", None)
-    return None
-
-
-def _code_of(value: Any) -> str | None:
-    """The digest of a user's function's or class's byte code; ``None`` for anything else (data, modules, the
-    installed packages' code)."""
-    value = _body(value)
-    if isinstance(value, types.FunctionType):
-        return _function_digest(value) if not installed(value.__module__ or "") else None
-    if isinstance(value, type) and not installed(value.__module__ or ""):
-        parts = []
-        for key, member in sorted(vars(value).items(), key=lambda item: item[0]):
-            if isinstance(member, (staticmethod, classmethod)):
-                member = member.__func__
-            if isinstance(member, property):
-                parts += [_function_digest(f) for f in (member.fget, member.fset, member.fdel)
-                          if isinstance(f, types.FunctionType)]
-            elif isinstance(member, types.FunctionType):
-                parts.append(f"{key}:{_function_digest(member)}")
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
-    return None
-
-
-def _function_digest(func: types.FunctionType) -> str:
-    code = func.__code__   # the key: IPython's %autoreload gives an old function the new code object
-    try:
-        return _digests[code]
-    except KeyError:
-        pass
-    found = _digests[code] = hashlib.sha256(code_bytes(code)).hexdigest()[:32]
+def _named(module: types.ModuleType) -> list[types.ModuleType]:
+    """The modules ``module``'s source imports, and those its globals come from."""
+    names: list[str] = []
+    path = _file_of(module.__name__, module)
+    if path:
+        names += _imports(path, module.__package__ or "")
+    for value in list(vars(module).values()):
+        if isinstance(value, types.ModuleType):
+            names.append(value.__name__)
+        else:
+            names.append(_module_name(value))
+    found = []
+    for name in dict.fromkeys(names):
+        named = sys.modules.get(name)
+        if named is not None and named is not module:
+            found.append(named)
     return found
 
 
-def code_bytes(code: types.CodeType) -> bytes:
-    """Byte code, names and constants, nested code included: no addresses, no line numbers."""
-    parts = [code.co_code, repr(code.co_names).encode(), repr(code.co_varnames).encode()]
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            parts.append(code_bytes(const))
-        elif isinstance(const, frozenset):  # ``x in {"a", "b"}``: its order follows string hashing
-            parts.append(repr(sorted(map(repr, const))).encode())
-        else:
-            parts.append(repr(const).encode())
-    return b"\x00".join(parts)
+def _module_name(value: Any) -> str:
+    """The module a global's value comes from: a function's or class's own, else its type's. (Read without
+    attribute lookups on the value itself, which may do anything.)"""
+    kind = type(value)
+    if kind.__name__ == "TaskFunction" and kind.__module__ == "maze.core.task":
+        value = value.spec.func
+    if isinstance(value, (types.FunctionType, type)):
+        return str(value.__module__ or "")
+    return str(kind.__module__ or "")
+
+
+@functools.lru_cache(maxsize=4096)
+def _imports_cached(path: str, package: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    try:
+        with open(path, "rb") as fh:
+            tree = ast.parse(fh.read(), path)
+    except (OSError, SyntaxError, ValueError):
+        return ()
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:   # relative: from the package, up ``level - 1`` levels
+                parts = package.split(".") if package else []
+                parts = parts[: len(parts) - (node.level - 1)] if node.level > 1 else parts
+                base = ".".join(p for p in (*parts, base) if p)
+            names.append(base)
+            names += [f"{base}.{alias.name}" for alias in node.names]   # ``from pkg import sub``
+    return tuple(n for n in names if n)
+
+
+def _imports(path: str, package: str) -> tuple[str, ...]:
+    """The modules the source at ``path`` imports, anywhere in it (parsed once per version of the file)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ()
+    return _imports_cached(path, package, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4096)
+def _digest_cached(path: str, mtime_ns: int, size: int) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.blake2b(fh.read(), digest_size=16).hexdigest()
+
+
+def _digest(path: str) -> str | None:
+    """A digest of the file at ``path`` as it is now (read again only when its time or size changed)."""
+    try:
+        st = os.stat(path)
+        return _digest_cached(path, st.st_mtime_ns, st.st_size)
+    except OSError:
+        return None
+
+
+def _file_of(name: str, module: types.ModuleType | None) -> str | None:
+    """The source file a module is (or would be) loaded from."""
+    if module is not None:
+        path = getattr(module, "__file__", None)
+        return path if isinstance(path, str) else None
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    return spec.origin if spec is not None and isinstance(spec.origin, str) else None
 
 
 def _users(module: types.ModuleType) -> bool:
-    """Whether ``module`` is the user's code, loaded from its file as it is: not ``__main__`` (its
+    """Whether ``module`` is the user's code, loaded from its source file as it is: not ``__main__`` (its
     functions travel by value), not an installed package, not maze, not made by an import hook."""
     name = module.__name__
     return (name != "__main__" and isinstance(getattr(module, "__loader__", None), _PLAIN_LOADERS)
@@ -188,3 +252,16 @@ def installed(module: str) -> bool:
         return False
     roots = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
     return any(path.startswith(root) for root in roots)
+
+
+def code_bytes(code: types.CodeType) -> bytes:
+    """Byte code, names and constants, nested code included: no addresses, no line numbers."""
+    parts = [code.co_code, repr(code.co_names).encode(), repr(code.co_varnames).encode()]
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            parts.append(code_bytes(const))
+        elif isinstance(const, frozenset):  # ``x in {"a", "b"}``: its order follows string hashing
+            parts.append(repr(sorted(map(repr, const))).encode())
+        else:
+            parts.append(repr(const).encode())
+    return b"\x00".join(parts)

@@ -21,7 +21,6 @@ from typing import Any, overload
 
 from .errors import TaskDefinitionError
 from .resources import Resources
-from .stamps import Stamps, refresh, stamps
 
 TaskBody = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -106,8 +105,8 @@ class TaskFunction:
             found: Any = sys.modules.get(module)
             for part in qualname.split("."):
                 found = getattr(found, part, None)
-            if found is self:   # with the stamps the worker checks its copy of the module against
-                return (_import_task, (module, qualname, stamps(self.spec.func)))
+            if found is self:
+                return (_import_task, (module, qualname))
         return (TaskFunction, (self.spec,))
 
     def __repr__(self) -> str:
@@ -115,9 +114,7 @@ class TaskFunction:
         return f"<maze task {s.name}: inputs={list(s.inputs)} outputs={list(s.outputs)}>"
 
 
-def _import_task(module: str, qualname: str, expected: Stamps | None = None) -> TaskFunction:
-    if expected is not None:
-        refresh(expected)   # reloads a module edited (and reloaded) in the driver since this process imported it
+def _import_task(module: str, qualname: str) -> TaskFunction:
     found: Any = importlib.import_module(module)
     for part in qualname.split("."):
         found = getattr(found, part)
