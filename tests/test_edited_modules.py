@@ -163,6 +163,29 @@ def test_state_the_code_sets_at_run_time_raises_no_alarm(client):
     assert answers(client, module.answer) == [3] * 4
 
 
+def test_a_module_runs_once_in_a_worker_and_its_patches_of_other_modules_stay(client):
+    # A registry that refuses a second registration, a cycle of imports that leads a module to
+    # import the next one in the list, and a module that replaces another one's function.
+    registry, first, second, target, patcher, name = (fresh(p) for p in ("reg", "a", "b", "tgt", "pat", "once"))
+    write(registry, "SEEN = set()\n\ndef register(key):\n    if key in SEEN:\n"
+                    "        raise ValueError(f'already registered: {key}')\n    SEEN.add(key)\n")
+    write(first, f"import {registry}\nimport {second}\n{registry}.register('a')\n\ndef value():\n    return 1\n")
+    write(second, f"import {first}\n\ndef value():\n    return {first}.value() + 1\n")
+    write(target, "def f():\n    return 0\n")
+    write(patcher, f"import {target}\n\ndef _better():\n    return 10\n\n{target}.f = _better\n")
+    write(name, textwrap.dedent(f'''
+        from maze import task
+        import {first}, {second}, {target}, {patcher}
+
+        @task(inputs=["x"], outputs=["answer"])
+        def answer(params):
+            return {{"answer": {second}.value() + {target}.f()}}
+    '''))
+    module = load(name)
+    assert module.answer({"x": 0}) == {"answer": 12}
+    assert answers(client, module.answer) == [12] * 4
+
+
 def test_a_file_that_is_not_the_drivers_fails_the_task_saying_so():
     from maze.core.errors import StaleCodeError
     from maze.core.stamps import Stamps, refresh
@@ -170,7 +193,7 @@ def test_a_file_that_is_not_the_drivers_fails_the_task_saying_so():
     name = fresh("other_copy")
     write(name, "X = 1\n")
     with pytest.raises(StaleCodeError, match=f"the file of module {name!r} .* is not the one the driver ran it from"):
-        refresh(Stamps(((name, "0" * 32),)))   # as on a node whose copy of the file is another
+        refresh(Stamps(((name, "0" * 32, ()),)))   # as on a node whose copy of the file is another
     assert name not in sys.modules   # not imported from the wrong file
 
 
@@ -181,7 +204,7 @@ def test_a_stamp_follows_the_file_not_the_state_of_the_module():
     write(name, "import json\nCACHE = {}\nK = 1\n" + TASK.format(imports="", body="K"))
     module = load(name)
     before = stamps(module.answer)
-    assert [n for n, _ in before.modules] == [name]   # json is installed: it is not followed
+    assert [m[0] for m in before.modules] == [name]   # json is installed: it is not followed
     module.CACHE["filled"] = list(range(100))   # as a task's cache fills it: the same stamps
     module.K = 5
     assert stamps(module.answer) == before

@@ -30,6 +30,8 @@ driver's; on one machine, a file edited again between ``run()`` and the call.
 
 Where the driver has not reloaded a module whose file was edited, workers run
 the file as it is, not the code the driver holds (which cannot travel by name).
+A module imported by a string (``importlib.import_module("helpers")``) is not
+followed, unless something the walk reaches names it.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ from .errors import StaleCodeError
 class Stamps(NamedTuple):
     """The user's module files a task's code comes from, as they were at ``run()``."""
 
-    modules: tuple[tuple[str, str], ...]   # (module name, digest of its file), those it imports first
+    # (module name, digest of its file, the modules before it that it imports or names), those first
+    modules: tuple[tuple[str, str, tuple[str, ...]], ...]
 
 
 _MAX_MODULES = 512   # a walk stops there: a task's code spanning more of the user's modules is rare
@@ -68,27 +71,37 @@ def stamps(func: Any) -> Stamps:
     module = sys.modules.get(name) if name else None
     if module is None or not _users(module):
         return Stamps(())
-    order: list[tuple[str, str]] = []
+    order: list[tuple[str, str, tuple[str, ...]]] = []
     _walk(module, {module.__name__}, order)
     return Stamps(tuple(order))
 
 
 def refresh(expected: Stamps) -> None:
-    """Make each stamped module the one its file gave the driver: import it, or reload it if this process
-    loaded it from another version of the file. Raises :class:`StaleCodeError` if a file still differs."""
-    reloaded = False   # once a module is reloaded, those after it (which may import it) are reloaded too
-    for name, digest in expected.modules:
+    """Make each stamped module the one its file gave the driver. Raises :class:`StaleCodeError` if a file
+    differs.
+
+    A module this process loaded from another version of its file is reloaded, and so is one that
+    imports a module reloaded here (its ``from ... import`` names would keep the old objects). A module
+    first loaded some other way (as a module before it imported it, or to read an input) is taken as
+    it is when its file is the driver's: reloading it would run it twice, which a module that
+    registers something when imported may refuse.
+    """
+    reloaded: set[str] = set()
+    for name, digest, imports in expected.modules:
         module = sys.modules.get(name)
-        if module is not None and not reloaded and _loaded.get(name) == (id(module), digest):
+        known = _loaded.get(name)
+        if module is not None and known == (id(module), digest) and reloaded.isdisjoint(imports):
             continue
         path = _file_of(name, module)
         found = _digest(path) if path else None
+        if found is None and module is None:
+            continue   # not to be found here: the task fails to import it if it needs it
         if found == digest:
             if module is None:
                 module = importlib.import_module(name)
-            else:   # loaded from another version of the file, or before a module it imports was reloaded
+            elif known is not None and known[0] == id(module):   # this process loaded it before
                 module = importlib.reload(module)
-                reloaded = True
+                reloaded.add(name)
             _loaded[name] = (id(module), digest)
         else:
             raise StaleCodeError(
@@ -131,16 +144,17 @@ def _load_checked(expected: Stamps, pickled: bytes) -> FreshTask:
     return FreshTask(pickle.loads(pickled), expected)
 
 
-def _walk(module: types.ModuleType, seen: set[str], order: list[tuple[str, str]]) -> None:
+def _walk(module: types.ModuleType, seen: set[str], order: list[tuple[str, str, tuple[str, ...]]]) -> None:
     """Add to ``order`` the user's modules ``module`` imports or names (theirs first), then ``module``."""
-    for named in _named(module):
+    users = [named for named in _named(module) if _users(named)]
+    for named in users:
         if len(seen) >= _MAX_MODULES:
             break
-        if named.__name__ not in seen and _users(named):
+        if named.__name__ not in seen:
             seen.add(named.__name__)
             _walk(named, seen, order)
     path = _file_of(module.__name__, module)
-    order.append((module.__name__, (_digest(path) if path else None) or ""))
+    order.append((module.__name__, (_digest(path) if path else None) or "", tuple(m.__name__ for m in users)))
 
 
 def _named(module: types.ModuleType) -> list[types.ModuleType]:
