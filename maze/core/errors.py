@@ -114,5 +114,5 @@ class UnsafeHistoryError(MazeError):
 
 
 class StaleCodeError(MazeError):
-    """A worker's copy of a task's module differs from the driver's, even after reloading it
-    (raised in the worker: the task fails with it)."""
+    """A worker found another version of one of the user's module files than the one its run took at
+    ``run()`` (raised in the worker: the task fails with it). See :mod:`maze.core.stamps`."""

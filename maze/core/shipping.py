@@ -11,6 +11,10 @@ of those bytes, so:
 
 * a changed global, closure variable, default argument or a redefined
   function gives new bytes, hence a new key, and workers load the new code;
+* a function from an importable module travels by name, with the digests of
+  the user's module files its code comes from (:mod:`maze.core.stamps`): an
+  edited file gives a new key too, and workers load the file as it is at
+  ``run()``;
 * unchanged code gives the same key, and a worker that has loaded it already
   is not sent it again (sending stays once per content, not once per task).
 
