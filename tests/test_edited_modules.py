@@ -124,6 +124,20 @@ def test_a_helper_imported_inside_the_task_or_as_a_constant_is_followed(client):
         assert answers(client, load(name).answer, n=2) == [[version, version]] * 2
 
 
+def test_a_helper_reloaded_for_one_task_module_is_seen_by_the_other(client):
+    # A worker that reloads the helper for a task of one module must also reload the other module
+    # that imported the helper's old function, when a task of that one comes next.
+    helper, first, second = fresh("helper"), fresh("first"), fresh("second")
+    for name in (first, second):
+        write(name, TASK.format(imports=f"from {helper} import value", body="value()"))
+    for version in (1, 22):
+        write(helper, HELPER.format(value=version))
+        load(helper)
+        modules = [load(first), load(second)]
+        assert answers(client, modules[0].answer) == [version] * 4
+        assert answers(client, modules[1].answer) == [version] * 4
+
+
 def test_a_module_edited_but_not_reloaded_runs_as_its_file_is_now(client):
     # What the driver holds cannot travel by name: every worker loads the file as it is at run().
     name = fresh("not_reloaded")

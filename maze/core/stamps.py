@@ -42,6 +42,7 @@ import hashlib
 import importlib
 import importlib.machinery
 import importlib.util
+import itertools
 import os
 import pickle
 import sys
@@ -62,7 +63,17 @@ _MAX_MODULES = 512   # a walk stops there: a task's code spanning more of the us
 # Loaders that compile a module's file as it is; another loader (pytest's assertion rewriting, an
 # instrumenting hook, zipimport) may make code that its file alone does not give a worker.
 _PLAIN_LOADERS = (importlib.machinery.SourceFileLoader,)
-_loaded: dict[str, tuple[int, str]] = {}   # in a worker: module name -> (id of the module, digest it was loaded from)
+# In a worker: module name -> how this process has it: (id of the module, the digest of the file it was
+# loaded from, when: a count of the loads here, the loads of the modules it imports when it was loaded).
+_loaded: dict[str, _Load] = {}
+_loads = itertools.count(1)
+
+
+class _Load(NamedTuple):
+    module: int
+    digest: str
+    at: int
+    imports_at: tuple[int, ...]
 
 
 def stamps(func: Any) -> Stamps:
@@ -86,11 +97,12 @@ def refresh(expected: Stamps) -> None:
     it is when its file is the driver's: reloading it would run it twice, which a module that
     registers something when imported may refuse.
     """
-    reloaded: set[str] = set()
     for name, digest, imports in expected.modules:
         module = sys.modules.get(name)
         known = _loaded.get(name)
-        if module is not None and known == (id(module), digest) and reloaded.isdisjoint(imports):
+        imports_at = tuple(_loaded[i].at if i in _loaded else 0 for i in imports)
+        if (module is not None and known is not None and known.module == id(module) and known.digest == digest
+                and known.imports_at == imports_at):
             continue
         path = _file_of(name, module)
         found = _digest(path) if path else None
@@ -99,10 +111,9 @@ def refresh(expected: Stamps) -> None:
         if found == digest:
             if module is None:
                 module = importlib.import_module(name)
-            elif known is not None and known[0] == id(module):   # this process loaded it before
-                module = importlib.reload(module)
-                reloaded.add(name)
-            _loaded[name] = (id(module), digest)
+            elif known is not None and known.module == id(module):   # loaded here from another version
+                module = importlib.reload(module)                      # of its file, or before one it imports
+            _loaded[name] = _Load(id(module), digest, next(_loads), imports_at)
         else:
             raise StaleCodeError(
                 f"the file of module {name!r} ({path or 'not found'}) is not the one the driver ran it from: "
@@ -154,7 +165,9 @@ def _walk(module: types.ModuleType, seen: set[str], order: list[tuple[str, str, 
             seen.add(named.__name__)
             _walk(named, seen, order)
     path = _file_of(module.__name__, module)
-    order.append((module.__name__, (_digest(path) if path else None) or "", tuple(m.__name__ for m in users)))
+    before = {entry[0] for entry in order}   # in a cycle of imports, the modules after it are left out
+    imports = tuple(m.__name__ for m in users if m.__name__ in before)
+    order.append((module.__name__, (_digest(path) if path else None) or "", imports))
 
 
 def _named(module: types.ModuleType) -> list[types.ModuleType]:
