@@ -143,6 +143,14 @@ def test_a_ray_output_rides_in_the_report_only_when_it_is_small_buffers_included
         ray_task.small(threading.Lock())
 
 
+def _within(seconds: float, check) -> bool:
+    """Whether ``check()`` holds within ``seconds`` (looked at every 5 ms)."""
+    deadline = time.monotonic() + seconds
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return check()
+
+
 def test_a_ray_worker_sends_start_notes_only_for_calls_that_have_run_a_while():
     import maze.backends._ray_task as ray_task
     sent: list[str] = []
@@ -156,12 +164,6 @@ def test_a_ray_worker_sends_start_notes_only_for_calls_that_have_run_a_while():
     def note(call_id: str, at: float):
         return ray_task.StartNote(call_id, "127.0.0.1", "node", "worker", (), at, None)
 
-    def within(seconds: float, check) -> bool:
-        deadline = time.monotonic() + seconds
-        while not check() and time.monotonic() < deadline:
-            time.sleep(0.005)
-        return check()
-
     now = [0.0]   # the notes' clock, moved by hand
     ray_task._sessions["notes-test"] = (Hub, [])
     try:
@@ -172,13 +174,13 @@ def test_a_ray_worker_sends_start_notes_only_for_calls_that_have_run_a_while():
         assert sent == []
         notes.ended("short")   # over before its note was due: it sends none
         now[0] = 1.0
-        assert within(5, lambda: "long" in sent)
+        assert _within(5, lambda: "long" in sent)
         notes.started("notes-test", note("late", 1.0), [])   # a call that starts while others ran long
         time.sleep(10 * ray_task._NOTE_DELAY_S)
         assert sent == ["long"], "only notes that are due go"
         now[0] = 2.0
-        assert within(5, lambda: "late" in sent)
-        assert within(5, lambda: not notes._wake.is_set())   # nothing left: the sender sleeps
+        assert _within(5, lambda: "late" in sent)
+        assert _within(5, lambda: not notes._wake.is_set())   # nothing left: the sender sleeps
         assert sent == ["long", "late"]
     finally:
         del ray_task._sessions["notes-test"]
@@ -194,12 +196,6 @@ def test_a_ray_worker_sends_the_lines_of_a_running_call_once_and_its_report_carr
             def remote(notes):
                 batches.append(list(notes))
                 return len(batches)   # stands for the hub call's object reference
-
-    def within(seconds: float, check) -> bool:
-        deadline = time.monotonic() + seconds
-        while not check() and time.monotonic() < deadline:
-            time.sleep(0.005)
-        return check()
 
     now = [0.0]
     waited: list[int] = []
@@ -218,19 +214,19 @@ def test_a_ray_worker_sends_the_lines_of_a_running_call_once_and_its_report_carr
         time.sleep(10 * ray_task._NOTE_DELAY_S)
         assert batches == []   # a call says nothing for its first moments
         now[0] = 1.0
-        assert within(5, lambda: len(batches) == 1)
+        assert _within(5, lambda: len(batches) == 1)
         assert batches[0] == [start, ray_task.Printed("c", 0, [["stdout", "a\n", 0.0]])]
         say("b\n")
         say("c\n")
         time.sleep(10 * ray_task._NOTE_DELAY_S)
         assert len(batches) == 1   # new lines wait until _LINES_S has passed since the last went
         now[0] = 1.0 + ray_task._LINES_S
-        assert within(5, lambda: len(batches) == 2)
+        assert _within(5, lambda: len(batches) == 2)
         assert batches[1] == [ray_task.Printed("c", 1, [["stdout", "b\n", 0.0], ["stdout", "c\n", 0.0]])]
         say("d\n")
         assert notes.ended("c") == 3   # the hub holds three lines: the report carries the fourth
         assert waited == [2]           # after waiting for the hub call that took the last of them
-        assert within(5, lambda: not notes._wake.is_set())   # nothing left: the sender sleeps
+        assert _within(5, lambda: not notes._wake.is_set())   # nothing left: the sender sleeps
         assert len(batches) == 2
 
         quick: list[TaskLog] = []

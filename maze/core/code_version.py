@@ -29,7 +29,7 @@ import types
 import weakref
 from typing import Any
 
-from .stamps import code_bytes, installed
+from .stamps import installed
 from .task import TaskFunction
 
 # A function's text and byte code never change, so that part is cached per function object.
@@ -147,12 +147,25 @@ def _text(func: types.FunctionType) -> str:
         source = inspect.getsource(func)
     except (OSError, TypeError):
         source = ""
-    version = digest(source.encode(), code_bytes(func.__code__))
+    version = digest(source.encode(), _code_bytes(func.__code__))
     try:
         _text_cache[func] = version
     except TypeError:
         pass
     return version
+
+
+def _code_bytes(code: types.CodeType) -> bytes:
+    """Byte code, names and constants, nested code included: no addresses, no line numbers."""
+    parts = [code.co_code, repr(code.co_names).encode(), repr(code.co_varnames).encode()]
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            parts.append(_code_bytes(const))
+        elif isinstance(const, frozenset):  # ``x in {"a", "b"}``: its order follows string hashing
+            parts.append(repr(sorted(map(repr, const))).encode())
+        else:
+            parts.append(repr(const).encode())
+    return b"\x00".join(parts)
 
 
 def _global_names(code: types.CodeType) -> set[str]:

@@ -157,23 +157,22 @@ def _load_checked(expected: Stamps, pickled: bytes) -> FreshTask:
 
 def _walk(module: types.ModuleType, seen: set[str], order: list[tuple[str, str, tuple[str, ...]]]) -> None:
     """Add to ``order`` the user's modules ``module`` imports or names (theirs first), then ``module``."""
-    users = [named for named in _named(module) if _users(named)]
+    path = _file_of(module.__name__, module)
+    users = [named for named in _named(module, path) if _users(named)]
     for named in users:
         if len(seen) >= _MAX_MODULES:
             break
         if named.__name__ not in seen:
             seen.add(named.__name__)
             _walk(named, seen, order)
-    path = _file_of(module.__name__, module)
     before = {entry[0] for entry in order}   # in a cycle of imports, the modules after it are left out
     imports = tuple(m.__name__ for m in users if m.__name__ in before)
     order.append((module.__name__, (_digest(path) if path else None) or "", imports))
 
 
-def _named(module: types.ModuleType) -> list[types.ModuleType]:
-    """The modules ``module``'s source imports, and those its globals come from."""
+def _named(module: types.ModuleType, path: str | None) -> list[types.ModuleType]:
+    """The modules ``module``'s source (at ``path``) imports, and those its globals come from."""
     names: list[str] = []
-    path = _file_of(module.__name__, module)
     if path:
         names += _imports(path, module.__package__ or "")
     for value in list(vars(module).values()):
@@ -279,16 +278,3 @@ def installed(module: str) -> bool:
         return False
     roots = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
     return any(path.startswith(root) for root in roots)
-
-
-def code_bytes(code: types.CodeType) -> bytes:
-    """Byte code, names and constants, nested code included: no addresses, no line numbers."""
-    parts = [code.co_code, repr(code.co_names).encode(), repr(code.co_varnames).encode()]
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            parts.append(code_bytes(const))
-        elif isinstance(const, frozenset):  # ``x in {"a", "b"}``: its order follows string hashing
-            parts.append(repr(sorted(map(repr, const))).encode())
-        else:
-            parts.append(repr(const).encode())
-    return b"\x00".join(parts)
