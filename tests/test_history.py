@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -112,6 +113,36 @@ WRITER = textwrap.dedent('''
         runs = [wf.run() for _ in range(15)]
         assert all(wf.wait(r)["workflow_completed"] for r in runs)
 ''')
+
+
+OPEN_AT = textwrap.dedent('''
+    import sys, time
+    from pathlib import Path
+    from maze.core.history_store import connect
+
+    at = float(sys.argv[1])
+    for i, name in enumerate(sys.argv[2:]):
+        while time.time() < at + 0.05 * i:  # each file opened by all at the same moment
+            pass
+        connect(Path(name)).close()
+''')
+
+
+def test_processes_opening_a_new_history_at_once_all_open_it(tmp_path):
+    # SQLite refuses the switch to WAL at once, without its busy timeout, while another
+    # process opens the same new file: clients started together must still all open it.
+    script = tmp_path / "opener.py"
+    script.write_text(OPEN_AT)
+    names = [str(tmp_path / f"h{i}.sqlite3") for i in range(40)]
+    at = time.time() + 1.0
+    procs = [subprocess.Popen([sys.executable, str(script), str(at), *names], stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read()
+    for name in names:
+        db = sqlite3.connect(name)
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        db.close()
 
 
 def test_two_processes_write_at_once(tmp_path):

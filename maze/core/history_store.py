@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -93,7 +94,7 @@ def connect(path: Path) -> sqlite3.Connection:
         ).fetchone()
         if version != FORMAT and (version or tables):
             raise UnsafeHistoryError(format_problem(path, version))
-        db.execute("PRAGMA journal_mode=WAL")
+        _use_wal(db)
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
         if version == 0:
@@ -125,6 +126,26 @@ def connect_to_read(path: Path) -> sqlite3.Connection:
             raise UnsafeHistoryError(format_problem(path, version))
         return db
     return connect(path)   # raises the error that says why it cannot be opened
+
+
+def _use_wal(db: sqlite3.Connection, wait_s: float = 30.0) -> None:
+    """Put the database in WAL mode (it stays so), waiting up to ``wait_s`` for other openers.
+
+    SQLite answers "database is locked" at once, without its busy timeout, when a file
+    still in rollback mode is being opened by another process too (two clients starting
+    on a new history): so the switch is tried again here.
+    """
+    deadline = time.monotonic() + wait_s
+    pause = 0.005
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
 def format_problem(path: Path, version: int) -> str:
