@@ -33,12 +33,13 @@ def test_a_line_a_task_prints_arrives_while_it_still_runs(client, tmp_path):
 def test_many_lines_over_a_second_arrive_each_once_in_order(client):
     workflow = client.create_workflow()
     t = workflow.add_task(chatty, inputs={"lines": 400, "seconds": 1.2})
-    started = time.monotonic()
     run_id = workflow.run()
-    first_line_after = None
+    first_line_at = finished_at = None
     for message in workflow.get_results(run_id):
-        if message["type"] == "task_log" and first_line_after is None:
-            first_line_after = time.monotonic() - started
+        if message["type"] == "task_log" and first_line_at is None:
+            first_line_at = time.monotonic()
+        elif message["type"] == "finish_task":
+            finished_at = time.monotonic()
     log = list(workflow.get_results(run_id))
     lines = [m["data"] for m in log if m["type"] == "task_log"]
     assert "".join(d["text"] for d in lines) == "".join(f"line {i}\n" for i in range(400))
@@ -46,7 +47,8 @@ def test_many_lines_over_a_second_arrive_each_once_in_order(client):
     types = [m["type"] for m in log]
     assert types[0] == "start_task" and types[-2:] == ["finish_task", "finish_workflow"]
     assert workflow.get_task_result(run_id, t.task_id)["result"] == {"count": 400}
-    assert first_line_after is not None and first_line_after < 1.0   # not held until the task's end (1.2 s)
+    # Not held until the task's end: lines printed over 1.2 s, the first one came well before the end.
+    assert first_line_at is not None and finished_at is not None and finished_at - first_line_at > 0.5
 
 
 def test_lines_sent_while_a_short_task_ran_are_kept_whoever_reads_them_first(client):

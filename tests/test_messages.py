@@ -60,7 +60,7 @@ def test_ordering_rules_hold_over_many_runs(client):
 
 def test_iteration_is_live_and_repeatable(client):
     workflow = client.create_workflow()
-    workflow.add_task(sleeper, inputs={"seconds": 0.5})
+    workflow.add_task(sleeper, inputs={"seconds": 2.0})
     run_id = workflow.run()
     log = workflow.get_results(run_id)
     first = next(iter(log))

@@ -61,7 +61,7 @@ def customs(recorded: RecordingComm) -> list[dict]:
 
 def test_live_widget_sends_diffs_of_changed_tasks_only(local_client, comms):
     wf = local_client.create_workflow("chain")
-    prev = wf.add_task(sleeper, inputs={"seconds": 0.3})
+    prev = wf.add_task(sleeper, inputs={"seconds": 1.5})
     for _ in range(60):
         prev = wf.add_task(inc, inputs={"x": 1}, resources={"cpu": 0.5})
         wf.add_edge(wf.get_tasks()[-2]["id"], prev)

@@ -142,16 +142,21 @@ def test_cancelling_a_fan_out_of_quick_tasks_starts_nothing_after_the_cancel(tmp
         for i in range(3000):
             wf.add_task(note, inputs={"i": i, "folder": str(tmp_path)})
         run_id = wf.run()
-        time.sleep(1.0)
+        deadline = time.monotonic() + 60
+        while sum(1 for _ in tmp_path.iterdir()) < 20 and time.monotonic() < deadline:
+            time.sleep(0.01)   # cancel once the fan-out is well under way
         wf.cancel(run_id)
         cancelled_at = time.time()
         summary = wf.wait(run_id, timeout=30)
+        workers = client.backend.max_workers
     assert summary["status"] == "cancelled"
     finished = len(summary["task_results"])
     started = [float(p.name.split("-")[1]) for p in tmp_path.iterdir()]
-    assert 0 < len(started) < 3000
+    assert 20 <= len(started) < 3000
+    # A worker may have begun one call just before its drop arrived, and been paused before the
+    # call noted its start; nothing lined up behind that may start.
     late = [t for t in started if t > cancelled_at + 0.05]
-    assert late == [], f"{len(late)} tasks started after the cancel"
+    assert len(late) <= workers, f"{len(late)} tasks started after the cancel"
     assert finished <= len(started)
 
 
@@ -176,7 +181,7 @@ def test_after_a_result_the_driver_cannot_read_a_stop_stops_the_call_behind_it_a
 
     seen: list[object] = []
     first = backend.submit(_call("u1", 0.3, func=unreadable), _quiet)
-    second = backend.submit_behind(_call("u2", 2.0, marker=str(tmp_path / "u2"), func=unreadable),
+    second = backend.submit_behind(_call("u2", 6.0, marker=str(tmp_path / "u2"), func=unreadable),
                                    seen.append, behind="run:u1:1")
     assert _holder(backend, "run:u2:1") is not None
     first.add_done_callback(lambda _: backend.stop("run:u2:1"))     # what fail-fast does
@@ -186,8 +191,8 @@ def test_after_a_result_the_driver_cannot_read_a_stop_stops_the_call_behind_it_a
     assert any(isinstance(e, TaskStarted) for e in seen)
     began = time.monotonic()
     assert backend.submit(_call("u3"), _quiet).result(10).ok
-    assert time.monotonic() - began < 1.5                      # no worker is left busy with it
-    time.sleep(2.2)
+    assert time.monotonic() - began < 4                        # no worker is left busy with it (6 s)
+    time.sleep(max(0.0, began + 6.5 - time.monotonic()))
     assert not (tmp_path / "u2").exists()
 
 
@@ -353,7 +358,10 @@ def test_a_link_taking_the_outputs_of_the_call_ahead_goes_to_its_worker_once_a_c
 def test_a_large_output_taken_on_the_worker_reaches_the_next_link_and_leaves_no_file(backend):
     import numpy as np
 
-    before = set(Path(_packing._SHM_DIR).iterdir())
+    def ours() -> set[Path]:   # this backend's files only: other processes may use maze at the same time
+        return set(Path(_packing._SHM_DIR).glob(f"{_packing.FILE_PREFIX}{backend._owner}-*"))
+
+    before = ours()
     first = backend.submit(_step("s1", 7, 0.3, size=300_000), _quiet)   # 2.4 MB: through shared memory
     second = _link_behind(backend, "s2", "s1", size=300_000)
     third = backend.submit_behind(_step("s3", 1), _quiet, behind="run:s2:1")
@@ -365,7 +373,7 @@ def test_a_large_output_taken_on_the_worker_reaches_the_next_link_and_leaves_no_
     import gc
 
     gc.collect()
-    assert set(Path(_packing._SHM_DIR).iterdir()) <= before
+    assert ours() <= before
 
 
 def test_a_link_behind_a_call_stopped_before_it_started_is_stopped_with_it(backend, tmp_path):
