@@ -52,7 +52,7 @@ def one_gpu(params):
 @task(inputs=[], outputs=["visible", "start", "end"], resources={"cpu": 0.5, "gpu": 0.5, "gpu_mem": 1000})
 def half_gpu(params):
     start = time.time()
-    time.sleep(0.4)
+    time.sleep(1.5)   # two started together overlap even when a busy machine starts one a second late
     return {"visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "end": time.time()}
 
 

@@ -68,21 +68,31 @@ def jupyter_lab(tmp_path: Path, root: Path) -> Iterator[str]:
     (notebook / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"), JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"),
                JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"))
-    port = free_port()
     log = open(tmp_path / "lab.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--IdentityProvider.token={TOKEN}", "--allow-root", f"--ServerApp.root_dir={root}"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
+
+    def start() -> tuple[subprocess.Popen, str]:
+        # The port was free a moment ago; another process may take it first. The server then
+        # exits (no retries on other ports, which this test would not know of) and starts again.
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+             "--ServerApp.port_retries=0", f"--IdentityProvider.token={TOKEN}", "--allow-root",
+             f"--ServerApp.root_dir={root}"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        return proc, f"http://127.0.0.1:{port}"
+
+    proc, base = start()
     try:
-        deadline = time.time() + 60
+        deadline, starts = time.time() + 60, 1
         while time.time() < deadline:
             try:
                 urllib.request.urlopen(f"{base}/api/status?token={TOKEN}", timeout=1)
                 break
             except OSError:
+                if proc.poll() is not None and starts < 3:
+                    proc, base = start()
+                    starts += 1
                 time.sleep(0.3)
         else:
             pytest.fail("JupyterLab did not start: " + (tmp_path / "lab.log").read_text()[-2000:])

@@ -40,6 +40,8 @@ def stamp(params):
     return {"pid": os.getpid(), "start": start, "end": _time.time()}
 
 
+# A call with calls lined up behind it runs 1 s: the test lines them up before it ends, on a busy
+# machine too.
 def _call(name: str, seconds: float = 0.0, fail: bool = False, say: str = "",
           timeout: float | None = None) -> TaskCall:
     return TaskCall(
@@ -70,7 +72,7 @@ def backend():
 
 def test_a_lined_up_call_runs_on_the_same_worker_right_after(backend):
     events = Events()
-    first = backend.submit(_call("a", 0.3), events.reporter("a"))
+    first = backend.submit(_call("a", 1.0), events.reporter("a"))
     second = backend.submit_behind(_call("b"), events.reporter("b"), behind="run:a:1")
     a, b = first.result(10).result, second.result(10).result
     assert a is not None and b is not None
@@ -87,7 +89,7 @@ def test_a_call_lined_up_behind_one_that_ended_runs_as_usual(backend):
 
 def test_stopping_a_lined_up_call_keeps_it_from_starting(backend):
     events = Events()
-    first = backend.submit(_call("a3", 0.3), events.reporter("a3"))
+    first = backend.submit(_call("a3", 1.0), events.reporter("a3"))
     second = backend.submit_behind(_call("b3"), events.reporter("b3"), behind="run:a3:1")
     backend.stop("run:b3:1")
     outcome = second.result(10)
@@ -99,7 +101,7 @@ def test_stopping_a_lined_up_call_keeps_it_from_starting(backend):
 
 def test_after_a_failure_the_lined_up_call_waits_for_the_scheduler(backend):
     events = Events()
-    first = backend.submit(_call("a4", 0.2, fail=True), events.reporter("a4"))
+    first = backend.submit(_call("a4", 1.0, fail=True), events.reporter("a4"))
     second = backend.submit_behind(_call("b4"), events.reporter("b4"), behind="run:a4:1")
     seen_when_failed: list[bool] = []
 

@@ -49,6 +49,8 @@ def other(params):
     return {"pid": _os.getpid(), "start": _time.time(), "end": _time.time()}
 
 
+# A call with calls lined up behind it runs 1 s: the test lines them up before it ends, on a busy
+# machine too.
 def _call(name: str, seconds: float = 0.0, *, fail: bool = False, marker: str = "",
           timeout: float | None = None, func=mark) -> TaskCall:
     return TaskCall(
@@ -76,7 +78,7 @@ def backend():
 
 
 def test_a_lined_up_call_waits_on_its_worker_and_starts_when_the_one_ahead_ends(backend):
-    first = backend.submit(_call("a", 0.4), _quiet)
+    first = backend.submit(_call("a", 1.0), _quiet)
     second = backend.submit_behind(_call("b"), _quiet, behind="run:a:1")
     assert _holder(backend, "run:b:1") is not None      # on the worker already, the one running a
     a, b = first.result(10).result, second.result(10).result
@@ -85,7 +87,7 @@ def test_a_lined_up_call_waits_on_its_worker_and_starts_when_the_one_ahead_ends(
 
 
 def test_a_call_of_other_code_waits_in_the_driver(backend):
-    first = backend.submit(_call("a1", 0.3), _quiet)
+    first = backend.submit(_call("a1", 1.0), _quiet)
     second = backend.submit_behind(_call("b1", func=other), _quiet, behind="run:a1:1")
     assert _holder(backend, "run:b1:1") is None         # its code might not be loaded when its turn comes
     a, b = first.result(10).result, second.result(10).result
@@ -94,7 +96,7 @@ def test_a_call_of_other_code_waits_in_the_driver(backend):
 
 def test_a_call_stopped_on_its_worker_never_runs_and_the_worker_goes_on(backend, tmp_path):
     marker = tmp_path / "b2"
-    first = backend.submit(_call("a2", 0.4), _quiet)
+    first = backend.submit(_call("a2", 1.0), _quiet)
     second = backend.submit_behind(_call("b2", marker=str(marker)), _quiet, behind="run:a2:1")
     assert _holder(backend, "run:b2:1") is not None
     backend.stop("run:b2:1")
@@ -108,7 +110,7 @@ def test_a_call_stopped_on_its_worker_never_runs_and_the_worker_goes_on(backend,
 
 
 def test_after_a_failure_the_worker_waits_for_the_driver_then_runs_what_is_behind(backend):
-    first = backend.submit(_call("a3", 0.3, fail=True), _quiet)
+    first = backend.submit(_call("a3", 1.0, fail=True), _quiet)
     second = backend.submit_behind(_call("b3"), _quiet, behind="run:a3:1")
     assert _holder(backend, "run:b3:1") is not None
     assert first.result(10).error is not None
@@ -180,7 +182,7 @@ def test_after_a_result_the_driver_cannot_read_a_stop_stops_the_call_behind_it_a
     from maze.core.protocol import TaskStarted
 
     seen: list[object] = []
-    first = backend.submit(_call("u1", 0.3, func=unreadable), _quiet)
+    first = backend.submit(_call("u1", 1.0, func=unreadable), _quiet)
     second = backend.submit_behind(_call("u2", 6.0, marker=str(tmp_path / "u2"), func=unreadable),
                                    seen.append, behind="run:u1:1")
     assert _holder(backend, "run:u2:1") is not None
@@ -345,7 +347,7 @@ def _link_behind(backend: LocalBackend, name: str, ahead: str, **kw):
 
 
 def test_a_link_taking_the_outputs_of_the_call_ahead_goes_to_its_worker_once_a_call_is_lined_up_behind_it(backend):
-    first = backend.submit(_step("l1", 41, 0.3), _quiet)
+    first = backend.submit(_step("l1", 41, 1.0), _quiet)
     second = _link_behind(backend, "l2", "l1")
     assert _holder(backend, "run:l2:1") is None          # alone: it goes when l1's result arrives
     third = backend.submit_behind(_step("l3", 7), _quiet, behind="run:l2:1")
@@ -362,7 +364,7 @@ def test_a_large_output_taken_on_the_worker_reaches_the_next_link_and_leaves_no_
         return set(Path(_packing._SHM_DIR).glob(f"{_packing.FILE_PREFIX}{backend._owner}-*"))
 
     before = ours()
-    first = backend.submit(_step("s1", 7, 0.3, size=300_000), _quiet)   # 2.4 MB: through shared memory
+    first = backend.submit(_step("s1", 7, 1.0, size=300_000), _quiet)   # 2.4 MB: through shared memory
     second = _link_behind(backend, "s2", "s1", size=300_000)
     third = backend.submit_behind(_step("s3", 1), _quiet, behind="run:s2:1")
     assert _holder(backend, "run:s2:1") is not None
@@ -378,7 +380,7 @@ def test_a_large_output_taken_on_the_worker_reaches_the_next_link_and_leaves_no_
 
 def test_a_link_behind_a_call_stopped_before_it_started_is_stopped_with_it(backend, tmp_path):
     marker = tmp_path / "k3"
-    head = backend.submit(_step("k1", 0, 0.4), _quiet)
+    head = backend.submit(_step("k1", 0, 1.0), _quiet)
     middle = backend.submit_behind(_step("k2", 1), _quiet, behind="run:k1:1")
     link = _link_behind(backend, "k3", "k2", marker=str(marker))
     last = backend.submit_behind(_step("k4", 4), _quiet, behind="run:k3:1")
@@ -408,7 +410,7 @@ def test_after_the_worker_is_killed_links_sent_ahead_follow_their_calls_elsewher
 
 def test_a_link_sent_ahead_of_a_result_the_driver_cannot_read_is_taken_back_unrun(backend, tmp_path):
     marker = tmp_path / "v2"
-    first = backend.submit(_step("v1", 1, 0.3, junk=True), _quiet)
+    first = backend.submit(_step("v1", 1, 1.0, junk=True), _quiet)
     link = _link_behind(backend, "v2", "v1", marker=str(marker))
     last = backend.submit_behind(_step("v3", 3), _quiet, behind="run:v2:1")
     assert _holder(backend, "run:v2:1") is not None       # on the worker, which would have v1's outputs at hand
@@ -479,7 +481,7 @@ def test_the_next_link_of_a_result_the_driver_cannot_read_is_skipped_and_never_r
 
 
 def test_several_calls_lined_up_one_behind_another_all_wait_on_the_worker_and_run_in_order(backend):
-    first = backend.submit(_call("m0", 0.3), _quiet)
+    first = backend.submit(_call("m0", 1.0), _quiet)
     behind = [backend.submit_behind(_call(f"m{i}", 0.05), _quiet, behind=f"run:m{i - 1}:1") for i in range(1, 4)]
     assert all(_holder(backend, f"run:m{i}:1") is not None for i in range(1, 4))   # all on m0's worker
     results = [f.result(10).result for f in [first, *behind]]
@@ -503,7 +505,7 @@ def test_a_stop_that_comes_as_the_call_ends_kills_nothing_and_the_call_behind_ru
                 time.sleep(0.01)
             backend.stop("run:w1:1")
 
-    first = backend.submit(_step("w1", 1, 0.3), report_a)
+    first = backend.submit(_step("w1", 1, 1.0), report_a)
     second = backend.submit_behind(_step("w2", 2, 0.5, marker=str(ran)), _quiet, behind="run:w1:1")
     assert _holder(backend, "run:w2:1") is not None
     a, b = first.result(10), second.result(10)
