@@ -101,7 +101,7 @@ from typing import Any
 from .errors import BackendError, UnsafeHistoryError
 from .history_process import Link, pack
 from .history_store import DEFAULT_NAME as _DEFAULT_NAME
-from .history_store import FORMAT, Item, connect, connect_to_read, default_path, start_time
+from .history_store import FORMAT, Item, connect, connect_to_read, default_path, start_time, writable
 from .history_store import settle_orphans as _settle_orphans
 from .history_values import VALUE_LIMIT, Dropped, Stored, check_private, load_value
 from .messages import Message
@@ -175,8 +175,9 @@ class HistoryWriter:
         except (OSError, sqlite3.Error) as exc:
             raise BackendError(f"cannot open the run history {self.path}: {exc}; choose another file with "
                                "MaClient(history=...) or $MAZE_HISTORY, or turn it off with history=None") from exc
+        self._writable = writable(self.path)
         try:
-            if os.access(self.path, os.W_OK):
+            if self._writable:
                 _settle_orphans(db, self.path)
         finally:
             db.close()
@@ -249,7 +250,9 @@ class HistoryWriter:
         self._hand(("close", ()), hurry=True)
         self._sender.join(timeout)
         link = self._link
-        if self._sender.is_alive() or link is None or not link.ended(max(0.0, deadline - time.monotonic())):
+        # A writer never started (the file cannot be written here, or it could not start): nothing to wait for.
+        if self._sender.is_alive() or (link is not None and link.started
+                                       and not link.ended(max(0.0, deadline - time.monotonic()))):
             _log.warning("maze: the run history %s was still being written %s s after the writer was closed; what "
                          "is left of it may be lost", self.path, timeout)
 
@@ -281,6 +284,11 @@ class HistoryWriter:
             self._asked.clear()
             items = self._items
             batch = [items.popleft() for _ in range(len(items))]
+            if batch and not self._writable and not self._lost:
+                self._lose(None)
+                _log.warning("maze: the run history %s can only be read by this user (the file or its folder is "
+                             "not writable), so this process's runs are not recorded; they go on. Choose another "
+                             "file with MaClient(history=...) or $MAZE_HISTORY", self.path)
             if batch and not link.started and not self._lost:
                 try:
                     # A writer closed before it started (a short script) writes in a thread: it
@@ -305,7 +313,8 @@ class HistoryWriter:
             done.set()
 
     def _ended(self) -> None:
-        self._lose(None if self._closed else "it ended")
+        # A writer that could not open the file has said why (a warning): no second word.
+        self._lose(None if self._closed or (self._link is not None and self._link.refused) else "it ended")
 
     def _lose(self, why: str | None) -> None:
         """The writer has ended (``why``: before it was closed): drop what comes, release who waits, say so once."""
@@ -362,7 +371,7 @@ class HistoryReader:
 
     def _settled_db(self) -> sqlite3.Connection:
         db = connect_to_read(self.path)
-        if not os.access(self.path, os.W_OK):
+        if not writable(self.path):
             return db   # read-only here: runs of dead drivers are marked by whoever may write the file
         try:
             _settle_orphans(db, self.path)

@@ -155,6 +155,7 @@ class Link:
         self._process: Any = None  # subprocess.Popen, imported only when a writer starts
         self._out: IO[bytes] | None = None
         self.pid: int | None = None  # the writer process's pid (None: a thread of this process)
+        self.refused = False  # the writer could not open the file (and said why, a warning)
 
     def start(self, *, in_thread: bool = False) -> None:
         """Start the writer and wait until it is ready: a process, else (or ``in_thread``) a thread of this one."""
@@ -240,6 +241,11 @@ class Link:
                     self._on_flushed(reply["flushed"])
                 elif "warning" in reply:
                     self._on_warning(reply["warning"])
+                elif "refused" in reply:   # it started, and could not open the file: it ends now
+                    self.refused = True
+                    self._on_warning(reply["refused"])
+                    self._ready.set()
+                    heard.set()
                 elif "ready" in reply:
                     self._ready.set()
                     heard.set()
@@ -287,7 +293,14 @@ def serve(frames: int, replies: int, path: Path, log_head: int, log_tail: int, p
         except OSError:
             pass  # the driver is gone; what it handed over is still written
 
-    recording = Recording(connect(path), path, log_head, log_tail, warn=lambda text: reply(warning=text))
+    try:
+        db = connect(path)
+    except Exception as exc:  # noqa: BLE001 - whatever it is, the driver says it once and its runs go on
+        reply(refused=f"maze: the run history {path} cannot be written ({type(exc).__name__}: {exc}), so this "
+                      "process's runs are not recorded; they go on. Choose another file with "
+                      "MaClient(history=...) or $MAZE_HISTORY")
+        return
+    recording = Recording(db, path, log_head, log_tail, warn=lambda text: reply(warning=text))
     reply(ready=os.getpid())
     buffer = bytearray()
     arrived: list[bytes] = []  # whole frames, each written as soon as it has come

@@ -83,26 +83,63 @@ def prepare(path: Path) -> None:
         pass
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """Open (creating if needed) a history database in the current format."""
+OPEN_WAIT_S = 30.0   # how long opening a history waits for other processes' locks, in all
+_STEP_S = 0.05       # SQLite's own wait per try while opening: Ctrl-C is heard between tries
+
+
+def connect(path: Path, *, wait_s: float = OPEN_WAIT_S) -> sqlite3.Connection:
+    """Open (creating if needed) a history database in the current format.
+
+    Opening waits at most ``wait_s`` in all for locks other processes hold, in
+    short tries: SQLite's busy timeout applies to each statement anew, and
+    ignores Ctrl-C while it waits. Once open, statements wait ``wait_s`` each.
+    """
     prepare(path)
-    db = sqlite3.connect(path, timeout=30, check_same_thread=False)
+    db = sqlite3.connect(path, timeout=_STEP_S, check_same_thread=False)
     try:
+        deadline = time.monotonic() + wait_s
         # One statement, one snapshot: a file another process is creating reads as empty or complete.
-        version, tables = db.execute(
+        version, tables = _try(db, deadline, wait_s, lambda: db.execute(
             "SELECT (SELECT user_version FROM pragma_user_version), (SELECT COUNT(*) FROM sqlite_master)"
-        ).fetchone()
+        ).fetchone())
         if version != FORMAT and (version or tables):
             raise UnsafeHistoryError(format_problem(path, version))
-        _use_wal(db)
+        # WAL stays set in the file. SQLite refuses the switch at once, without its busy
+        # timeout, while another process opens the same new file: the tries cover that too.
+        _try(db, deadline, wait_s, lambda: db.execute("PRAGMA journal_mode=WAL"))
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
         if version == 0:
-            db.executescript(_SCHEMA)
+            _try(db, deadline, wait_s, lambda: db.executescript(_SCHEMA))
+        db.execute(f"PRAGMA busy_timeout={int(wait_s * 1000)}")
     except BaseException:
         db.close()
         raise
     return db
+
+
+def _try(db: sqlite3.Connection, deadline: float, wait_s: float, step: Callable[[], Any]) -> Any:
+    """``step()``, tried again while another process holds a lock, until ``deadline``."""
+    pause = 0.005
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if db.in_transaction:
+                db.rollback()   # a script stopped at its first statement: begin it again
+            if time.monotonic() + pause > deadline:
+                raise sqlite3.OperationalError(f"database is locked: another process has held a lock on it "
+                                               f"for {wait_s:g} s") from exc
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
+def writable(path: Path) -> bool:
+    """Whether this user may write the history at ``path``: the file (if it exists), and its folder, which
+    holds SQLite's ``-wal`` and ``-shm`` files."""
+    return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
 
 
 def connect_to_read(path: Path) -> sqlite3.Connection:
@@ -112,7 +149,7 @@ def connect_to_read(path: Path) -> sqlite3.Connection:
     read-only mode still needs the ``-shm`` file of a WAL database; where that cannot be made
     either, the file is read as immutable (it must then not change while it is read).
     """
-    if not path.exists() or (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+    if not path.exists() or writable(path):
         return connect(path)
     for mode in ("mode=ro", "immutable=1"):
         db = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, timeout=30, check_same_thread=False)
@@ -126,26 +163,6 @@ def connect_to_read(path: Path) -> sqlite3.Connection:
             raise UnsafeHistoryError(format_problem(path, version))
         return db
     return connect(path)   # raises the error that says why it cannot be opened
-
-
-def _use_wal(db: sqlite3.Connection, wait_s: float = 30.0) -> None:
-    """Put the database in WAL mode (it stays so), waiting up to ``wait_s`` for other openers.
-
-    SQLite answers "database is locked" at once, without its busy timeout, when a file
-    still in rollback mode is being opened by another process too (two clients starting
-    on a new history): so the switch is tried again here.
-    """
-    deadline = time.monotonic() + wait_s
-    pause = 0.005
-    while True:
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
-                raise
-        time.sleep(pause)
-        pause = min(pause * 2, 0.1)
 
 
 def format_problem(path: Path, version: int) -> str:
@@ -190,7 +207,7 @@ def settle_orphans(db: sqlite3.Connection, path: Path) -> None:
     rows = db.execute("SELECT run_id, pid, pid_started FROM runs WHERE status = 'running' AND host = ?",
                       (host,)).fetchall()
     orphans = [run_id for run_id, pid, started in rows if not alive(pid, started)]
-    if not orphans or not os.access(path, os.W_OK):
+    if not orphans or not writable(path):
         return
     db.execute("BEGIN IMMEDIATE")
     try:

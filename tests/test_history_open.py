@@ -1,0 +1,120 @@
+"""Opening a run history: other processes' locks, Ctrl-C while waiting, a file that cannot be written."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from maze import MaClient, task
+from maze.core.history_store import connect
+
+# Holds a lock on the file until its stdin closes; says "held" once it has it.
+HOLDER = textwrap.dedent('''
+    import sqlite3, sys
+    db = sqlite3.connect(sys.argv[1], isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")
+    print("held", flush=True)
+    sys.stdin.read()
+''')
+
+# Opens the history while another process holds its lock.
+OPENER = textwrap.dedent('''
+    import sys, time
+    from pathlib import Path
+    from maze.core.history_store import connect
+
+    print("opening", flush=True)
+    began = time.monotonic()
+    try:
+        connect(Path(sys.argv[1]))
+    except KeyboardInterrupt:
+        print(f"interrupted after {time.monotonic() - began:.2f}", flush=True)
+''')
+
+
+@pytest.fixture
+def locked(tmp_path):
+    """A history file another process holds an exclusive lock on."""
+    path = tmp_path / "h.sqlite3"
+    sqlite3.connect(path).close()   # a new, empty file: still in rollback mode
+    (tmp_path / "holder.py").write_text(HOLDER)
+    holder = subprocess.Popen([sys.executable, str(tmp_path / "holder.py"), str(path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    yield path
+    holder.stdin.close()
+    holder.wait(timeout=30)
+
+
+def test_opening_waits_for_a_lock_at_most_its_bound_in_all_and_says_why(locked):
+    began = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError, match=r"database is locked: another process has held a lock "
+                                                        r"on it for 1\.5 s"):
+        connect(locked, wait_s=1.5)
+    # The bound is for the whole open, not for each statement (each would wait 1.5 s of its own).
+    assert 1.5 <= time.monotonic() - began < 2.9
+
+
+def test_ctrl_c_stops_a_wait_for_a_lock(locked, tmp_path):
+    (tmp_path / "opener.py").write_text(OPENER)
+    opener = subprocess.Popen([sys.executable, str(tmp_path / "opener.py"), str(locked)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert opener.stdout.readline() == "opening\n"
+    time.sleep(1.0)   # waiting for the lock by now (it waits up to 30 s)
+    opener.send_signal(signal.SIGINT)
+    out, err = opener.communicate(timeout=30)
+    assert opener.returncode == 0, err
+    assert out.startswith("interrupted after ")
+    assert float(out.split()[-1]) < 5   # heard at once, not when SQLite's own wait ran out
+
+
+@task(inputs=["x"], outputs=["y"])
+def inc(params):
+    return {"y": params["x"] + 1}
+
+
+def _one_run(client: MaClient) -> dict:
+    wf = client.create_workflow("w")
+    wf.add_task(inc, inputs={"x": 1})
+    return wf.wait(wf.run())
+
+
+def test_a_history_this_user_may_not_write_records_nothing_and_says_so_once(tmp_path, monkeypatch, caplog):
+    # As root (this suite's usual user) every file is writable: the check that the file and its
+    # folder are is replaced by its answer for a read-only folder.
+    import maze.core.history as history
+
+    path = tmp_path / "h.sqlite3"
+    with MaClient(history=path):
+        pass   # the file exists, in the current format
+    monkeypatch.setattr(history, "writable", lambda p: False)
+    with caplog.at_level(logging.WARNING, logger="maze"), MaClient(history=path) as client:
+        assert all(_one_run(client)["workflow_completed"] for _ in range(3))
+        assert client.runs() == []
+        assert client._history.writer_pid is None   # no writer was started for it
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert f"the run history {path} can only be read by this user" in warning
+    assert "runs are not recorded; they go on" in warning
+
+
+def test_a_writer_that_cannot_open_the_file_says_why_once_and_the_runs_go_on(tmp_path, caplog):
+    path = tmp_path / "h.sqlite3"
+    with caplog.at_level(logging.WARNING, logger="maze"), MaClient(history=path) as client:
+        # Spoiled after the client opened it, before the first run starts its writer.
+        for extra in Path(tmp_path).glob("h.sqlite3-*"):
+            extra.unlink()
+        path.write_bytes(b"not a database " * 1000)
+        assert all(_one_run(client)["workflow_completed"] for _ in range(3))
+        client._history.flush()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1, warnings
+    assert f"the run history {path} cannot be written (DatabaseError: file is not a database)" in warnings[0]
+    assert "runs are not recorded; they go on" in warnings[0]
