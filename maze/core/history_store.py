@@ -154,10 +154,18 @@ def connect_to_read(path: Path) -> sqlite3.Connection:
     for mode in ("mode=ro", "immutable=1"):
         db = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, timeout=30, check_same_thread=False)
         try:
-            version = db.execute("SELECT user_version FROM pragma_user_version").fetchone()[0]
+            version, tables = db.execute(
+                "SELECT (SELECT user_version FROM pragma_user_version), (SELECT COUNT(*) FROM sqlite_master)"
+            ).fetchone()
         except sqlite3.OperationalError:
             db.close()
             continue
+        if version == 0 and not tables:
+            # An empty file (made, never written): it holds no runs, like a history not made yet.
+            db.close()
+            db = sqlite3.connect(":memory:", check_same_thread=False)
+            db.executescript(_SCHEMA)
+            return db
         if version != FORMAT:
             db.close()
             raise UnsafeHistoryError(format_problem(path, version))
