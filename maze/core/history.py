@@ -101,7 +101,7 @@ from typing import Any
 from .errors import BackendError, UnsafeHistoryError
 from .history_process import Link, pack
 from .history_store import DEFAULT_NAME as _DEFAULT_NAME
-from .history_store import FORMAT, Item, connect, connect_to_read, default_path, start_time, writable
+from .history_store import FORMAT, Item, connect, connect_to_read, default_path, interruption, start_time, writable
 from .history_store import settle_orphans as _settle_orphans
 from .history_values import VALUE_LIMIT, Dropped, Stored, check_private, load_value
 from .messages import Message
@@ -177,8 +177,7 @@ class HistoryWriter:
                                "MaClient(history=...) or $MAZE_HISTORY, or turn it off with history=None") from exc
         self._writable = writable(self.path)
         try:
-            if self._writable:
-                _settle_orphans(db, self.path)
+            _settle_orphans(db, self.path)
         finally:
             db.close()
         # The driver owns its runs (not the writer process): a run is interrupted when the driver dies.
@@ -369,38 +368,40 @@ class HistoryReader:
     def _db(self) -> sqlite3.Connection:
         return connect_to_read(self.path)
 
-    def _settled_db(self) -> sqlite3.Connection:
+    def _settled(self) -> tuple[sqlite3.Connection, frozenset[str]]:
+        """The file, with the runs of owners that have ended marked ``interrupted``; and those it could not mark
+        (the file is read-only here, or another process holds it locked), which this reader shows as
+        interrupted without writing them."""
         db = connect_to_read(self.path)
-        if not writable(self.path):
-            return db   # read-only here: runs of dead drivers are marked by whoever may write the file
         try:
-            _settle_orphans(db, self.path)
+            return db, frozenset(_settle_orphans(db, self.path))
         except BaseException:
             db.close()
             raise
-        return db
+
+    def _run_rows(self, where: str, args: list[Any]) -> list[dict[str, Any]]:
+        db, unmarked = self._settled()
+        try:
+            runs = [dict(zip(_RUN_KEYS, r)) for r in db.execute(f"SELECT {_RUN_COLUMNS} FROM runs {where}", args)]
+            for run in runs:
+                if run["run_id"] in unmarked and (ended := interruption(db, run["run_id"])) is not None:
+                    run.update(status="interrupted", ended_at=ended[2])
+        finally:
+            db.close()
+        return runs
 
     def runs(self, workflow: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        query = f"SELECT {_RUN_COLUMNS} FROM runs"
+        where = ""
         args: list[Any] = []
         if workflow is not None:
-            query += " WHERE workflow_id = ? OR workflow_name = ?"
+            where = "WHERE workflow_id = ? OR workflow_name = ?"
             args += [workflow, workflow]
-        query += " ORDER BY started_at DESC" + (f" LIMIT {int(limit)}" if limit else "")
-        db = self._settled_db()
-        try:
-            rows = db.execute(query, args).fetchall()
-        finally:
-            db.close()
-        return [dict(zip(_RUN_KEYS, r)) for r in rows]
+        where += " ORDER BY started_at DESC" + (f" LIMIT {int(limit)}" if limit else "")
+        return self._run_rows(where, args)
 
     def runs_by_id(self, run_id: str) -> dict[str, Any]:
-        db = self._settled_db()
-        try:
-            row = db.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        finally:
-            db.close()
-        return dict(zip(_RUN_KEYS, row))
+        [run] = self._run_rows("WHERE run_id = ?", [run_id])
+        return run
 
     def exists(self, run_id: str) -> bool:
         db = self._db()
@@ -420,10 +421,12 @@ class HistoryReader:
 
     def _numbered(self, run_id: str, *, values: bool, after: int) -> list[tuple[int, Message]]:
         """``(seq, message)`` of the run's messages numbered above ``after``, in order."""
-        db = self._settled_db()
+        db, unmarked = self._settled()
         try:
             rows = db.execute("SELECT seq, type, data FROM messages WHERE run_id = ? AND seq > ? ORDER BY seq",
                               (run_id, after)).fetchall()
+            if run_id in unmarked and (ended := interruption(db, run_id)) is not None and ended[0] > after:
+                rows.append((ended[0], "finish_workflow", json.dumps(ended[1])))
             # Read after the messages: values commit with their message, so each message read has its values.
             column = "data" if values else "NULL"
             described = db.execute(f"SELECT seq, key, data IS NOT NULL, {column} FROM vals"
@@ -502,7 +505,7 @@ class HistoryReader:
         here, is kept.
         """
         named = set(run_ids or ())
-        db = self._settled_db()
+        db, _ = self._settled()
         try:
             with db:
                 db.execute("BEGIN IMMEDIATE")  # no run begins or ends between choosing runs and deleting them

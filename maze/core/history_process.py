@@ -151,6 +151,8 @@ class Link:
         self._on_warning = on_warning
         self._on_end = on_end
         self._ready = threading.Event()
+        self._booted = threading.Event()   # the writer runs: it opens the file next
+        self._opened = threading.Event()   # it has opened the file, or said it cannot, or ended
         self._ended = threading.Event()
         self._process: Any = None  # subprocess.Popen, imported only when a writer starts
         self._out: IO[bytes] | None = None
@@ -182,7 +184,11 @@ class Link:
         replies = threading.Thread(target=self._hear, args=(process.stdout, heard, False),
                                    name="maze-history-replies", daemon=True)
         replies.start()
+        from .history_store import OPEN_WAIT_S  # noqa: PLC0415 - the writer process imports it only to write
+
         heard.wait(_READY_S)
+        if self._booted.is_set():   # a maze writer: opening the file may wait for other processes' locks
+            self._opened.wait(OPEN_WAIT_S + _READY_S)
         if self._ready.is_set():
             self._process, self._out, self.pid = process, process.stdin, process.pid
             return True
@@ -191,7 +197,7 @@ class Link:
         process.wait()
         replies.join()
         process.stdin.close()
-        self._ended = threading.Event()
+        self._ended, self._booted, self._opened = threading.Event(), threading.Event(), threading.Event()
         _log.warning("maze could not start its run history writer process (%s did not answer); it writes in a "
                      "thread of this process instead", sys.executable)
         return False
@@ -207,6 +213,7 @@ class Link:
                          name="maze-history-replies", daemon=True).start()
         self._out = os.fdopen(to_writer, "wb")
         heard.wait()
+        self._opened.wait()
 
     @property
     def started(self) -> bool:
@@ -245,13 +252,19 @@ class Link:
                     self.refused = True
                     self._on_warning(reply["refused"])
                     self._ready.set()
+                    self._opened.set()
+                    heard.set()
+                elif "booted" in reply:
+                    self._booted.set()
                     heard.set()
                 elif "ready" in reply:
                     self._ready.set()
+                    self._opened.set()
                     heard.set()
         finally:
             replies.close()
             self._ended.set()
+            self._opened.set()
             heard.set()
             if self._ready.is_set() or last:
                 self._on_end()
@@ -293,6 +306,7 @@ def serve(frames: int, replies: int, path: Path, log_head: int, log_tail: int, p
         except OSError:
             pass  # the driver is gone; what it handed over is still written
 
+    reply(booted=os.getpid())
     try:
         db = connect(path)
     except Exception as exc:  # noqa: BLE001 - whatever it is, the driver says it once and its runs go on

@@ -209,15 +209,31 @@ def alive(pid: int, started: int | None) -> bool:
     return True
 
 
-def settle_orphans(db: sqlite3.Connection, path: Path) -> None:
-    """Mark this host's ``running`` runs whose owner has ended as ``interrupted``."""
+def settle_orphans(db: sqlite3.Connection, path: Path, *, wait_s: float = 1.0) -> list[str]:
+    """Mark this host's ``running`` runs whose owner has ended as ``interrupted``; return those left unmarked.
+
+    Marking is housekeeping, done by whoever opens the file next: it waits at
+    most ``wait_s`` (in short tries) for another process's lock, and is left
+    to a later opener after that, or where this user may not write the file.
+    A reader shows the runs left unmarked as interrupted all the same (see
+    :func:`interruption`).
+    """
     host = socket.gethostname()
     rows = db.execute("SELECT run_id, pid, pid_started FROM runs WHERE status = 'running' AND host = ?",
                       (host,)).fetchall()
     orphans = [run_id for run_id, pid, started in rows if not alive(pid, started)]
     if not orphans or not writable(path):
-        return
-    db.execute("BEGIN IMMEDIATE")
+        return orphans
+    (waits_ms,) = db.execute("PRAGMA busy_timeout").fetchone()
+    db.execute(f"PRAGMA busy_timeout={int(_STEP_S * 1000)}")
+    try:
+        _try(db, time.monotonic() + wait_s, wait_s, lambda: db.execute("BEGIN IMMEDIATE"))
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc):
+            return orphans   # another process is writing the file: a later opener marks them
+        raise
+    finally:
+        db.execute(f"PRAGMA busy_timeout={waits_ms}")
     try:
         for run_id in orphans:
             interrupt(db, run_id)
@@ -225,13 +241,16 @@ def settle_orphans(db: sqlite3.Connection, path: Path) -> None:
     except BaseException:
         db.rollback()
         raise
+    return []
 
 
-def interrupt(db: sqlite3.Connection, run_id: str) -> None:
+def interruption(db: sqlite3.Connection, run_id: str) -> tuple[int, dict[str, Any], float] | None:
+    """The ``finish_workflow`` that ends a run whose owner has ended: ``(seq, data, ended_at)``; ``None`` if the
+    run is not ``running``."""
     row = db.execute("SELECT workflow_id, started_at, host, pid FROM runs WHERE run_id = ? AND status = 'running'",
                      (run_id,)).fetchone()
     if row is None:
-        return  # another process settled it between our look and our lock
+        return None
     workflow_id, started_at, host, pid = row
     last_seq, last_at, failed = db.execute(
         "SELECT MAX(seq), MAX(json_extract(data, '$.time')), MAX(type = 'task_exception') FROM messages"
@@ -240,8 +259,15 @@ def interrupt(db: sqlite3.Connection, run_id: str) -> None:
     data = {"workflow_id": workflow_id, "run_id": run_id, "status": "interrupted", "has_exception": bool(failed),
             "duration": ended_at - started_at,
             "interrupted": f"the process {pid} on {host} that drove the run ended before the run did"}
-    db.execute("INSERT INTO messages VALUES (?, ?, 'finish_workflow', NULL, ?)",
-               (run_id, (last_seq or 0) + 1, json_text(data)))
+    return (last_seq or 0) + 1, data, ended_at
+
+
+def interrupt(db: sqlite3.Connection, run_id: str) -> None:
+    ended = interruption(db, run_id)
+    if ended is None:
+        return  # another process settled it between our look and our lock
+    seq, data, ended_at = ended
+    db.execute("INSERT INTO messages VALUES (?, ?, 'finish_workflow', NULL, ?)", (run_id, seq, json_text(data)))
     db.execute("UPDATE runs SET status = 'interrupted', ended_at = ? WHERE run_id = ?", (ended_at, run_id))
 
 
