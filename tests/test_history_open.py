@@ -205,3 +205,18 @@ def test_a_run_whose_driver_died_is_shown_interrupted_at_once_while_another_proc
         holder.wait(timeout=30)
     _shows_interrupted(path)
     assert _status_in_file(path) == "interrupted"   # the next opener once the file was free
+
+
+def test_removing_runs_from_a_history_this_user_may_only_read_says_so(tmp_path, monkeypatch, capsys):
+    # Root may write any file: the check is replaced by its answer for a file of another user.
+    import maze.core.history as history
+    from maze.cli import main
+
+    path = tmp_path / "h.sqlite3"
+    with MaClient(history=path) as client:
+        _one_run(client)
+    monkeypatch.setattr(history, "writable", lambda p: False)
+    assert main(["prune", "--keep-last", "0", "--history", str(path)]) == 2
+    assert capsys.readouterr().err == (f"maze prune: cannot remove runs from the run history {path}: this user may "
+                                       "only read it (the file or its folder is not writable)\n")
+    assert len(history.HistoryReader(path).runs()) == 1

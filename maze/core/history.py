@@ -505,6 +505,9 @@ class HistoryReader:
         here, is kept.
         """
         named = set(run_ids or ())
+        if not writable(self.path):
+            raise BackendError(f"cannot remove runs from the run history {self.path}: this user may only read it "
+                               "(the file or its folder is not writable)")
         db, _ = self._settled()
         try:
             with db:
