@@ -138,7 +138,7 @@ def note(params):
     return {"i": params["i"]}
 
 
-def test_cancelling_a_fan_out_of_quick_tasks_starts_nothing_after_the_cancel(tmp_path):
+def test_cancelling_a_fan_out_of_quick_tasks_starts_nothing_beyond_the_calls_already_begun(tmp_path):
     with MaClient(history=None) as client:
         wf = client.create_workflow()
         for i in range(3000):

@@ -71,6 +71,9 @@ becomes the time of its last message and a ``finish_workflow`` is appended, so
 a replay ends. Both happen in one
 transaction that re-checks the status, so two processes never both do it. What
 a dead driver's writer commits after that is dropped: the run has ended.
+Marking waits at most a second for another process writing the file; a reader
+that could not mark such a run (that, or a file it may only read) shows it
+interrupted all the same, without writing it.
 
 Bounded output. Per run and task, the first ``log_head`` ``task_log`` messages
 are written as they come and the last ``log_tail`` are held back until the
@@ -99,11 +102,22 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BackendError, UnsafeHistoryError
-from .history_process import Link, pack
+from .history_process import Link, not_recorded, pack
 from .history_store import DEFAULT_NAME as _DEFAULT_NAME
-from .history_store import FORMAT, Item, connect, connect_to_read, default_path, interruption, start_time, writable
+from .history_store import (
+    FORMAT,
+    Item,
+    connect,
+    connect_to_read,
+    default_path,
+    interrupt,
+    interruption,
+    snapshot,
+    start_time,
+    writable,
+)
 from .history_store import settle_orphans as _settle_orphans
-from .history_values import VALUE_LIMIT, Dropped, Stored, check_private, load_value
+from .history_values import VALUE_LIMIT, Dropped, Stored, check_private, json_text, load_value
 from .messages import Message
 from .plan import OutputRef, PerPlan, Plan, PlannedTask
 from .resources import Resources
@@ -285,9 +299,8 @@ class HistoryWriter:
             batch = [items.popleft() for _ in range(len(items))]
             if batch and not self._writable and not self._lost:
                 self._lose(None)
-                _log.warning("maze: the run history %s can only be read by this user (the file or its folder is "
-                             "not writable), so this process's runs are not recorded; they go on. Choose another "
-                             "file with MaClient(history=...) or $MAZE_HISTORY", self.path)
+                _log.warning("%s", not_recorded(self.path, "this user may only read it (the file or its folder is "
+                                                           "not writable)"))
             if batch and not link.started and not self._lost:
                 try:
                     # A writer closed before it started (a short script) writes in a thread: it
@@ -295,6 +308,8 @@ class HistoryWriter:
                     link.start(in_thread=self._closed)
                 except Exception as exc:  # noqa: BLE001 - e.g. no pipe left: runs go on, unrecorded
                     self._lose(f"it could not start: {type(exc).__name__}: {exc}")
+                if link.refused:   # it could not open the file, and has said why: nothing more to say
+                    self._lose(None)
             if batch and not self._lost:
                 batch = [("run", (*item[1][:-1], _dags.get(item[1][-1], partial(dag_json, item[1][-1]))))
                          if len(item) == 2 and item[0] == "run" else item for item in batch]
@@ -379,25 +394,26 @@ class HistoryReader:
             db.close()
             raise
 
-    def _run_rows(self, where: str, args: list[Any]) -> list[dict[str, Any]]:
+    def _run_rows(self, clauses: str, args: list[Any]) -> list[dict[str, Any]]:
         db, unmarked = self._settled()
         try:
-            runs = [dict(zip(_RUN_KEYS, r)) for r in db.execute(f"SELECT {_RUN_COLUMNS} FROM runs {where}", args)]
-            for run in runs:
-                if run["run_id"] in unmarked and (ended := interruption(db, run["run_id"])) is not None:
-                    run.update(status="interrupted", ended_at=ended[2])
+            with snapshot(db):
+                runs = [dict(zip(_RUN_KEYS, r)) for r in db.execute(f"SELECT {_RUN_COLUMNS} FROM runs {clauses}", args)]
+                for run in runs:
+                    if run["run_id"] in unmarked and (ended := interruption(db, run["run_id"])) is not None:
+                        run.update(status="interrupted", ended_at=ended[2])
         finally:
             db.close()
         return runs
 
     def runs(self, workflow: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        where = ""
+        clauses = ""
         args: list[Any] = []
         if workflow is not None:
-            where = "WHERE workflow_id = ? OR workflow_name = ?"
+            clauses = "WHERE workflow_id = ? OR workflow_name = ?"
             args += [workflow, workflow]
-        where += " ORDER BY started_at DESC" + (f" LIMIT {int(limit)}" if limit else "")
-        return self._run_rows(where, args)
+        clauses += " ORDER BY started_at DESC" + (f" LIMIT {int(limit)}" if limit else "")
+        return self._run_rows(clauses, args)
 
     def runs_by_id(self, run_id: str) -> dict[str, Any]:
         [run] = self._run_rows("WHERE run_id = ?", [run_id])
@@ -423,14 +439,14 @@ class HistoryReader:
         """``(seq, message)`` of the run's messages numbered above ``after``, in order."""
         db, unmarked = self._settled()
         try:
-            rows = db.execute("SELECT seq, type, data FROM messages WHERE run_id = ? AND seq > ? ORDER BY seq",
-                              (run_id, after)).fetchall()
-            if run_id in unmarked and (ended := interruption(db, run_id)) is not None and ended[0] > after:
-                rows.append((ended[0], "finish_workflow", json.dumps(ended[1])))
-            # Read after the messages: values commit with their message, so each message read has its values.
-            column = "data" if values else "NULL"
-            described = db.execute(f"SELECT seq, key, data IS NOT NULL, {column} FROM vals"
-                                   " WHERE run_id = ? AND seq > ?", (run_id, after)).fetchall()
+            with snapshot(db):   # the interruption shown follows the last message read, whatever commits meanwhile
+                rows = db.execute("SELECT seq, type, data FROM messages WHERE run_id = ? AND seq > ? ORDER BY seq",
+                                  (run_id, after)).fetchall()
+                if run_id in unmarked and (ended := interruption(db, run_id)) is not None and ended[0] > after:
+                    rows.append((ended[0], "finish_workflow", json_text(ended[1])))
+                column = "data" if values else "NULL"
+                described = db.execute(f"SELECT seq, key, data IS NOT NULL, {column} FROM vals"
+                                       " WHERE run_id = ? AND seq > ?", (run_id, after)).fetchall()
         finally:
             db.close()
         if values and any(kept for _, _, kept, _ in described):
@@ -452,7 +468,8 @@ class HistoryReader:
         A run still going in another (live) process is followed: a thread reads
         its new messages every :data:`FOLLOW_S` seconds until its
         ``finish_workflow`` (which this reader writes itself, ``interrupted``, if
-        that process dies), so reading it live works as for a run of this process.
+        that process dies, or shows without writing where it cannot), so reading
+        it live works as for a run of this process.
         """
         info = self.runs_by_id(run_id)
         plan = plan_of(self.dag(run_id), info["workflow_id"])
@@ -508,10 +525,12 @@ class HistoryReader:
         if not writable(self.path):
             raise BackendError(f"cannot remove runs from the run history {self.path}: this user may only read it "
                                "(the file or its folder is not writable)")
-        db, _ = self._settled()
+        db, unmarked = self._settled()
         try:
             with db:
                 db.execute("BEGIN IMMEDIATE")  # no run begins or ends between choosing runs and deleting them
+                for run_id in unmarked:   # another process was writing when they were looked at: mark them now
+                    interrupt(db, run_id)
                 runs = db.execute("SELECT run_id, started_at, status FROM runs ORDER BY started_at DESC").fetchall()
                 doomed = [(run_id,) for newer, (run_id, started_at, status) in enumerate(runs) if status != "running"
                           and (run_id in named or (before is not None and started_at < before)

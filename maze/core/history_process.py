@@ -20,8 +20,11 @@ Each side has one job here:
   quickly and runs the driver's maze; in a session of its own, so a
   terminal's Ctrl-C stops the driver's run, not the recording; at nice 10, as
   background work), sends frames, and reads the writer's
-  replies on a thread of its own: ``ready``, ``flushed`` (a flush token) and
-  ``warning`` (logged on the driver's ``maze`` logger). If no Python process
+  replies on a thread of its own: ``booted`` (it runs, and opens the file,
+  which may wait for other processes' locks), ``ready`` (the file is open),
+  ``refused`` (it cannot be opened: said once, and the runs go on
+  unrecorded), ``flushed`` (a flush token) and ``warning`` (logged on the
+  driver's ``maze`` logger). If no Python process
   can be started (an interpreter embedded in another program), the same loop
   runs in a thread of the driver instead, with the same pipes.
 - The writer (:func:`serve`) reads frames, commits what has arrived as one
@@ -192,14 +195,16 @@ class Link:
         if self._ready.is_set():
             self._process, self._out, self.pid = process, process.stdin, process.pid
             return True
-        # Not a maze writer after all (sys.executable may be a program that embeds Python), or stuck.
+        # Not a maze writer after all (sys.executable may be a program that embeds Python), stuck, or ended.
+        code = process.poll()
         process.kill()
         process.wait()
         replies.join()
         process.stdin.close()
-        self._ended, self._booted, self._opened = threading.Event(), threading.Event(), threading.Event()
-        _log.warning("maze could not start its run history writer process (%s did not answer); it writes in a "
-                     "thread of this process instead", sys.executable)
+        self._ready, self._booted, self._opened, self._ended = (threading.Event() for _ in range(4))
+        why = f"{sys.executable} did not answer" + ("" if code is None else f"; it ended with exit code {code}")
+        _log.warning("maze could not start its run history writer process (%s); it writes in a thread of this "
+                     "process instead", why)
         return False
 
     def _start_thread(self) -> None:
@@ -270,6 +275,12 @@ class Link:
                 self._on_end()
 
 
+def not_recorded(path: Path, why: str) -> str:
+    """The one warning a driver gives when its runs cannot be recorded in ``path``, for the reason ``why``."""
+    return (f"maze: the run history {path} cannot be written here: {why}; so this process's runs are not "
+            "recorded. They go on. Choose another file with MaClient(history=...) or $MAZE_HISTORY")
+
+
 # -- the writer's side -------------------------------------------------------------------------------
 
 def main(argv: list[str]) -> None:
@@ -310,9 +321,7 @@ def serve(frames: int, replies: int, path: Path, log_head: int, log_tail: int, p
     try:
         db = connect(path)
     except Exception as exc:  # noqa: BLE001 - whatever it is, the driver says it once and its runs go on
-        reply(refused=f"maze: the run history {path} cannot be written ({type(exc).__name__}: {exc}), so this "
-                      "process's runs are not recorded; they go on. Choose another file with "
-                      "MaClient(history=...) or $MAZE_HISTORY")
+        reply(refused=not_recorded(path, f"it cannot be opened for writing ({type(exc).__name__}: {exc})"))
         return
     recording = Recording(db, path, log_head, log_tail, warn=lambda text: reply(warning=text))
     reply(ready=os.getpid())

@@ -11,12 +11,13 @@ turns the batches the driver hands over into rows, with bounded output.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,10 @@ def connect(path: Path, *, wait_s: float = OPEN_WAIT_S) -> sqlite3.Connection:
     return db
 
 
+class LockWaitOver(sqlite3.OperationalError):
+    """Another process held a lock on the file for as long as this one would wait."""
+
+
 def _try(db: sqlite3.Connection, deadline: float, wait_s: float, step: Callable[[], Any]) -> Any:
     """``step()``, tried again while another process holds a lock, until ``deadline``."""
     pause = 0.005
@@ -128,12 +133,23 @@ def _try(db: sqlite3.Connection, deadline: float, wait_s: float, step: Callable[
             if "locked" not in str(exc) and "busy" not in str(exc):
                 raise
             if db.in_transaction:
-                db.rollback()   # a script stopped at its first statement: begin it again
-            if time.monotonic() + pause > deadline:
-                raise sqlite3.OperationalError(f"database is locked: another process has held a lock on it "
-                                               f"for {wait_s:g} s") from exc
-        time.sleep(pause)
+                db.rollback()   # the schema's script stopped after its BEGIN: begin it again
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LockWaitOver(f"database is locked: another process has held a lock on it for "
+                                   f"{wait_s:g} s") from exc
+        time.sleep(min(pause, left))
         pause = min(pause * 2, 0.1)
+
+
+@contextlib.contextmanager
+def snapshot(db: sqlite3.Connection) -> Iterator[None]:
+    """Read in one transaction: the statements inside see the file as it was at the first of them."""
+    db.execute("BEGIN")
+    try:
+        yield
+    finally:
+        db.rollback()
 
 
 def writable(path: Path) -> bool:
@@ -228,10 +244,8 @@ def settle_orphans(db: sqlite3.Connection, path: Path, *, wait_s: float = 1.0) -
     db.execute(f"PRAGMA busy_timeout={int(_STEP_S * 1000)}")
     try:
         _try(db, time.monotonic() + wait_s, wait_s, lambda: db.execute("BEGIN IMMEDIATE"))
-    except sqlite3.OperationalError as exc:
-        if "locked" in str(exc):
-            return orphans   # another process is writing the file: a later opener marks them
-        raise
+    except LockWaitOver:
+        return orphans   # another process is writing the file: a later opener marks them
     finally:
         db.execute(f"PRAGMA busy_timeout={waits_ms}")
     try:
