@@ -151,15 +151,22 @@ def _within(seconds: float, check) -> bool:
     return check()
 
 
-def test_a_ray_worker_sends_start_notes_only_for_calls_that_have_run_a_while():
-    import maze.backends._ray_task as ray_task
-    sent: list[str] = []
+def _hub(record):
+    """A stand-in for a Ray client's hub actor: ``hub.noted.remote(notes)`` gives ``record(notes)``."""
 
     class Hub:
         class noted:   # noqa: N801 - an actor method's shape: hub.noted.remote(notes)
             @staticmethod
             def remote(notes):
-                sent.extend(n.call_id for n in notes)
+                return record(notes)
+
+    return Hub
+
+
+def test_a_ray_worker_sends_start_notes_only_for_calls_that_have_run_a_while():
+    import maze.backends._ray_task as ray_task
+    sent: list[str] = []
+    Hub = _hub(lambda notes: sent.extend(n.call_id for n in notes))
 
     def note(call_id: str, at: float):
         return ray_task.StartNote(call_id, "127.0.0.1", "node", "worker", (), at, None)
@@ -190,12 +197,11 @@ def test_a_ray_worker_sends_the_lines_of_a_running_call_once_and_its_report_carr
     import maze.backends._ray_task as ray_task
     batches: list[list] = []
 
-    class Hub:
-        class noted:   # noqa: N801 - an actor method's shape: hub.noted.remote(notes)
-            @staticmethod
-            def remote(notes):
-                batches.append(list(notes))
-                return len(batches)   # stands for the hub call's object reference
+    def record(notes):
+        batches.append(list(notes))
+        return len(batches)   # stands for the hub call's object reference
+
+    Hub = _hub(record)
 
     now = [0.0]
     waited: list[int] = []
