@@ -179,7 +179,7 @@ def test_a_killed_writer_stops_neither_the_run_nor_flush_nor_close(tmp_path, cap
             assert [r["run_id"] for r in client.runs()] == [run_id]
             assert wf.get_task_result(wf.run(), last.task_id)["result"] == {"y": 2}  # later runs go on too
             assert finishes(client.close)
-        [warning] = caplog.records
+        [warning] = [r for r in caplog.records if r.name == "maze"]   # not other libraries' late records
         assert str(path) in warning.getMessage() and "is gone" in warning.getMessage()
         assert "recorded no further; they go on" in warning.getMessage()
     finally:
@@ -258,11 +258,11 @@ def test_without_a_writer_process_a_thread_writes(tmp_path, monkeypatch, caplog,
         assert HistoryReader(path).messages(RUN)[0]["data"]["result"] == {"y": (1, 2)}
         writer.close()
     if executable:
-        [warning] = caplog.records
+        [warning] = [r for r in caplog.records if r.name == "maze"]   # not other libraries' late records
         assert ("could not start its run history writer process (/bin/true did not answer; it ended with exit "
                 "code 0)") in warning.getMessage()
     else:
-        assert caplog.records == []
+        assert [r for r in caplog.records if r.name == "maze"] == []
 
 
 def test_what_comes_for_a_run_already_marked_interrupted_is_dropped(tmp_path):
