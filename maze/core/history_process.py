@@ -196,7 +196,12 @@ class Link:
             self._process, self._out, self.pid = process, process.stdin, process.pid
             return True
         # Not a maze writer after all (sys.executable may be a program that embeds Python), stuck, or ended.
-        code = process.poll()
+        code = None
+        if self._ended.is_set():   # its stdout closed: it is ending, and its exit code says more than silence
+            try:
+                code = process.wait(1.0)
+            except subprocess.TimeoutExpired:
+                pass
         process.kill()
         process.wait()
         replies.join()
