@@ -146,7 +146,9 @@ class MaClient:
 
     def get_results(self, run_id: str) -> list[dict[str, Any]]:
         """The messages of any run, live or recorded (replayed after a restart)."""
-        return list(self.run_state(run_id).log())
+        run = self.run_state(run_id)
+        with run.reading():
+            return list(run.log())
 
     def show_results(self, run_id: str, *, file: TextIO | None = None, verbose: bool | None = None) -> dict[str, Any]:
         """Show a run's progress (live, or replayed from the history); return its summary.

@@ -3,16 +3,18 @@ a clean close, Ctrl-C that stops the run, bounded errors, replay equal to live."
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
 import signal
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
-from tasks_misc import boom, inc, sleeper
+from tasks_misc import boom, chatty, inc, sleeper
 
 from maze import MaClient, task
 from maze.core.errors import BackendError, TaskDefinitionError, WorkflowError
@@ -211,6 +213,60 @@ def test_ctrl_c_in_client_get_results_cancels_the_run(local_client):
     ctrl_c_in(1.0)
     with pytest.raises(KeyboardInterrupt):
         local_client.get_results(run_id)
+    assert wf.wait(run_id, timeout=30)["status"] == "cancelled"
+
+
+# Ctrl-C lands wherever the reading thread is; on a loaded machine that is often in the reader's own work
+# (copying a message, printing a line), not in a wait. Each case raises it there, at a chosen point.
+
+class CtrlCOnWrite(io.StringIO):
+    def write(self, text: str) -> int:
+        raise KeyboardInterrupt
+
+
+def _sleeping_run(client: MaClient) -> tuple[Any, str]:
+    wf = client.create_workflow()
+    wf.add_task(sleeper, inputs={"seconds": 30})
+    return wf, wf.run()
+
+
+def test_ctrl_c_as_a_message_log_resumes_cancels_the_run(local_client):
+    wf, run_id = _sleeping_run(local_client)
+    messages = iter(wf.get_results(run_id))
+    next(messages)   # the generator now stands at a yield
+    with pytest.raises(KeyboardInterrupt):
+        messages.throw(KeyboardInterrupt)   # raised where the generator stands: at its yield, not in a wait
+    assert wf.wait(run_id, timeout=30)["status"] == "cancelled"
+
+
+def test_ctrl_c_while_show_results_prints_cancels_the_run(local_client):
+    wf, run_id = _sleeping_run(local_client)
+    with pytest.raises(KeyboardInterrupt):
+        wf.show_results(run_id, file=CtrlCOnWrite(), verbose=True)
+    assert wf.wait(run_id, timeout=30)["status"] == "cancelled"
+
+
+def test_ctrl_c_while_wait_echoes_a_tasks_output_cancels_the_run(local_client, monkeypatch):
+    from maze.core import report
+
+    def interrupted(message: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "echo_log", interrupted)
+    wf = local_client.create_workflow()
+    wf.add_task(chatty, inputs={"lines": 1, "seconds": 30})   # prints a line, then sleeps 30 s
+    run_id = wf.run()
+    with pytest.raises(KeyboardInterrupt):
+        wf.wait(run_id)
+    assert wf.run_state(run_id).ended.is_set() and wf.wait(run_id, timeout=0)["status"] == "cancelled"
+
+
+def test_ctrl_c_while_get_results_verbose_prints_cancels_the_run(local_client, monkeypatch):
+    monkeypatch.setattr("sys.stdout", CtrlCOnWrite())
+    wf, run_id = _sleeping_run(local_client)
+    with pytest.raises(KeyboardInterrupt):
+        wf.get_results(run_id, verbose=True)
+    monkeypatch.undo()
     assert wf.wait(run_id, timeout=30)["status"] == "cancelled"
 
 

@@ -209,8 +209,9 @@ class MessageLog:
     Iterating yields each message as it is recorded and stops after
     ``finish_workflow``; a second iteration starts again from the first
     message. What it yields are copies (``copy_message``): changing one
-    never changes the run's record, its history or what another reader sees. Ctrl-C while an iteration waits cancels the run. ``len()``, indexing and ``==`` wait for the run to end, because
-    their answer would change otherwise.
+    never changes the run's record, its history or what another reader sees.
+    Ctrl-C during an iteration cancels the run. ``len()``, indexing and ``==``
+    wait for the run to end, because their answer would change otherwise.
     """
 
     def __init__(
@@ -224,20 +225,20 @@ class MessageLog:
 
     def __iter__(self) -> Iterator[Message]:
         index = 0
-        while True:
-            try:
+        try:   # spans the yields: Ctrl-C raised as this generator resumes (in list(log), say) is heard too
+            while True:
                 with self._changed:
                     while index >= len(self._records) and not self._ended.is_set():
                         self._changed.wait()
                     batch = self._records[index:]
                     done = self._ended.is_set()
-            except KeyboardInterrupt:
-                self._interrupted()
-                raise
-            yield from map(copy_message, batch)
-            index += len(batch)
-            if done and index >= len(self._records):
-                return
+                yield from map(copy_message, batch)
+                index += len(batch)
+                if done and index >= len(self._records):
+                    return
+        except KeyboardInterrupt:
+            self._interrupted()
+            raise
 
     def _complete(self) -> list[Message]:
         try:

@@ -95,19 +95,15 @@ def batches(run: RunState, wake_s: float) -> Iterator[Sequence[Message]]:
 
     Unlike iterating ``run.log()``, a quiet run yields an empty batch every
     ``wake_s`` seconds, so a progress line's clock moves while nothing happens.
-    Ctrl-C while waiting cancels the run, as everywhere a run is waited on.
+    Its reader holds ``run.reading()``, so that Ctrl-C cancels the run, as everywhere a run is waited on.
     """
     seen = 0
     while True:
-        try:
-            with run.changed:
-                if seen >= len(run.messages) and not run.ended.is_set():
-                    run.changed.wait(wake_s)
-                batch = list(run.messages[seen:])
-                done = run.ended.is_set()
-        except KeyboardInterrupt:
-            run.interrupted()
-            raise
+        with run.changed:
+            if seen >= len(run.messages) and not run.ended.is_set():
+                run.changed.wait(wake_s)
+            batch = list(run.messages[seen:])
+            done = run.ended.is_set()
         seen += len(batch)
         yield batch
         if done:  # read under the lock with done set: the batch held everything
@@ -121,18 +117,19 @@ def follow(run: RunState, out: TextIO, style: Style, *, tty: bool | None = None,
     compact = _Compact(run, out, is_tty(out) if tty is None else tty, clock) if style == "compact" else None
     wake_s = (REDRAW_S if compact.tty else LINE_EVERY_S) if compact is not None else 3600.0
     try:
-        for batch in batches(run, wake_s):
-            fold.apply(batch)
-            for message in batch:
-                log_event(run, message, fold)
-                if style == "events":
-                    line = report.format_message(message)
-                    if line is not None:
-                        print(line, file=out, flush=True)
-                elif compact is not None:
-                    compact.message(message)
-            if compact is not None:
-                compact.tick(fold, ended=fold.ended)
+        with run.reading():   # Ctrl-C while printing cancels the run too, not only Ctrl-C while waiting
+            for batch in batches(run, wake_s):
+                fold.apply(batch)
+                for message in batch:
+                    log_event(run, message, fold)
+                    if style == "events":
+                        line = report.format_message(message)
+                        if line is not None:
+                            print(line, file=out, flush=True)
+                    elif compact is not None:
+                        compact.message(message)
+                if compact is not None:
+                    compact.tick(fold, ended=fold.ended)
     finally:   # also on Ctrl-C: what follows starts on a clean line
         if compact is not None:
             compact.clear()

@@ -19,6 +19,7 @@ import enum
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence, Set
+from contextlib import contextmanager
 from functools import partial
 from types import MappingProxyType
 from typing import Any, overload
@@ -366,6 +367,20 @@ class RunState:
             self._on_interrupt()
             self.ended.wait(30)
 
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """A reader follows this run: Ctrl-C anywhere in the block cancels the run (see :meth:`interrupted`).
+
+        The whole block, not only its waits: Ctrl-C lands wherever the reader's
+        thread is, and under load that is as often in the reader's own printing
+        or copying as in a wait.
+        """
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.interrupted()
+            raise
+
     def resolve_task(self, task_id: str) -> str:
         """A task id, or a unique prefix of one."""
         if task_id in self.plan.tasks:
@@ -383,19 +398,16 @@ class RunState:
     def follow_logs(self) -> Iterator[Message]:
         """Yield each ``task_log`` message as it arrives, until the run ends."""
         seen = 0
-        while True:
-            try:
+        with self.reading():   # spans the yields: Ctrl-C raised as this generator resumes is heard too
+            while True:
                 with self.attention:
                     self.attention.wait_for(partial(self._has_news, seen))
                     batch = self._messages[seen:]
                     seen = len(self._messages)
                     done = self.ended.is_set()
-            except KeyboardInterrupt:
-                self.interrupted()
-                raise
-            yield from (m for m in batch if m["type"] == MessageType.TASK_LOG.value)
-            if done:
-                return
+                yield from (m for m in batch if m["type"] == MessageType.TASK_LOG.value)
+                if done:
+                    return
 
     def _has_news(self, seen: int) -> bool:
         return self.ended.is_set() or len(self._messages) > seen

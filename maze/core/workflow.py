@@ -394,10 +394,12 @@ class MaWorkflow:
         once the run has ended. (Ctrl-C while waiting on the run, here or in
         the calls below, cancels it: see :meth:`RunState.interrupted`.)
         """
-        log = self._run(run_id).log()
+        run = self._run(run_id)
+        log = run.log()
         if verbose:
-            for message in log:
-                print(message, flush=True)
+            with run.reading():
+                for message in log:
+                    print(message, flush=True)
         return log
 
     def show_results(self, run_id: str, *, file: TextIO | None = None, verbose: bool | None = None) -> dict[str, Any]:
@@ -417,14 +419,12 @@ class MaWorkflow:
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
             raise ValueError(f"wait: timeout={timeout!r} is not accepted; expected seconds, 0 or more, or None")
         if timeout is None:
-            for message in run.follow_logs():
-                report.echo_log(message)
+            with run.reading():
+                for message in run.follow_logs():
+                    report.echo_log(message)
         else:
-            try:
+            with run.reading():
                 ended = run.ended.wait(timeout)
-            except KeyboardInterrupt:
-                run.interrupted()
-                raise
             if not ended:
                 raise TimeoutError(f"run {run_id!r} did not end within {timeout} s")
         return run.summary()
@@ -433,11 +433,8 @@ class MaWorkflow:
         """``{"task_id", "result", "status"}`` (+ ``"error"``); waits for the task if needed."""
         run = self._run(run_id)
         tid = run.resolve_task(task_id)
-        try:
+        with run.reading():
             run.wait_task(tid)
-        except KeyboardInterrupt:
-            run.interrupted()
-            raise
         return run.task_result(tid)
 
     def cancel(self, run_id: str) -> None:
