@@ -10,16 +10,16 @@ its final state (``artifacts/docs-tutorial-dag.png``).
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from test_browser import ARGS, CHROMIUM, free_port
+from test_browser import ARGS, CHROMIUM
 from test_docs import built_site
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,19 +39,16 @@ PICTURES_JS = """() => Array.from(document.querySelectorAll('.cell_output svg'))
 @contextlib.contextmanager
 def served(folder: Path) -> Iterator[str]:
     """``python -m http.server`` serving ``folder`` on loopback; yields its URL."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port),
-                             "--directory", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    # Port 0: the server takes a free port itself and says which, so no other process can take it first.
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "http.server", "--bind", "127.0.0.1", "0",
+                             "--directory", str(folder)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/index.html", timeout=1)
-                break
-            except OSError:
-                assert time.time() < deadline, "the HTTP server did not start"
-                time.sleep(0.1)
+        assert proc.stdout is not None
+        said = proc.stdout.readline()   # "Serving HTTP on 127.0.0.1 port N (http://127.0.0.1:N/) ..."
+        found = re.search(r" port (\d+) ", said)
+        assert found, f"the HTTP server did not start: {said!r}"
+        base = f"http://127.0.0.1:{found.group(1)}"
+        urllib.request.urlopen(f"{base}/index.html", timeout=10)
         yield base
     finally:
         proc.send_signal(signal.SIGTERM)

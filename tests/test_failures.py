@@ -162,7 +162,7 @@ def sleep_then_touch(params):
 def test_cancel_stops_running_and_pending_tasks(stopping_client, tmp_path):
     wf = stopping_client.create_workflow()
     marker = tmp_path / "still-running"
-    a = wf.add_task(sleep_then_touch, inputs={"path": str(marker), "seconds": 4})
+    a = wf.add_task(sleep_then_touch, inputs={"path": str(marker), "seconds": 8})
     b = wf.add_task(inc, inputs={"x": a.outputs["done"]})
     run_id = wf.run()
     first = next(iter(wf.get_results(run_id)))
@@ -170,11 +170,11 @@ def test_cancel_stops_running_and_pending_tasks(stopping_client, tmp_path):
     started = time.perf_counter()
     wf.cancel(run_id)
     summary = wf.wait(run_id)
-    assert time.perf_counter() - started < 3.5   # before the task would have ended by itself
+    assert time.perf_counter() - started < 7   # before the task would have ended by itself
     assert summary["status"] == "cancelled"
     assert sorted(summary["cancelled_tasks"]) == sorted([a.task_id, b.task_id])
     assert wf.get_results(run_id)[-1]["data"]["status"] == "cancelled"
-    time.sleep(max(0.0, started + 4.5 - time.perf_counter()))
+    time.sleep(max(0.0, started + 8.5 - time.perf_counter()))
     assert not marker.exists()            # the task was stopped, not left running
     worker = first["data"]["worker"]
     if isinstance(worker, int):           # a local worker process: gone
@@ -311,8 +311,13 @@ def test_after_all_these_faults_no_worker_is_left_busy(local_client):
     workers = [p for p in psutil.Process().children(recursive=True)
                if "maze.backends._worker" in " ".join(p.cmdline())]
     assert workers
-    for p in workers:
-        p.cpu_percent(None)
-    time.sleep(1.0)
-    busy = {p.pid: p.cpu_percent(None) for p in workers if p.is_running()}
+    # A worker still starting (the pool refills itself) is busy for a moment: look for up to 10 s
+    # for one second in which all are idle. A worker left running a task is busy in every one.
+    for _ in range(10):
+        for p in workers:
+            p.cpu_percent(None)
+        time.sleep(1.0)
+        busy = {p.pid: p.cpu_percent(None) for p in workers if p.is_running()}
+        if all(load < 20 for load in busy.values()):
+            break
     assert all(load < 20 for load in busy.values()), busy

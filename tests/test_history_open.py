@@ -31,9 +31,9 @@ OPENER = textwrap.dedent('''
     from pathlib import Path
     from maze.core.history_store import connect
 
-    print("opening", flush=True)
     began = time.monotonic()
     try:
+        print("opening", flush=True)   # inside the try: Ctrl-C may come as soon as it is read
         connect(Path(sys.argv[1]))
     except KeyboardInterrupt:
         print(f"interrupted after {time.monotonic() - began:.2f}", flush=True)
@@ -57,10 +57,10 @@ def locked(tmp_path):
 def test_opening_waits_for_a_lock_at_most_its_bound_in_all_and_says_why(locked):
     began = time.monotonic()
     with pytest.raises(sqlite3.OperationalError, match=r"database is locked: another process has held a lock "
-                                                        r"on it for 1\.5 s"):
-        connect(locked, wait_s=1.5)
-    # The bound is for the whole open, not for each statement (each would wait 1.5 s of its own).
-    assert 1.5 <= time.monotonic() - began < 2.9
+                                                        r"on it for 3 s"):
+        connect(locked, wait_s=3)
+    # The bound is for the whole open, not for each statement (each would wait 3 s of its own).
+    assert 3 <= time.monotonic() - began < 5.5
 
 
 def test_ctrl_c_stops_a_wait_for_a_lock(locked, tmp_path):

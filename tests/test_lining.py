@@ -141,8 +141,8 @@ def test_a_quick_call_reports_its_start_with_its_end(backend):
 def test_a_call_still_running_is_announced_while_it_runs(backend):
     events = Events()
     future = backend.submit(_call("long", 3.0), events.reporter("long"))
-    deadline = time.monotonic() + 2.5
-    while not events.started("long") and time.monotonic() < deadline:
+    deadline = time.monotonic() + 30   # from the submit: a worker may have to start first
+    while not events.started("long") and not future.done() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert events.started("long") and not future.done()
     assert future.result(10).ok
@@ -671,15 +671,19 @@ def test_a_worker_stopped_as_its_call_ended_is_not_handed_the_next_one(backend):
     # its way, the call ends well, but the worker is dying and must not run the call lined up behind
     # (waiting in the driver here: of other code; for one sent ahead, see test_sent_ahead.py).
     events = Events()
-    first = backend.submit(_call("s1", 0.1), events.reporter("s1"))
+    # s1 runs long enough to be announced while it runs (a worker announces a call once it has run
+    # 10 ms), so that its job is still in the backend when the lock below is taken.
+    first = backend.submit(_call("s1", 0.5), events.reporter("s1"))
     again = dataclasses.replace(_call("s2"), func=stamp_again, code=ship(stamp_again))
     second = backend.submit_behind(again, events.reporter("s2"), behind="run:s1:1")
     deadline = time.monotonic() + 30
     while not events.started("s1") and time.monotonic() < deadline:
         time.sleep(0.005)
+    [began] = [e for n, e in events.seen if n == "s1" and isinstance(e, TaskStarted)]
     with backend._lock:                      # the I/O thread reads s1's result, then waits here
-        time.sleep(0.4)                      # s1 ends 0.1 s after its start
-        job = backend._jobs["run:s1:1"]
+        time.sleep(max(0.0, began.at + 0.5 + 2.0 - time.time()))   # s1 ends 0.5 s after its start
+        job = backend._jobs.get("run:s1:1")
+        assert job is not None, "s1's job had ended before the lock was taken"
         job.stop_reason = job.timed_out()    # what the timeout sweep does, as the result arrived
         backend._kill_running(job)
     assert first.result(10).ok

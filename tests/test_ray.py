@@ -69,7 +69,7 @@ def test_gpu_memory_is_respected_on_ray(ray_client):
     warm.wait(warm.run())
     wf = ray_client.create_workflow()
     # Long enough that the two halves on a GPU overlap even when a loaded machine starts one late.
-    ts = [wf.add_task(gpu_share, inputs={"seconds": 1.5}) for _ in range(4)]
+    ts = [wf.add_task(gpu_share, inputs={"seconds": 3.0}) for _ in range(4)]
     by_gpu = spans_by_gpu(wf.wait(wf.run()), ts)
     assert sorted(len(v) for v in by_gpu.values()) == [2, 2]
     assert all(overlap(v) for v in by_gpu.values())   # the halves shared their GPU

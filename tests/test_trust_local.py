@@ -238,7 +238,7 @@ def child_of(pidfile: Path) -> int:
 
 def assert_stopped(child: int) -> None:
     try:
-        assert eventually(lambda: gone(child), within=3), f"the task's child {child} outlived its task"
+        assert eventually(lambda: gone(child), within=10), f"the task's child {child} outlived its task"
     finally:
         if not gone(child):
             os.kill(child, signal.SIGKILL)
@@ -246,7 +246,7 @@ def assert_stopped(child: int) -> None:
 
 def test_a_timeout_stops_the_tasks_children(client, tmp_path):
     wf = client.create_workflow()
-    t = wf.add_task(starts_a_child, inputs={"pidfile": str(tmp_path / "child")}, timeout=1)
+    t = wf.add_task(starts_a_child, inputs={"pidfile": str(tmp_path / "child")}, timeout=3)
     summary = wf.wait(wf.run(), timeout=30)
     assert summary["exception_tasks"] == [t.task_id]
     failure = next(m["data"] for m in wf.get_results(summary["run_id"]) if m["type"] == "task_exception")

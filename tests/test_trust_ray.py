@@ -167,6 +167,9 @@ STOPS = textwrap.dedent('''
             pids = started_by(pidfile)
             print("PIDS", *pids, flush=True)
             if how == "cancel":
+                # Once its start is reported: the report names the process group a stop must end.
+                while not any(m["type"] == "start_task" for m in list(wf.run_state(run_id).messages)):
+                    time.sleep(0.05)
                 wf.cancel(run_id)
             wf.wait(run_id, timeout=60)
             error_type = next(m["data"]["error_type"] for m in wf.get_results(run_id) if m["type"] == "task_exception")

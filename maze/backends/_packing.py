@@ -109,9 +109,11 @@ class Packed:
         return (self.data, self.path, self.sizes, len(self.frames))
 
     def own_file(self) -> None:
-        """Delete the shared-memory file when this object goes away."""
+        """Delete the shared-memory file when this object goes away, in this process only."""
         if self.path is not None:
-            weakref.finalize(self, _unlink, self.path)
+            # Finalizers also run at exit, in a forked child too (user code may fork the driver): that
+            # child must leave the parent's files, which the parent's later tasks still read.
+            weakref.finalize(self, _unlink_in, self.path, os.getpid())
 
 
 def new_owner() -> str:
@@ -198,6 +200,11 @@ def frame_count(descriptors: list[Descriptor]) -> int:
 def receive(recv_bytes: Callable[[], bytes], descriptors: list[Descriptor]) -> list[Packed]:
     """The values a header describes, their small frames read from the socket."""
     return [Packed(data, [recv_bytes() for _ in range(n)], path, sizes) for data, path, sizes, n in descriptors]
+
+
+def _unlink_in(path: str, pid: int) -> None:
+    if os.getpid() == pid:
+        _unlink(path)
 
 
 def _unlink(path: str) -> None:
