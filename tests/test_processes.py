@@ -18,8 +18,8 @@ def children() -> set[int]:
     """This process's descendants, less a Ray cluster's: the session's Ray starts workers of its own."""
     found = set()
     for p in psutil.Process().children(recursive=True):
-        try:
-            line, name = " ".join(p.cmdline()), p.name()
+        try:   # the program and its first argument: maze's own processes carry sys.path further on
+            line, name = " ".join(p.cmdline()[:2]), p.name()
         except psutil.Error:   # gone meanwhile
             continue
         if not ("/ray/" in line or "ray::" in line or name.startswith(("ray", "gcs_server"))):

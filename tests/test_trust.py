@@ -239,6 +239,22 @@ def test_ctrl_c_as_a_message_log_resumes_cancels_the_run(local_client):
     assert wf.wait(run_id, timeout=30)["status"] == "cancelled"
 
 
+def test_a_second_ctrl_c_gets_out_at_once_though_two_readers_hear_it(local_client):
+    # wait() reads follow_logs(), so both hear a Ctrl-C. The first cancels the run and waits (up to
+    # 30 s) for it to end; a second Ctrl-C during that wait means "let me out now", not a new wait.
+    wf, run_id = _sleeping_run(local_client)
+    run = wf.run_state(run_id)
+    calls = []
+    run._on_interrupt = lambda: (calls.append(1), ctrl_c_in(0.5))   # a run slow to stop: it goes on
+    ctrl_c_in(1.0)
+    began = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        wf.wait(run_id)
+    assert calls == [1] and time.monotonic() - began < 10
+    wf.cancel(run_id)
+    assert wf.wait(run_id, timeout=30)["status"] == "cancelled"
+
+
 def test_ctrl_c_while_show_results_prints_cancels_the_run(local_client):
     wf, run_id = _sleeping_run(local_client)
     with pytest.raises(KeyboardInterrupt):

@@ -210,8 +210,9 @@ class MessageLog:
     ``finish_workflow``; a second iteration starts again from the first
     message. What it yields are copies (``copy_message``): changing one
     never changes the run's record, its history or what another reader sees.
-    Ctrl-C during an iteration cancels the run. ``len()``, indexing and ``==``
-    wait for the run to end, because their answer would change otherwise.
+    Ctrl-C while an iteration waits or hands over a message cancels the run.
+    ``len()``, indexing and ``==`` wait for the run to end, because their
+    answer would change otherwise.
     """
 
     def __init__(

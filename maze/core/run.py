@@ -121,6 +121,7 @@ class RunState:
         self._replay: RunFold | None = None          # the fold of a replayed run's messages
         # What Ctrl-C while a reader waits on this run does (the engine's: cancel the run).
         self._on_interrupt = on_interrupt
+        self._interrupted = False   # a reader's Ctrl-C has cancelled it already
 
     # -- the read-only view (see protocol.RunView) ---------------------------------------
 
@@ -362,8 +363,13 @@ class RunState:
         return MessageLog(self._messages, self.changed, self.ended, on_interrupt=self.interrupted)
 
     def interrupted(self) -> None:
-        """A reader waiting on this run got Ctrl-C: cancel the run and let it end (bounded wait)."""
-        if self._on_interrupt is not None and not self.ended.is_set():
+        """A reader waiting on this run got Ctrl-C: cancel the run and let it end (bounded wait).
+
+        Once only: readers nest (``wait()`` reads ``follow_logs()``), and a second
+        Ctrl-C, during this wait or after it, means "let me out now".
+        """
+        if self._on_interrupt is not None and not self.ended.is_set() and not self._interrupted:
+            self._interrupted = True
             self._on_interrupt()
             self.ended.wait(30)
 
