@@ -475,7 +475,7 @@ class RayBackend:
             job.stop_reason = reason
             group = job.group
         if job.started:
-            ray.cancel(job.refs[0], force=True)
+            self._cancel(job)
         else:
             with self._lock:
                 self._to_cancel[job] = None  # _cancel_resolved cancels it once Ray has surely taken it in
@@ -529,7 +529,22 @@ class RayBackend:
                     continue
             with self._lock:
                 self._to_cancel.pop(job, None)
-            ray.cancel(job.refs[0], force=True)
+            self._cancel(job)
+
+    @staticmethod
+    def _cancel(job: _Job) -> None:
+        """Cancel the call in Ray, unless it has ended already.
+
+        A start note comes up to ``_NOTES_S`` after the start, so a quick call
+        stopped on its start has mostly ended by then. A cancel landing as Ray's
+        I/O thread takes in a call's end races it in Ray's core worker, which then
+        fails an internal check and ends the driver ("Tried to complete task that
+        was not pending"); a call whose result is in needs no cancel.
+        """
+        ref = job.refs[0]
+        ended, _ = ray.wait([ref], timeout=0, fetch_local=False)
+        if not ended:
+            ray.cancel(ref, force=True)
 
     def _kill_group(self, node: str, pgid: int) -> None:
         pinned = self._killer.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
