@@ -233,7 +233,10 @@ def test_a_driver_killed_with_sigkill_takes_its_writer_along(tmp_path, pipe):
     assert sorted(os.listdir(tmp_path)) == ["h.sqlite3"]  # the writer closed its database: no -wal, no -shm
 
 
-def test_a_writer_closed_before_it_started_writes_in_a_thread(tmp_path):
+def test_a_writer_closed_before_it_started_writes_in_a_thread(tmp_path, monkeypatch):
+    from maze.core import history
+
+    monkeypatch.setattr(history, "_LATEST_S", 60.0)   # a slow moment here must not count as "not closed soon"
     path = tmp_path / "h.sqlite3"
     writer = HistoryWriter(path)
     writer.run_started(RUN, plan())
