@@ -239,6 +239,35 @@ def test_ctrl_c_as_a_message_log_resumes_cancels_the_run(local_client):
     assert wf.wait(run_id, timeout=30)["status"] == "cancelled"
 
 
+def ctrl_c_to_another_thread_in(seconds: float) -> None:
+    # The kernel hands a process-directed SIGINT (a terminal's Ctrl-C) to any thread of the process;
+    # this hands it to the timer's own thread, not to the main thread that waits on the run.
+    threading.Timer(seconds, lambda: signal.pthread_kill(threading.get_ident(), signal.SIGINT)).start()
+
+
+READERS = {
+    "client.get_results": lambda client, wf, run_id: client.get_results(run_id),
+    "iterating get_results": lambda client, wf, run_id: [m for m in wf.get_results(run_id)],
+    "wait": lambda client, wf, run_id: wf.wait(run_id),
+    "wait with a timeout": lambda client, wf, run_id: wf.wait(run_id, timeout=60),
+    "show_results": lambda client, wf, run_id: wf.show_results(run_id, file=io.StringIO(), verbose=True),
+    "get_task_result": lambda client, wf, run_id: wf.get_task_result(run_id, "sleeper"),
+    "len": lambda client, wf, run_id: len(wf.get_results(run_id)),
+}
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_ctrl_c_the_kernel_hands_to_another_thread_cancels_the_run_at_once(local_client, reader):
+    # The main thread must not sleep through it until the run's next message (here: its end, 30 s on).
+    wf, run_id = _sleeping_run(local_client)
+    ctrl_c_to_another_thread_in(1.0)
+    began = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        READERS[reader](local_client, wf, run_id)
+    assert time.monotonic() - began < 10
+    assert wf.wait(run_id, timeout=30)["status"] == "cancelled"
+
+
 def test_a_second_ctrl_c_gets_out_at_once_though_two_readers_hear_it(local_client):
     # wait() reads follow_logs(), so both hear a Ctrl-C. The first cancels the run and waits (up to
     # 30 s) for it to end; a second Ctrl-C during that wait means "let me out now", not a new wait.

@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypedDict, cast
 
+from . import waiting
+
 Message = dict[str, Any]
 
 #: Longest ``error`` line and ``result`` traceback a ``task_exception`` message carries.
@@ -230,7 +232,7 @@ class MessageLog:
             while True:
                 with self._changed:
                     while index >= len(self._records) and not self._ended.is_set():
-                        self._changed.wait()
+                        self._changed.wait(waiting.SLICE_S)   # a slice: see waiting's docstring
                     batch = self._records[index:]
                     done = self._ended.is_set()
                 yield from map(copy_message, batch)
@@ -243,7 +245,7 @@ class MessageLog:
 
     def _complete(self) -> list[Message]:
         try:
-            self._ended.wait()
+            waiting.wait(self._ended.wait)
         except KeyboardInterrupt:
             self._interrupted()
             raise

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Literal, TextIO, cast
 
-from . import report
+from . import report, waiting
 from .fold import CANCELLED_ERROR, RunFold, TaskView
 from .messages import (
     FinishTaskData,
@@ -101,7 +101,7 @@ def batches(run: RunState, wake_s: float) -> Iterator[Sequence[Message]]:
     while True:
         with run.changed:
             if seen >= len(run.messages) and not run.ended.is_set():
-                run.changed.wait(wake_s)
+                waiting.wait(run.changed.wait, wake_s)
             batch = list(run.messages[seen:])
             done = run.ended.is_set()
         seen += len(batch)

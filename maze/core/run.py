@@ -24,7 +24,7 @@ from functools import partial
 from types import MappingProxyType
 from typing import Any, overload
 
-from . import messages
+from . import messages, waiting
 from .errors import UnknownTaskError
 from .fingerprint import Fingerprint
 from .fold import RunFold, TaskView
@@ -371,7 +371,7 @@ class RunState:
         if self._on_interrupt is not None and not self.ended.is_set() and not self._interrupted:
             self._interrupted = True
             self._on_interrupt()
-            self.ended.wait(30)
+            waiting.wait(self.ended.wait, 30)
 
     @contextmanager
     def reading(self) -> Iterator[None]:
@@ -407,7 +407,7 @@ class RunState:
         with self.reading():   # spans the yields: Ctrl-C raised as this generator resumes is heard too
             while True:
                 with self.attention:
-                    self.attention.wait_for(partial(self._has_news, seen))
+                    waiting.wait_for(self.attention.wait, partial(self._has_news, seen))
                     batch = self._messages[seen:]
                     seen = len(self._messages)
                     done = self.ended.is_set()
@@ -420,7 +420,7 @@ class RunState:
 
     def wait_task(self, task_id: str, timeout: float | None = None) -> bool:
         with self.changed:
-            return self.changed.wait_for(lambda: self._states[task_id].terminal, timeout)
+            return waiting.wait_for(self.changed.wait, lambda: self._states[task_id].terminal, timeout)
 
     def task_result(self, task_id: str) -> dict[str, Any]:
         state = self._states[task_id]

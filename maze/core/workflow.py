@@ -19,7 +19,7 @@ from itertools import islice
 from types import MappingProxyType
 from typing import Any, TextIO
 
-from . import graphviews, progress, report
+from . import graphviews, progress, report, waiting
 from .errors import CycleError, RendererError, UnknownOutputError, UnknownRunError, WorkflowError
 from .messages import MessageLog
 from .plan import OutputRef, Plan, PlannedTask
@@ -424,7 +424,7 @@ class MaWorkflow:
                     report.echo_log(message)
         else:
             with run.reading():
-                ended = run.ended.wait(timeout)
+                ended = waiting.wait(run.ended.wait, timeout)
             if not ended:
                 raise TimeoutError(f"run {run_id!r} did not end within {timeout} s")
         return run.summary()
