@@ -179,3 +179,28 @@ def _tasks_importable(monkeypatch):
     # The subprocess tests import tests/tasks_misc.py by name.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [os.path.dirname(__file__),
                                                                     os.environ.get("PYTHONPATH")])))
+
+
+def test_a_message_recorded_as_a_wait_slice_times_out_is_not_missed():
+    # The reader waits in 0.2 s slices (so that Ctrl-C is heard). A slice that times out while the
+    # recorder holds the lock may return False although the recorder then notified it: the reader
+    # must look at the messages again, not wait out its wake-up interval (5 s here).
+    import threading
+    import time
+    import types
+
+    lock = threading.RLock()
+    run = types.SimpleNamespace(changed=threading.Condition(lock), messages=[], ended=threading.Event())
+
+    def recorder():
+        time.sleep(0.05)
+        with run.changed:   # held across the end of the reader's first slice
+            time.sleep(0.3)
+            run.messages.append({"type": "finish_workflow", "data": {}})
+            run.ended.set()
+            run.changed.notify_all()
+
+    threading.Thread(target=recorder, daemon=True).start()
+    began = time.monotonic()
+    first = next(progress.batches(run, 5.0))
+    assert first == [{"type": "finish_workflow", "data": {}}] and time.monotonic() - began < 3

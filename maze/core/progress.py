@@ -31,6 +31,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from typing import Literal, TextIO, cast
 
 from . import report, waiting
@@ -100,14 +101,19 @@ def batches(run: RunState, wake_s: float) -> Iterator[Sequence[Message]]:
     seen = 0
     while True:
         with run.changed:
-            if seen >= len(run.messages) and not run.ended.is_set():
-                waiting.wait(run.changed.wait, wake_s)
+            # The state is checked again after each slice: a notify can be used up by a slice that
+            # times out at that moment (Condition.wait then returns False though it was notified).
+            waiting.wait_for(run.changed.wait, partial(_news, run, seen), wake_s)
             batch = list(run.messages[seen:])
             done = run.ended.is_set()
         seen += len(batch)
         yield batch
         if done:  # read under the lock with done set: the batch held everything
             return
+
+
+def _news(run: RunState, seen: int) -> bool:
+    return seen < len(run.messages) or run.ended.is_set()
 
 
 def follow(run: RunState, out: TextIO, style: Style, *, tty: bool | None = None,

@@ -21,10 +21,11 @@ SLICE_S = 0.2   # the longest a due Ctrl-C waits; a waiting reader wakes this of
 
 
 def wait(until: Callable[[float], bool], timeout: float | None = None) -> bool:
-    """``until(seconds)`` (an ``Event``'s or a ``Condition``'s ``wait``) for up to ``timeout`` s, in slices.
+    """``until(seconds)``, an ``Event``'s ``wait``, for up to ``timeout`` s, in slices.
 
-    Returns what the last slice returned: True once the event is set (or the
-    condition notified), False if ``timeout`` passed first.
+    True once the event is set, False if ``timeout`` passed first. Not for a
+    ``Condition``: a notify that comes as a slice times out can be lost; use
+    :func:`wait_for` with the state the notify announces.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
