@@ -131,12 +131,12 @@ def run_all_cells(page) -> None:
     requests (more so on a busy machine); a request lost then is asked again.
     """
     executed = "() => Array.from(document.querySelectorAll('.jp-InputArea-prompt')).some(p => /\\[\\d+\\]/.test(p.textContent))"
-    for _ in range(4):
+    for _ in range(4):   # a kernel that starts slowly on a busy machine gets a minute a try
         accept_dialogs(page)
         page.click(".lm-MenuBar-itemLabel:text-is('Run')")
         page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
         try:
-            page.wait_for_function(executed, timeout=30_000)
+            page.wait_for_function(executed, timeout=60_000)
             return
         except Exception:  # noqa: BLE001 - playwright's TimeoutError; try again
             continue
