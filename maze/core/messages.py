@@ -12,6 +12,7 @@ import enum
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypedDict, cast
 
 from . import waiting
@@ -219,16 +220,16 @@ class MessageLog:
 
     def __init__(
         self, records: list[Message], changed: threading.Condition, ended: threading.Event,
-        on_interrupt: Callable[[], None] | None = None,
+        reading: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
         self._records = records    # owned by the run; only appended to
         self._changed = changed    # notified on every append
         self._ended = ended
-        self._on_interrupt = on_interrupt   # Ctrl-C while waiting: what stops the run
+        self._reading = reading    # the run's: Ctrl-C inside it stops the run (RunState.reading)
 
     def __iter__(self) -> Iterator[Message]:
         index = 0
-        try:   # spans the yields: Ctrl-C raised as this generator resumes (in list(log), say) is heard too
+        with self._reading():   # spans the yields: Ctrl-C raised as this generator resumes (in list(log)) too
             while True:
                 with self._changed:
                     while index >= len(self._records) and not self._ended.is_set():
@@ -239,22 +240,11 @@ class MessageLog:
                 index += len(batch)
                 if done and index >= len(self._records):
                     return
-        except KeyboardInterrupt:
-            self._interrupted()
-            raise
 
     def _complete(self) -> list[Message]:
-        try:
+        with self._reading():
             waiting.wait(self._ended.wait)
-        except KeyboardInterrupt:
-            self._interrupted()
-            raise
         return self._records
-
-    def _interrupted(self) -> None:
-        # A reader interrupted while waiting means "stop this run", as in wait().
-        if self._on_interrupt is not None:
-            self._on_interrupt()
 
     def __len__(self) -> int:
         return len(self._complete())

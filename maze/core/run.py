@@ -360,7 +360,7 @@ class RunState:
     # -- reading ------------------------------------------------------------------
 
     def log(self) -> MessageLog:
-        return MessageLog(self._messages, self.changed, self.ended, on_interrupt=self.interrupted)
+        return MessageLog(self._messages, self.changed, self.ended, reading=self.reading)
 
     def interrupted(self) -> None:
         """A reader waiting on this run got Ctrl-C: cancel the run and let it end (bounded wait).
